@@ -1,0 +1,32 @@
+"""LLM backends: one interface, a llama.cpp client, and the shared request types."""
+
+from dytopo.backends.base import Backend, estimate_tokens
+from dytopo.backends.limiter import SlotLimiter
+from dytopo.backends.llamacpp import LlamaCppBackend
+from dytopo.backends.settings import BackendSettings
+from dytopo.backends.types import (
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    Sampling,
+    ServerInfo,
+    Timings,
+    ToolCall,
+    Usage,
+)
+
+__all__ = [
+    "Backend",
+    "BackendSettings",
+    "ChatMessage",
+    "ChatRequest",
+    "ChatResponse",
+    "LlamaCppBackend",
+    "Sampling",
+    "ServerInfo",
+    "SlotLimiter",
+    "Timings",
+    "ToolCall",
+    "Usage",
+    "estimate_tokens",
+]

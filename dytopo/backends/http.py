@@ -1,0 +1,153 @@
+"""HTTP with visible, counted retries: the one place DyTopo talks to a server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from dytopo.backends.settings import BackendSettings
+from dytopo.errors import BackendError, BackendUnavailable, ContextOverflow, MalformedReply
+
+log = structlog.get_logger("dytopo.http")
+
+# 503 is llama-server's "Loading model"; 502/504 come from proxies in front of it.
+TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
+
+
+class TransientStatus(Exception):
+    """A status worth retrying; carries the response for the final error."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TransientStatus | httpx.TransportError)
+
+
+def build_client(settings: BackendSettings) -> httpx.AsyncClient:
+    """A client whose timeouts follow the settings; the pool never queues (the limiter does)."""
+    timeout = httpx.Timeout(
+        connect=settings.connect_timeout_s,
+        read=settings.read_timeout_s,
+        write=30.0,
+        pool=None,
+    )
+    return httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=None))
+
+
+class HttpTransport:
+    """JSON over HTTP to one server root, retrying transient failures with jittered backoff."""
+
+    def __init__(self, base_url: str, settings: BackendSettings, client: httpx.AsyncClient) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.settings = settings
+        self.client = client
+        self.retries = 0
+        """Retries over the client's lifetime (attempts beyond the first)."""
+        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        self._headers = headers
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    async def send(
+        self, method: str, path: str, *, json: Any = None, retry: bool = True
+    ) -> tuple[httpx.Response, int]:
+        """Send one request; return the response (any non-transient status) and the attempts used.
+
+        Raises BackendUnavailable when every attempt failed on a connection error, a timeout or a
+        transient status.
+        """
+        attempts = 0
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.max_attempts if retry else 1),
+            wait=wait_random_exponential(
+                multiplier=self.settings.backoff_initial_s, max=self.settings.backoff_max_s
+            ),
+            retry=retry_if_exception(_is_transient),
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    response = await self.client.request(
+                        method, self.url(path), json=json, headers=self._headers
+                    )
+                    if response.status_code in TRANSIENT_STATUS:
+                        raise TransientStatus(response)
+                    return response, attempts
+        except TransientStatus as exc:
+            raise self._unavailable(
+                path, attempts, f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise self._unavailable(path, attempts, f"{type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "backend.retry",
+            url=self.base_url,
+            attempt=state.attempt_number,
+            max_attempts=self.settings.max_attempts,
+            error=str(exc) or type(exc).__name__,
+            sleep_s=round(state.upcoming_sleep, 2),
+        )
+
+    def _unavailable(self, path: str, attempts: int, last: str) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"LLM server at {self.base_url} did not answer {path} after {attempts} attempt(s) "
+            f"(last error: {last}). Check that it is running (`dytopo doctor --backend-url "
+            f"{self.base_url}`), or unset DYTOPO_BASE_URL to use the embedded server.",
+            url=self.url(path),
+        )
+
+    def raise_for_status(self, response: httpx.Response, path: str) -> None:
+        """Translate an error status into the DyTopo error that says what to do."""
+        status = response.status_code
+        if status < 400:
+            return
+        body = response.text[:2000]
+        url = self.url(path)
+        lowered = body.lower()
+        if "exceed" in lowered and "context" in lowered:
+            raise ContextOverflow(
+                f"request to {url} does not fit the server's context: {body[:300]} "
+                "(lower the agent's context budget or raise --ctx-size on the server)",
+                url=url,
+                status=status,
+                body=body,
+            )
+        if status == 500 and ("expected format" in lowered or "parse" in lowered):
+            raise MalformedReply(
+                f"server could not parse the model's output: {body[:300]}",
+                url=url,
+                status=status,
+                body=body,
+            )
+        hint = {
+            401: "set backend.api_key or DYTOPO_API_KEY to the server's --api-key",
+            403: "set backend.api_key or DYTOPO_API_KEY to the server's --api-key",
+            404: "is this an OpenAI-compatible server root? (no /v1 suffix)",
+        }.get(status, "see the server log")
+        raise BackendError(
+            f"{url} answered HTTP {status}: {body[:300]} ({hint})",
+            url=url,
+            status=status,
+            body=body,
+        )

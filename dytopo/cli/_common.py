@@ -1,0 +1,50 @@
+"""What every command shares: one-line errors, exit codes, logging flags."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from dytopo.errors import ConfigError, DyTopoError
+from dytopo.logs import configure_logging
+
+T = TypeVar("T")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class State:
+    debug = False
+
+
+def setup(verbose: bool, debug: bool) -> None:
+    State.debug = debug
+    configure_logging("debug" if debug else "info" if verbose else "warning")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; DyTopo errors become one line and a non-zero exit."""
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    except DyTopoError as exc:
+        if State.debug:
+            raise
+        fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,42 @@
+"""`dytopo backend start|stop|status`: the embedded server, kept running between runs."""
+
+from __future__ import annotations
+
+import typer
+
+from dytopo.cli._common import out, run_async
+from dytopo.managed.resolve import read_background, start_background, stop_background
+
+app = typer.Typer(
+    help="Start, stop or inspect the embedded llama-server in the background.", no_args_is_help=True
+)
+
+
+@app.command()
+def start(
+    slots: int = typer.Option(2, min=1, help="Parallel slots of the chat server."),
+    ctx_per_slot: int = typer.Option(4096, min=512, help="Context tokens per slot."),
+) -> None:
+    """Start the embedded chat and embedding servers; later runs reuse them."""
+    state = run_async(start_background(slots=slots, ctx_per_slot=ctx_per_slot))
+    out.print(f"chat  {state.chat_url} (pid {state.chat_pid})")
+    out.print(f"embed {state.embed_url} (pid {state.embed_pid})")
+
+
+@app.command()
+def stop() -> None:
+    """Stop the background servers."""
+    out.print("stopped" if stop_background() else "nothing was running")
+
+
+@app.command()
+def status() -> None:
+    """Show whether the background servers are running."""
+    state = read_background()
+    if state is None:
+        out.print(
+            "not running (runs start a temporary embedded server; `dytopo backend start` keeps one)"
+        )
+        raise typer.Exit(1)
+    out.print(f"chat  {state.chat_url} (pid {state.chat_pid})")
+    out.print(f"embed {state.embed_url} (pid {state.embed_pid})")

@@ -1,0 +1,46 @@
+"""`dytopo doctor`."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from dytopo.cli._common import out, run_async
+from dytopo.doctor import DoctorReport, run_doctor
+from dytopo.managed.resolve import endpoints
+
+
+async def _doctor(url: str | None, embed_url: str | None) -> DoctorReport:
+    async with endpoints(url, embed_url) as ends:
+        return await run_doctor(ends.chat_url, ends.embed_url, source=ends.source)
+
+
+def doctor(
+    backend_url: str | None = typer.Option(
+        None,
+        "--backend-url",
+        help="Server root to check (default: $DYTOPO_BASE_URL, else embedded).",
+    ),
+    embed_url: str | None = typer.Option(
+        None,
+        "--embed-url",
+        help="Embedding server root (default: $DYTOPO_EMBED_URL, else the chat server).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Check a llama.cpp server (or the embedded one) and measure it."""
+    report = run_async(_doctor(backend_url, embed_url))
+    if as_json:
+        print(report.model_dump_json(indent=2))
+    else:
+        table = Table(title=f"dytopo doctor: {report.url} ({report.source})")
+        table.add_column("check")
+        table.add_column("result")
+        table.add_column("detail / fix", overflow="fold")
+        for c in report.checks:
+            mark = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            table.add_row(c.name, mark, c.detail + (f"\n[yellow]fix:[/] {c.fix}" if c.fix else ""))
+        out.print(table)
+        out.print("[green]all checks passed[/]" if report.ok else "[red]some checks failed[/]")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,218 @@
+"""`dytopo doctor`: check that a server can carry a swarm, and measure it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable
+
+from pydantic import BaseModel, Field
+
+from dytopo.backends.llamacpp import LlamaCppBackend
+from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
+from dytopo.embedders.http import HttpEmbedder
+from dytopo.errors import DyTopoError
+
+TEMPLATE_FIX = (
+    "serve the model with `--jinja --chat-template-file` and a template that has a tools section "
+    "(DyTopo ships dytopo/managed/templates/chatml_tools.jinja)"
+)
+
+
+class Check(BaseModel):
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+
+class Burst(BaseModel):
+    requests: int = 0
+    completed: int = 0
+    max_in_flight: int = 0
+    """Most requests the server itself was processing at once (polled from /slots)."""
+    client_max_in_flight: int = 0
+    """Most requests the client had in flight at once."""
+    wall_s: float = 0.0
+
+
+class DoctorReport(BaseModel):
+    ok: bool = False
+    url: str
+    embed_url: str | None = None
+    source: str = "configured"
+    model: str = ""
+    slots: int = 0
+    n_ctx_per_slot: int = 0
+    supports_tools: bool | None = None
+    json_schema: bool = False
+    embeddings: bool = False
+    prompt_tokens_per_s: float = 0.0
+    generation_tokens_per_s: float = 0.0
+    burst: Burst = Field(default_factory=Burst)
+    checks: list[Check] = Field(default_factory=list)
+
+
+async def run_doctor(
+    url: str, embed_url: str | None = None, *, source: str = "configured", burst_factor: int = 3
+) -> DoctorReport:
+    """Run every check against the server at `url`; never raises for a failing server."""
+    report = DoctorReport(url=url, embed_url=embed_url, source=source)
+    async with LlamaCppBackend(url) as backend:
+        try:
+            info = await backend.connect()
+        except DyTopoError as exc:
+            report.checks.append(
+                Check(
+                    name="reachable",
+                    ok=False,
+                    detail=str(exc),
+                    fix="start the server or fix --backend-url",
+                )
+            )
+            return report
+        report.model, report.slots = info.model, info.slots
+        report.n_ctx_per_slot, report.supports_tools = info.n_ctx_per_slot, info.supports_tools
+        report.checks.append(
+            Check(
+                name="reachable",
+                ok=True,
+                detail=f"{info.model}, {info.slots} slots x {info.n_ctx_per_slot} ctx",
+            )
+        )
+        report.checks.append(
+            Check(
+                name="tools",
+                ok=bool(info.supports_tools),
+                detail=f"chat template supports tools: {info.supports_tools}",
+                fix="" if info.supports_tools else TEMPLATE_FIX,
+            )
+        )
+        await _check(report, "json_schema", _json_schema(backend, report))
+        await _check(report, "speed", _speed(backend, report))
+        await _check(report, "embeddings", _embeddings(embed_url or url, report))
+        await _check(report, "burst", _burst(backend, report, burst_factor))
+    report.ok = all(c.ok for c in report.checks)
+    return report
+
+
+async def _check(report: DoctorReport, name: str, probe: Awaitable[str]) -> None:
+    try:
+        detail = await probe
+        report.checks.append(Check(name=name, ok=True, detail=str(detail)))
+    except (DyTopoError, AssertionError, ValueError, KeyError) as exc:
+        report.checks.append(Check(name=name, ok=False, detail=f"{type(exc).__name__}: {exc}"))
+
+
+async def _json_schema(backend: LlamaCppBackend, report: DoctorReport) -> str:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    reply = await backend.chat(
+        ChatRequest(
+            messages=[
+                ChatMessage(role="user", content="Name a big city and its population as JSON.")
+            ],
+            json_schema=schema,
+            max_tokens=64,
+            sampling=Sampling(temperature=0.1),
+            tag="doctor",
+        )
+    )
+    value = json.loads(reply.content)
+    assert set(value) == {"city", "population"}, f"unexpected keys {sorted(value)}"
+    report.json_schema = True
+    return reply.content
+
+
+async def _speed(backend: LlamaCppBackend, report: DoctorReport) -> str:
+    text = "Explain in detail how a bicycle works, part by part. " * 6
+    reply = await backend.chat(
+        ChatRequest(
+            messages=[ChatMessage(role="user", content=text)],
+            max_tokens=96,
+            tag="doctor",
+            sampling=Sampling(temperature=0.7, seed=1),
+        )
+    )
+    if reply.timings is None:
+        report.generation_tokens_per_s = round(
+            reply.usage.completion_tokens / max(reply.wall_s, 1e-6), 1
+        )
+        return f"~{report.generation_tokens_per_s} tok/s end to end (server reports no timings)"
+    report.prompt_tokens_per_s = round(reply.timings.prompt_per_second, 1)
+    report.generation_tokens_per_s = round(reply.timings.predicted_per_second, 1)
+    return (
+        f"prompt {report.prompt_tokens_per_s} tok/s, "
+        f"generation {report.generation_tokens_per_s} tok/s"
+    )
+
+
+async def _embeddings(url: str, report: DoctorReport) -> str:
+    embedder = HttpEmbedder(url)
+    try:
+        a, b, c = await embedder.embed(
+            [
+                "A man is eating food.",
+                "A man is eating a piece of bread.",
+                "The stock market fell sharply today.",
+            ]
+        )
+    finally:
+        await embedder.aclose()
+    related = sum(x * y for x, y in zip(a, b, strict=True))
+    unrelated = sum(x * y for x, y in zip(a, c, strict=True))
+    assert related > unrelated, f"related {related:.3f} <= unrelated {unrelated:.3f}"
+    report.embeddings = True
+    return f"dim {len(a)}, cosine related {related:.3f}, unrelated {unrelated:.3f}"
+
+
+async def _burst(backend: LlamaCppBackend, report: DoctorReport, factor: int) -> str:
+    n = factor * report.slots
+    burst = Burst(requests=n)
+    done = asyncio.Event()
+
+    async def one(i: int) -> None:
+        await backend.chat(
+            ChatRequest(
+                messages=[ChatMessage(role="user", content=f"Count from {i} to {i + 20}.")],
+                max_tokens=32,
+                tag=f"burst-{i}",
+                sampling=Sampling(temperature=0.0),
+            )
+        )
+        burst.completed += 1
+
+    async def watch() -> None:
+        while not done.is_set():
+            try:
+                burst.max_in_flight = max(burst.max_in_flight, await backend.busy_slots())
+            except DyTopoError:
+                return
+            await asyncio.sleep(0.02)
+
+    started = time.monotonic()
+    backend.limiter.max_in_use = 0
+    async with asyncio.TaskGroup() as group:
+        watcher = group.create_task(watch())
+        async with asyncio.TaskGroup() as requests:
+            for i in range(n):
+                requests.create_task(one(i))
+        done.set()
+        await watcher
+    burst.wall_s = round(time.monotonic() - started, 2)
+    burst.client_max_in_flight = backend.limiter.max_in_use
+    report.burst = burst
+    assert burst.completed == n, f"{burst.completed}/{n} completed"
+    assert burst.max_in_flight <= report.slots, (
+        f"server had {burst.max_in_flight} requests in flight, more than its {report.slots} slots"
+    )
+    return (
+        f"{burst.completed}/{n} completed in {burst.wall_s}s, max in flight "
+        f"{burst.max_in_flight} (server) / {burst.client_max_in_flight} (client), "
+        f"slots {report.slots}"
+    )

@@ -1,0 +1,131 @@
+"""Which server a run talks to: the configured one, a background one, or a fresh embedded one."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import structlog
+from pydantic import BaseModel
+
+from dytopo.managed import assets
+from dytopo.managed.server import ManagedStack, chat_server, embedding_server, pid_alive
+
+log = structlog.get_logger("dytopo.managed")
+
+Source = Literal["configured", "background", "embedded"]
+
+
+class Endpoints(BaseModel):
+    """Server roots for one run."""
+
+    chat_url: str
+    embed_url: str | None = None
+    """Embedding server root; None: use the chat server's /v1/embeddings."""
+    source: Source
+
+
+class BackgroundState(BaseModel):
+    """What `dytopo backend start` left running (kept in the cache folder)."""
+
+    chat_url: str
+    chat_pid: int
+    embed_url: str
+    embed_pid: int
+
+
+def _state_file() -> Path:
+    return assets.cache_dir() / "backend.json"
+
+
+def read_background() -> BackgroundState | None:
+    path = _state_file()
+    if not path.is_file():
+        return None
+    try:
+        state = BackgroundState.model_validate_json(path.read_text())
+    except ValueError:
+        return None
+    if pid_alive(state.chat_pid) and pid_alive(state.embed_pid):
+        return state
+    return None
+
+
+async def start_background(*, slots: int = 2, ctx_per_slot: int = 4096) -> BackgroundState:
+    """Start the embedded servers detached, for many runs; `stop_background` ends them."""
+    existing = read_background()
+    if existing is not None:
+        return existing
+    chat = chat_server(slots=slots, ctx_per_slot=ctx_per_slot, detached=True)
+    embed = embedding_server(detached=True)
+    await chat.start()
+    try:
+        await embed.start()
+    except BaseException:
+        chat.stop()
+        raise
+    assert chat.pid is not None
+    assert embed.pid is not None
+    state = BackgroundState(
+        chat_url=chat.url, chat_pid=chat.pid, embed_url=embed.url, embed_pid=embed.pid
+    )
+    _state_file().write_text(state.model_dump_json())
+    return state
+
+
+def stop_background() -> bool:
+    """Stop what `start_background` started; False when nothing was running."""
+    path = _state_file()
+    state = read_background()
+    with suppress(FileNotFoundError):
+        path.unlink()
+    if state is None:
+        return False
+    for pid in (state.chat_pid, state.embed_pid):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    return True
+
+
+def configured_url(explicit: str | None) -> str | None:
+    return explicit or os.environ.get("DYTOPO_BASE_URL") or None
+
+
+@asynccontextmanager
+async def endpoints(
+    chat_url: str | None = None,
+    embed_url: str | None = None,
+    *,
+    slots: int = 2,
+    ctx_per_slot: int = 4096,
+) -> AsyncIterator[Endpoints]:
+    """Yield the servers to use; an embedded stack started here is stopped on the way out.
+
+    A configured server is used as is, even when down: silently swapping a user's 30B model for
+    a 135M one would be worse than the clear error the client raises.
+    """
+    url = configured_url(chat_url)
+    embed = embed_url or os.environ.get("DYTOPO_EMBED_URL") or None
+    if url:
+        yield Endpoints(chat_url=url, embed_url=embed, source="configured")
+        return
+    state = read_background()
+    if state is not None and await _healthy(state.chat_url):
+        yield Endpoints(chat_url=state.chat_url, embed_url=state.embed_url, source="background")
+        return
+    log.info("managed.embedded_start", slots=slots, ctx_per_slot=ctx_per_slot)
+    async with ManagedStack(slots=slots, ctx_per_slot=ctx_per_slot) as stack:
+        yield Endpoints(chat_url=stack.chat_url, embed_url=stack.embed_url, source="embedded")
+
+
+async def _healthy(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            return (await client.get(f"{url}/health")).status_code == 200
+    except httpx.TransportError:
+        return False

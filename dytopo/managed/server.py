@@ -1,0 +1,241 @@
+"""Start and stop llama-server processes that never outlive DyTopo."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from types import TracebackType
+from typing import IO, Self
+
+import httpx
+import structlog
+
+from dytopo.errors import ManagedServerError
+from dytopo.managed import assets
+
+log = structlog.get_logger("dytopo.managed")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Linux: the kernel sends SIGTERM to the server if DyTopo dies, even by SIGKILL.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LlamaServerProcess:
+    """One llama-server child process on a free loopback port."""
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        port: int | None = None,
+        detached: bool = False,
+        startup_timeout_s: float = 120.0,
+    ) -> None:
+        self.name = name
+        self.args = args
+        self.port = port or free_port()
+        self.detached = detached
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = assets.cache_dir() / "logs" / f"{name}-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def command(self) -> list[str]:
+        binary = assets.llama_server_binary()
+        return [str(binary), *self.args, "--host", "127.0.0.1", "--port", str(self.port)]
+
+    async def start(self) -> None:
+        command = self.command()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        logfile: IO[bytes] = self.log_path.open("wb")
+        log.info("managed.start", name=self.name, port=self.port, log=str(self.log_path))
+        # Spawned from the event-loop thread: PDEATHSIG fires when the *spawning thread* exits.
+        # A plain Popen (fork+exec is quick) so stop() can run synchronously from finally/atexit.
+        self.process = subprocess.Popen(  # noqa: ASYNC220
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=self.detached,
+            preexec_fn=None if self.detached or sys.platform != "linux" else _die_with_parent,
+        )
+        logfile.close()
+        try:
+            await self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise ManagedServerError(
+                        f"{self.name} llama-server exited with code {self.process.returncode} "
+                        f"while starting: {self.log_tail()} (full log: {self.log_path})"
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    response = await client.get(f"{self.url}/health")
+                    if response.status_code == 200:
+                        log.info("managed.healthy", name=self.name, url=self.url)
+                        return
+                await asyncio.sleep(0.1)
+        raise ManagedServerError(
+            f"{self.name} llama-server did not become healthy within {self.startup_timeout_s:.0f}s "
+            f"(log: {self.log_path})"
+        )
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Terminate the process and wait for it; kill it if it does not go."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.info("managed.stopped", name=self.name, pid=process.pid)
+
+
+def chat_server(
+    *, slots: int = 2, ctx_per_slot: int = 4096, detached: bool = False
+) -> LlamaServerProcess:
+    """SmolLM2-135M-Instruct with DyTopo's tools-capable ChatML template."""
+    args = [
+        "-m",
+        str(assets.chat_model()),
+        "--jinja",
+        "--chat-template-file",
+        str(assets.TEMPLATE),
+        "--parallel",
+        str(slots),
+        "--ctx-size",
+        str(slots * ctx_per_slot),
+        "--threads",
+        str(max(1, os.cpu_count() or 1)),
+        "--metrics",
+        "--slots",
+        "--alias",
+        "smollm2-135m-instruct",
+    ]
+    return LlamaServerProcess("chat", args, detached=detached)
+
+
+def embedding_server(*, detached: bool = False) -> LlamaServerProcess:
+    """all-MiniLM-L6-v2 (converted to GGUF on first use), embeddings only."""
+    args = [
+        "-m",
+        str(assets.embedding_model()),
+        "--embeddings",
+        "--pooling",
+        "mean",
+        "--parallel",
+        "2",
+        "--ctx-size",
+        "1024",
+        "--batch-size",
+        "512",
+        "--ubatch-size",
+        "512",
+        "--alias",
+        "all-minilm-l6-v2",
+    ]
+    return LlamaServerProcess("embed", args, detached=detached)
+
+
+class ManagedStack:
+    """The embedded default: chat and embedding servers, stopped on exit, error or Ctrl-C."""
+
+    def __init__(
+        self, *, slots: int = 2, ctx_per_slot: int = 4096, embeddings: bool = True
+    ) -> None:
+        self.slots = slots
+        self.ctx_per_slot = ctx_per_slot
+        self.embeddings = embeddings
+        self.chat: LlamaServerProcess | None = None
+        self.embed: LlamaServerProcess | None = None
+
+    @property
+    def chat_url(self) -> str:
+        assert self.chat is not None, "stack not started"
+        return self.chat.url
+
+    @property
+    def embed_url(self) -> str | None:
+        return self.embed.url if self.embed else None
+
+    async def start(self) -> None:
+        self.chat = chat_server(slots=self.slots, ctx_per_slot=self.ctx_per_slot)
+        if self.embeddings:
+            self.embed = embedding_server()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for process in (self.chat, self.embed):
+                    if process is not None:
+                        group.create_task(process.start())
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for process in (self.chat, self.embed):
+            if process is not None:
+                process.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
