@@ -126,7 +126,7 @@ async def _json_schema(backend: LlamaCppBackend, report: DoctorReport) -> str:
     value = json.loads(reply.content)
     assert set(value) == {"city", "population"}, f"unexpected keys {sorted(value)}"
     report.json_schema = True
-    return reply.content
+    return json.dumps(value)
 
 
 async def _speed(backend: LlamaCppBackend, report: DoctorReport) -> str:

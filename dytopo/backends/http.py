@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -19,6 +20,8 @@ from dytopo.errors import BackendError, BackendUnavailable, ContextOverflow, Mal
 
 log = structlog.get_logger("dytopo.http")
 
+T = TypeVar("T")
+
 # 503 is llama-server's "Loading model"; 502/504 come from proxies in front of it.
 TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
 
@@ -26,9 +29,10 @@ TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
 class TransientStatus(Exception):
     """A status worth retrying; carries the response for the final error."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, body: str = "") -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
+        self.body = body
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -55,8 +59,7 @@ class HttpTransport:
         self.client = client
         self.retries = 0
         """Retries over the client's lifetime (attempts beyond the first)."""
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-        self._headers = headers
+        self.headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -68,6 +71,25 @@ class HttpTransport:
 
         Raises BackendUnavailable when every attempt failed on a connection error, a timeout or a
         transient status.
+        """
+
+        async def once() -> httpx.Response:
+            response = await self.client.request(
+                method, self.url(path), json=json, headers=self.headers
+            )
+            if response.status_code in TRANSIENT_STATUS:
+                raise TransientStatus(response)
+            return response
+
+        return await self.retrying(path, once, retry=retry)
+
+    async def retrying(
+        self, path: str, operation: Callable[[], Awaitable[T]], *, retry: bool = True
+    ) -> tuple[T, int]:
+        """Run `operation` under the retry policy; return its result and the attempts used.
+
+        Only TransientStatus and httpx transport errors (connection, timeouts) are retried;
+        anything else propagates at once.
         """
         attempts = 0
         retrying = AsyncRetrying(
@@ -83,16 +105,10 @@ class HttpTransport:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    response = await self.client.request(
-                        method, self.url(path), json=json, headers=self._headers
-                    )
-                    if response.status_code in TRANSIENT_STATUS:
-                        raise TransientStatus(response)
-                    return response, attempts
+                    return await operation(), attempts
         except TransientStatus as exc:
-            raise self._unavailable(
-                path, attempts, f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"
-            ) from exc
+            detail = f"HTTP {exc.response.status_code}: {exc.body[:200]}"
+            raise self._unavailable(path, attempts, detail) from exc
         except httpx.TransportError as exc:
             raise self._unavailable(path, attempts, f"{type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
@@ -119,35 +135,34 @@ class HttpTransport:
 
     def raise_for_status(self, response: httpx.Response, path: str) -> None:
         """Translate an error status into the DyTopo error that says what to do."""
-        status = response.status_code
-        if status < 400:
-            return
-        body = response.text[:2000]
-        url = self.url(path)
-        lowered = body.lower()
-        if "exceed" in lowered and "context" in lowered:
-            raise ContextOverflow(
-                f"request to {url} does not fit the server's context: {body[:300]} "
-                "(lower the agent's context budget or raise --ctx-size on the server)",
-                url=url,
-                status=status,
-                body=body,
-            )
-        if status == 500 and ("expected format" in lowered or "parse" in lowered):
-            raise MalformedReply(
-                f"server could not parse the model's output: {body[:300]}",
-                url=url,
-                status=status,
-                body=body,
-            )
-        hint = {
-            401: "set backend.api_key or DYTOPO_API_KEY to the server's --api-key",
-            403: "set backend.api_key or DYTOPO_API_KEY to the server's --api-key",
-            404: "is this an OpenAI-compatible server root? (no /v1 suffix)",
-        }.get(status, "see the server log")
-        raise BackendError(
-            f"{url} answered HTTP {status}: {body[:300]} ({hint})",
+        if response.status_code >= 400:
+            raise error_for(response.status_code, response.text, self.url(path))
+
+
+def error_for(status: int, body: str, url: str) -> BackendError:
+    """The DyTopo error for an error answer (HTTP status or an SSE `error` event)."""
+    body = body[:2000]
+    lowered = body.lower()
+    if "exceed" in lowered and "context" in lowered:
+        return ContextOverflow(
+            f"request to {url} does not fit the server's context: {body[:300]} "
+            "(lower the agent's context budget or raise --ctx-size on the server)",
             url=url,
             status=status,
             body=body,
         )
+    if status == 500 and ("expected format" in lowered or "parse" in lowered):
+        return MalformedReply(
+            f"server could not parse the model's output: {body[:300]}",
+            url=url,
+            status=status,
+            body=body,
+        )
+    hint = {
+        401: "set backend.api_key or DYTOPO_API_KEY to the server's --api-key",
+        403: "set backend.api_key or DYTOPO_API_KEY to the server's --api-key",
+        404: "is this an OpenAI-compatible server root? (no /v1 suffix)",
+    }.get(status, "see the server log")
+    return BackendError(
+        f"{url} answered HTTP {status}: {body[:300]} ({hint})", url=url, status=status, body=body
+    )

@@ -14,16 +14,21 @@ import httpx
 import structlog
 
 from dytopo.backends.base import Backend, estimate_tokens
-from dytopo.backends.http import HttpTransport, build_client
+from dytopo.backends.http import (
+    TRANSIENT_STATUS,
+    HttpTransport,
+    TransientStatus,
+    build_client,
+    error_for,
+)
 from dytopo.backends.limiter import SlotLimiter
 from dytopo.backends.settings import BackendSettings
+from dytopo.backends.sse import Assembler, events
 from dytopo.backends.types import (
     ChatMessage,
     ChatRequest,
     ChatResponse,
     ServerInfo,
-    Timings,
-    ToolCall,
     Usage,
 )
 from dytopo.errors import BackendError, ConfigError, MalformedReply
@@ -115,11 +120,12 @@ class LlamaCppBackend(Backend):
             llamacpp=False,
         )
 
-    def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "messages": [m.to_openai() for m in request.messages],
             "max_tokens": request.max_tokens,
-            "stream": stream,
+            "stream": True,
+            "stream_options": {"include_usage": True},
         }
         sampling = request.sampling.model_dump(exclude_none=True)
         if self._info is not None and not self._info.llamacpp:
@@ -138,67 +144,71 @@ class LlamaCppBackend(Backend):
                 body["tool_choice"] = request.tool_choice
         if request.stop:
             body["stop"] = request.stop
-        if stream:
-            body["stream_options"] = {"include_usage": True}
         return body
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         await self.connect()
-        body = self._body(request, stream=False)
+        body = self._body(request)
+        path = "/v1/chat/completions"
+
+        async def once() -> ChatResponse:
+            async with self._open(path, body) as response:
+                assembler = Assembler()
+                async for chunk in events(response):
+                    assembler.feed(chunk)
+                return assembler.result()
+
         async with self.limiter:
             started = time.monotonic()
-            response, attempts = await self.http.send("POST", "/v1/chat/completions", json=body)
-            wall = time.monotonic() - started
-        self.http.raise_for_status(response, "/v1/chat/completions")
-        try:
-            reply = parse_chat_completion(response.json())
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise MalformedReply(
-                f"unreadable chat completion from {self.base_url}: {exc}",
-                url=self.http.url("/v1/chat/completions"),
-                status=response.status_code,
-                body=response.text[:2000],
-            ) from exc
-        reply.attempts, reply.wall_s = attempts, wall
+            try:
+                reply, attempts = await self.http.retrying(path, once)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise MalformedReply(
+                    f"unreadable chat completion stream from {self.base_url}: {exc}",
+                    url=self.http.url(path),
+                ) from exc
+            reply.attempts, reply.wall_s = attempts, time.monotonic() - started
         self._usage = self._usage + reply.usage
         log.debug(
             "backend.chat",
             tag=request.tag,
             attempts=attempts,
-            wall_s=round(wall, 3),
+            wall_s=round(reply.wall_s, 3),
             prompt=reply.usage.prompt_tokens,
             completion=reply.usage.completion_tokens,
         )
         return reply
 
     @asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[str]]:
-        await self.connect()
-        body = self._body(request, stream=True)
-        url = self.http.url("/v1/chat/completions")
-        async with (
-            self.limiter,
-            self.http.client.stream("POST", url, json=body, headers=self.http._headers) as response,
-        ):
+    async def _open(self, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """POST a streaming request; error statuses raise (transient ones for the retry policy)."""
+        async with self.http.client.stream(
+            "POST", self.http.url(path), json=body, headers=self.http.headers
+        ) as response:
             if response.status_code >= 400:
-                await response.aread()
-                self.http.raise_for_status(response, "/v1/chat/completions")
-            yield self._deltas(response)
+                text = (await response.aread()).decode(errors="replace")
+                if response.status_code in TRANSIENT_STATUS:
+                    raise TransientStatus(response, text)
+                raise error_for(response.status_code, text, self.http.url(path))
+            yield response
 
-    async def _deltas(self, response: httpx.Response) -> AsyncIterator[str]:
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return
-            chunk = json.loads(data)
-            if chunk.get("usage"):
-                self._usage = self._usage + _usage(chunk)
-            for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    yield text
+    @asynccontextmanager
+    async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[str]]:
+        """Text deltas as they arrive (no retry once tokens flow: they were already shown)."""
+        await self.connect()
+        body = self._body(request)
+        path = "/v1/chat/completions"
+        async with self.limiter, self._open(path, body) as response:
+            assembler = Assembler()
+
+            async def deltas() -> AsyncIterator[str]:
+                async for chunk in events(response):
+                    text = assembler.feed(chunk)
+                    if text:
+                        yield text
+                self._usage = self._usage + assembler.usage
+
+            yield deltas()
 
     async def count_tokens(
         self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None
@@ -240,37 +250,3 @@ class LlamaCppBackend(Backend):
     async def aclose(self) -> None:
         if self._own_client:
             await self.http.client.aclose()
-
-
-def _usage(payload: dict[str, Any]) -> Usage:
-    u = payload.get("usage") or {}
-    details = u.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens") or (payload.get("timings") or {}).get("cache_n", 0)
-    return Usage(
-        prompt_tokens=int(u.get("prompt_tokens", 0)),
-        completion_tokens=int(u.get("completion_tokens", 0)),
-        cached_tokens=int(cached or 0),
-        requests=1,
-    )
-
-
-def parse_chat_completion(payload: dict[str, Any]) -> ChatResponse:
-    """Read an OpenAI chat-completion object (llama-server adds `timings`)."""
-    choice = payload["choices"][0]
-    message = choice.get("message") or {}
-    calls = [
-        ToolCall(
-            id=str(c.get("id") or ""),
-            name=str(c["function"]["name"]),
-            arguments=c["function"].get("arguments") or "{}",
-        )
-        for c in message.get("tool_calls") or []
-    ]
-    timings = payload.get("timings")
-    return ChatResponse(
-        content=message.get("content") or "",
-        tool_calls=calls,
-        finish_reason=str(choice.get("finish_reason") or "stop"),
-        usage=_usage(payload),
-        timings=Timings.model_validate(timings) if isinstance(timings, dict) else None,
-    )

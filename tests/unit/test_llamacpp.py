@@ -20,13 +20,25 @@ PROPS = {
 }
 
 
-def completion(text: str = "hi", prompt: int = 10, completion_tokens: int = 2) -> dict[str, Any]:
-    return {
-        "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens},
-        "timings": {"prompt_n": prompt, "predicted_n": completion_tokens,
-                    "predicted_per_second": 50.0, "prompt_per_second": 500.0, "cache_n": 3},
-    }
+def sse(*chunks: dict[str, Any]) -> httpx.Response:
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+
+def completion(text: str = "hi", prompt: int = 10, completion_tokens: int = 2) -> httpx.Response:
+    """A llama-server style stream: text deltas, then finish, usage and timings."""
+    half = len(text) // 2
+    return sse(
+        {"choices": [{"delta": {"role": "assistant", "content": text[:half]}}]},
+        {"choices": [{"delta": {"content": text[half:]}}]},
+        {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+        {
+            "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens},
+            "timings": {"prompt_n": prompt, "predicted_n": completion_tokens,
+                        "predicted_per_second": 50.0, "prompt_per_second": 500.0, "cache_n": 3},
+        },
+    )
 
 
 Handler = Callable[[httpx.Request], Any]
@@ -48,7 +60,7 @@ def server(chat: Handler | None = None) -> Handler:
         if req.url.path == "/props":
             return httpx.Response(200, json=PROPS)
         if req.url.path == "/v1/chat/completions":
-            return chat(req) if chat else httpx.Response(200, json=completion())
+            return chat(req) if chat else completion()
         return httpx.Response(404, text="not found")
 
     return handle
@@ -74,7 +86,7 @@ async def test_server_without_props_works_with_a_warning() -> None:
         if req.url.path == "/v1/chat/completions":
             body = json.loads(req.content)
             assert "top_k" not in body  # only portable sampling keys go to foreign servers
-            return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}}]})
+            return sse({"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}]})
         return httpx.Response(404)
 
     b = backend(handle)
@@ -103,7 +115,7 @@ async def test_request_body_carries_schema_sampling_and_tools() -> None:
 
     def chat(req: httpx.Request) -> httpx.Response:
         seen.append(json.loads(req.content))
-        return httpx.Response(200, json=completion())
+        return completion()
 
     req = request()
     req.json_schema = {"type": "object"}
@@ -126,7 +138,7 @@ async def test_transient_failures_are_retried_and_counted() -> None:
             raise httpx.ConnectError("refused")
         if calls["n"] == 2:
             return httpx.Response(503, json={"error": {"message": "Loading model"}})
-        return httpx.Response(200, json=completion())
+        return completion()
 
     b = backend(server(chat))
     with capture_logs() as logs:
@@ -183,7 +195,7 @@ async def test_never_more_requests_in_flight_than_slots() -> None:
         state["max"] = max(state["max"], state["now"])
         await asyncio.sleep(0.01)
         state["now"] -= 1
-        return httpx.Response(200, json=completion())
+        return completion()
 
     b = backend(handle)
     async with asyncio.TaskGroup() as group:
@@ -221,7 +233,7 @@ async def test_cancellation_frees_the_slot() -> None:
         if req.url.path == "/props":
             return httpx.Response(200, json=PROPS)
         await release.wait()
-        return httpx.Response(200, json=completion())
+        return completion()
 
     b = backend(handle, slots=1)
     task = asyncio.create_task(b.chat(request()))
@@ -233,3 +245,37 @@ async def test_cancellation_frees_the_slot() -> None:
     assert b.limiter.in_use == 0
     release.set()
     assert (await b.chat(request())).content == "hi"
+
+
+async def test_tool_call_fragments_are_assembled() -> None:
+    def chat(req: httpx.Request) -> httpx.Response:
+        return sse(
+            {"choices": [{"delta": {"tool_calls": [
+                {"index": 0, "id": "c1", "function": {"name": "calc", "arguments": '{"expr'}}
+            ]}}]},
+            {"choices": [{"delta": {"tool_calls": [
+                {"index": 0, "function": {"arguments": 'ession": "1+1"}'}}
+            ]}, "finish_reason": "tool_calls"}]},
+        )
+
+    reply = await backend(server(chat)).chat(request())
+    assert reply.finish_reason == "tool_calls"
+    assert [(c.id, c.name, c.arguments) for c in reply.tool_calls] == [
+        ("c1", "calc", '{"expression": "1+1"}')
+    ]
+
+
+async def test_error_event_mid_stream_maps_to_malformed_reply() -> None:
+    def chat(req: httpx.Request) -> httpx.Response:
+        return sse({"error": {"code": 500, "message": "output does not match the expected format"}})
+
+    with pytest.raises(MalformedReply):
+        await backend(server(chat)).chat(request())
+
+
+async def test_stream_yields_text_deltas() -> None:
+    b = backend(server(lambda r: completion("hello world")))
+    async with b.stream(request()) as deltas:
+        parts = [d async for d in deltas]
+    assert "".join(parts) == "hello world"
+    assert b.usage.requests == 1

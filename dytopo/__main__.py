@@ -1,0 +1,3 @@
+from dytopo.cli import main
+
+main()

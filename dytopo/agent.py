@@ -1,0 +1,73 @@
+"""Agents: one async step per round that returns the four fields; LLM-backed or plain Python."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dytopo.backends.types import Usage
+from dytopo.memory import MemoryItem
+from dytopo.structured import Attempt
+
+
+class AgentOutput(BaseModel):
+    """What every agent says each round (strict JSON from LLM agents)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    public: str = Field(max_length=600)
+    """Short progress report that every agent and the manager can see."""
+    private: str = Field(max_length=2000)
+    """The substantive content, sent only along this round's outgoing edges."""
+    query: str = Field(max_length=300)
+    """One sentence: what this agent needs now (the need descriptor)."""
+    key: str = Field(max_length=300)
+    """One sentence: what this agent can offer now (the offer descriptor)."""
+
+
+@dataclass
+class StepContext:
+    """Everything an agent sees for one step, plus accounting it may fill in."""
+
+    task: str
+    goal: str
+    round: int
+    memory: list[MemoryItem]
+    """H_i: own public messages and received private messages, oldest first."""
+    same_round: list[MemoryItem] = field(default_factory=list)
+    """`tiered` execution only: private messages from earlier tiers of this round."""
+    usage: Usage = field(default_factory=Usage)
+    attempts: list[Attempt] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    """What context packing left out of the prompt, for the trace."""
+
+
+class Agent(ABC):
+    """A swarm member. Subclass and implement `step`; mix freely with LLM agents."""
+
+    def __init__(self, id: str, role: str | None = None) -> None:
+        self.id = id
+        self.role = role or id
+
+    @abstractmethod
+    async def step(self, ctx: StepContext) -> AgentOutput:
+        """Do this round's work and describe what you need and offer."""
+
+
+class FunctionAgent(Agent):
+    """An agent made from an async function `(ctx) -> AgentOutput` (no LLM needed)."""
+
+    def __init__(
+        self,
+        id: str,
+        fn: Callable[[StepContext], Awaitable[AgentOutput]],
+        role: str | None = None,
+    ) -> None:
+        super().__init__(id, role)
+        self._fn = fn
+
+    async def step(self, ctx: StepContext) -> AgentOutput:
+        return await self._fn(ctx)

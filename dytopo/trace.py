@@ -1,0 +1,92 @@
+"""The run trace: one JSON object per line, flushed per event, so a crash keeps everything so far.
+
+Every event has `event`, `run_id`, `ts` and, where it applies, `round`. Event names and their
+documented fields are a public interface (reports, resume and outside tools read them): add
+fields freely, never rename.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+from pydantic import BaseModel
+
+Observer = Callable[[dict[str, Any]], None]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class Trace:
+    """Writes events to a JSONL file (optional) and hands them to observers (progress views)."""
+
+    def __init__(self, run_id: str, path: Path | None = None) -> None:
+        self.run_id = run_id
+        self.path = path
+        self.observers: list[Observer] = []
+        self.events: list[dict[str, Any]] = []
+        """Every event of this run, in order (the in-memory twin of the file)."""
+        self._file: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a", encoding="utf-8")
+
+    def emit(self, event: str, round: int | None = None, **fields: Any) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "event": event,
+            "run_id": self.run_id,
+            "ts": round_ts(time.time()),
+        }
+        if round is not None:
+            record["round"] = round
+        record.update({k: _plain(v) for k, v in fields.items()})
+        self.events.append(record)
+        if self._file is not None:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+        for observer in self.observers:
+            observer(record)
+        return record
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def round_ts(ts: float) -> float:
+    return float(f"{ts:.3f}")
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """Load a trace; a torn last line (crash mid-write) is skipped, not fatal."""
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events

@@ -1,0 +1,42 @@
+"""Integration tests run against REAL llama-server processes (the embedded default)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dytopo.managed import ManagedStack
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def dytopo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "dytopo-home"
+
+
+@pytest.fixture(scope="session")
+def stack(dytopo_home: Path) -> Iterator[ManagedStack]:
+    """One embedded chat + embedding server pair for the whole session (2 slots x 2048 ctx)."""
+    previous = os.environ.get("DYTOPO_HOME")
+    os.environ["DYTOPO_HOME"] = str(dytopo_home)
+    managed = ManagedStack(slots=2, ctx_per_slot=2048)
+    try:
+        asyncio.run(managed.start())
+        yield managed
+    finally:
+        managed.stop()
+        if previous is None:
+            os.environ.pop("DYTOPO_HOME", None)
+        else:
+            os.environ["DYTOPO_HOME"] = previous

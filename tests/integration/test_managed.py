@@ -1,0 +1,94 @@
+"""The embedded default: started on demand, never leaves an orphan llama-server behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dytopo.managed.server import pid_alive
+
+HOLD_STACK = """
+import asyncio, json, sys
+from dytopo.logs import configure_logging
+from dytopo.managed import ManagedStack
+
+configure_logging("warning")
+
+async def main() -> None:
+    async with ManagedStack(slots=1, ctx_per_slot=1024) as stack:
+        print(json.dumps([stack.chat.pid, stack.embed.pid]), flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def _spawn_holder(home: Path) -> tuple[subprocess.Popen[str], list[int]]:
+    env = {**os.environ, "DYTOPO_HOME": str(home)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STACK],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )
+    assert holder.stdout is not None
+    line = holder.stdout.readline()
+    assert line, "holder process died before starting the stack"
+    pids = json.loads(line)
+    assert all(pid_alive(p) for p in pids)
+    return holder, pids
+
+
+def _wait_dead(pids: list[int], timeout_s: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _running(p)]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if _running(p)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap if it happens to be our child
+    except ChildProcessError:
+        pass
+    if not pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_no_orphan_server_after_signal(dytopo_home: Path, sig: signal.Signals) -> None:
+    holder, pids = _spawn_holder(dytopo_home)
+    holder.send_signal(sig)
+    holder.wait(timeout=30)
+    assert holder.stdout is not None
+    holder.stdout.close()
+    assert _wait_dead(pids) == [], f"orphan llama-server after {sig.name}: {pids}"
+
+
+def test_doctor_cli_on_the_embedded_default(dytopo_home: Path) -> None:
+    env = {**os.environ, "DYTOPO_HOME": str(dytopo_home)}
+    env.pop("DYTOPO_BASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "dytopo", "doctor", "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = json.loads(done.stdout)
+    assert report["ok"] is True
+    assert report["source"] == "embedded"
+    burst = report["burst"]
+    assert burst["completed"] == burst["requests"] == 3 * report["slots"]
+    assert burst["max_in_flight"] <= report["slots"]
