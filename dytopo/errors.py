@@ -55,3 +55,7 @@ class RunError(DyTopoError):
     def __init__(self, message: str, *, partial: Any = None) -> None:
         super().__init__(message)
         self.partial = partial
+
+
+class AgentFailed(DyTopoError):
+    """An agent could not produce a valid step (after the whole re-ask ladder)."""

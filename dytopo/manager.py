@@ -1,0 +1,187 @@
+"""The manager: round goals, halt decisions, the final answer (all strict JSON)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dytopo.agent import StepContext
+from dytopo.backends.base import Backend
+from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
+from dytopo.cards import RoleCard
+from dytopo.errors import AgentFailed
+from dytopo.prompting import fit
+from dytopo.structured import ask_structured
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class RoundGoal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = Field(min_length=1, max_length=500)
+
+
+class ManagerDecision(BaseModel):
+    """The manager's verdict after a round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    goal_next: str = Field(max_length=500)
+    halt: bool
+    reason: str = Field(max_length=400)
+    final_answer: str = Field(max_length=6000)
+
+
+class FinalAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    final_answer: str = Field(min_length=1, max_length=6000)
+
+
+class PublicMessage(BaseModel):
+    round: int
+    agent: str
+    text: str
+
+    def render(self) -> str:
+        return f"[round {self.round}] {self.agent}: {self.text}"
+
+
+class Manager(ABC):
+    """Steers the swarm. `acct` collects usage, attempts and dropped context for the trace."""
+
+    @abstractmethod
+    async def open(self, task: str, acct: StepContext) -> str:
+        """The first round's goal."""
+
+    @abstractmethod
+    async def decide(
+        self,
+        task: str,
+        round: int,
+        max_rounds: int,
+        transcript: Sequence[PublicMessage],
+        acct: StepContext,
+    ) -> ManagerDecision:
+        """After a round: next goal, whether to halt, why, and the answer when halting."""
+
+    @abstractmethod
+    async def final(
+        self, task: str, transcript: Sequence[PublicMessage], context: str, acct: StepContext
+    ) -> str:
+        """The final answer when the run stops without a halt (max_rounds, budget)."""
+
+
+ASK = {
+    RoundGoal: (
+        "Duty now: set the first round's goal. Reply with one JSON object with the key goal: "
+        "one or two sentences saying what each agent should do first."
+    ),
+    ManagerDecision: (
+        "Duty now: decide after this round. Reply with one JSON object with the keys goal_next "
+        "(string), halt (boolean), reason (string) and final_answer (string, empty unless halt)."
+    ),
+    FinalAnswer: (
+        "Duty now: write the final answer to the task. Reply with one JSON object with the key "
+        "final_answer: the complete answer itself."
+    ),
+}
+
+
+class LLMManager(Manager):
+    """The manager as one structured chat request per duty."""
+
+    def __init__(
+        self,
+        card: RoleCard,
+        backend: Backend,
+        *,
+        instructions: str = "",
+        max_output_tokens: int = 768,
+        context_budget: int | None = None,
+        sampling: Sampling | None = None,
+        reasks: int = 2,
+    ) -> None:
+        self.card = card
+        self.backend = backend
+        self.instructions = instructions
+        self.max_output_tokens = max_output_tokens
+        self.context_budget = context_budget
+        self.sampling = sampling or Sampling(temperature=0.3)
+        self.reasks = reasks
+
+    async def open(self, task: str, acct: StepContext) -> str:
+        reply = await self._ask(RoundGoal, [f"TASK:\n{task}"], [], "", acct)
+        return reply.goal
+
+    async def decide(
+        self,
+        task: str,
+        round: int,
+        max_rounds: int,
+        transcript: Sequence[PublicMessage],
+        acct: StepContext,
+    ) -> ManagerDecision:
+        head = [f"TASK:\n{task}", f"Round {round} of at most {max_rounds} has finished."]
+        return await self._ask(ManagerDecision, head, transcript, "", acct)
+
+    async def final(
+        self, task: str, transcript: Sequence[PublicMessage], context: str, acct: StepContext
+    ) -> str:
+        head = [f"TASK:\n{task}", "The run is over: write the final answer now."]
+        reply = await self._ask(FinalAnswer, head, transcript, context, acct)
+        return reply.final_answer
+
+    async def _ask(
+        self,
+        model: type[M],
+        head: list[str],
+        transcript: Sequence[PublicMessage],
+        context: str,
+        acct: StepContext,
+    ) -> M:
+        system = "\n\n".join(
+            p for p in (self.card.prompt, self.instructions.strip(), ASK[model]) if p
+        )
+        # Newest public messages are the most valuable; `fit` drops from the end.
+        lines = [m.render() for m in reversed(transcript)]
+        extra = [f"TEAM'S WORK (latest private messages):\n{context}"] if context else []
+
+        def build(kept: Sequence[str]) -> list[ChatMessage]:
+            shown = "\n".join(reversed(kept)) if kept else "(no messages yet)"
+            body = [*head, f"PUBLIC MESSAGES (oldest first):\n{shown}", *extra]
+            return [
+                ChatMessage(role="system", content=system),
+                ChatMessage(role="user", content="\n\n".join(body)),
+            ]
+
+        budget = self.context_budget or (await self.backend.connect()).n_ctx_per_slot
+        messages, dropped = await fit(
+            self.backend,
+            build,
+            lines,
+            budget=budget,
+            max_output_tokens=self.max_output_tokens,
+            who="manager",
+        )
+        acct.dropped.extend(dropped)
+        request = ChatRequest(
+            messages=messages,
+            max_tokens=self.max_output_tokens,
+            sampling=self.sampling,
+            tag="manager",
+        )
+        result = await ask_structured(
+            self.backend, request, model, reasks=self.reasks, on_attempt=acct.attempts.append
+        )
+        acct.usage = acct.usage + result.usage
+        if result.value is None:
+            raise AgentFailed(
+                f"manager: no valid {model.__name__} after "
+                f"{len(result.attempts)} attempts ({result.error})"
+            )
+        return result.value

@@ -1,0 +1,53 @@
+"""Fitting a prompt into its context budget by dropping the least valuable parts first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from dytopo.backends.base import Backend
+from dytopo.backends.types import ChatMessage
+from dytopo.errors import BudgetExceeded
+
+# Tokens kept free for the chat template's own framing and tokenizer disagreements.
+SAFETY_MARGIN = 16
+
+
+async def fit(
+    backend: Backend,
+    build: Callable[[Sequence[str]], list[ChatMessage]],
+    droppable: Sequence[str],
+    *,
+    budget: int,
+    max_output_tokens: int,
+    who: str,
+) -> tuple[list[ChatMessage], list[str]]:
+    """Messages from `build(kept)` that fit `budget` with room for the output.
+
+    `droppable` is ordered most valuable first; items are dropped from the end until the prompt,
+    counted by the backend (the server's tokenizer where it has one), fits. Returns the messages
+    and the dropped items.
+    """
+    limit = budget - max_output_tokens - SAFETY_MARGIN
+    if limit <= 0:
+        raise BudgetExceeded(
+            f"{who}: context budget {budget} leaves no room for max_output_tokens "
+            f"{max_output_tokens} (raise the budget or lower max_output_tokens)"
+        )
+    kept = list(droppable)
+    while True:
+        messages = build(kept)
+        used = await backend.count_tokens(messages)
+        if used <= limit:
+            return messages, list(droppable[len(kept) :])
+        if not kept:
+            raise BudgetExceeded(
+                f"{who}: the pinned prompt alone needs {used} tokens but only {limit} are free "
+                f"(budget {budget} - output {max_output_tokens}); shorten the task or role card, "
+                "or raise the context budget"
+            )
+        # Drop proportionally to the overshoot to avoid one tokenizer call per item.
+        excess = used - limit
+        cut = 1
+        while cut < len(kept) and sum(len(t) for t in kept[len(kept) - cut :]) < excess * 3:
+            cut += 1
+        kept = kept[: len(kept) - cut]

@@ -1,0 +1,80 @@
+"""What a run returns: typed records of every round, the answer, usage and timings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import networkx as nx
+from pydantic import BaseModel, Field
+
+from dytopo.agent import AgentOutput
+from dytopo.backends.types import Usage
+from dytopo.manager import ManagerDecision
+from dytopo.router import Routing
+from dytopo.structured import Attempt
+
+HaltReason = Literal["manager", "max_rounds", "budget", "error"]
+
+
+class AgentStep(BaseModel):
+    """One agent's step in one round."""
+
+    agent: str
+    ok: bool
+    output: AgentOutput | None = None
+    error: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    attempts: list[Attempt] = Field(default_factory=list)
+    dropped: list[str] = Field(default_factory=list)
+    """Memory items context packing left out of this step's prompt."""
+    wall_s: float = 0.0
+
+
+class Delivery(BaseModel):
+    """A private message moved along an edge."""
+
+    source: str
+    target: str
+    score: float
+    phase: Literal["after_round", "same_round"] = "after_round"
+
+
+class RoundRecord(BaseModel):
+    round: int
+    goal: str
+    steps: list[AgentStep]
+    routing: Routing
+    deliveries: list[Delivery]
+    decision: ManagerDecision | None = None
+    """None when the manager failed and the fallback applied."""
+    halt_accepted: bool = False
+    usage: Usage = Field(default_factory=Usage)
+    wall_s: float = 0.0
+
+    def graph(self) -> nx.DiGraph[str]:
+        return self.routing.graph()
+
+
+class RunResult(BaseModel):
+    """Everything a run produced. Also written, event by event, to the trace."""
+
+    run_id: str
+    task: str
+    final_answer: str
+    halt_reason: HaltReason
+    rounds: list[RoundRecord] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    usage_by_agent: dict[str, Usage] = Field(default_factory=dict)
+    wall_s: float = 0.0
+    trace_path: str | None = None
+    reasks: int = 0
+    """Structured replies that needed at least one re-ask."""
+    failures: int = 0
+    """Agent steps or manager duties that failed after the whole ladder."""
+
+    @property
+    def goals(self) -> list[str]:
+        return [r.goal for r in self.rounds]
+
+    def graphs(self) -> list[nx.DiGraph[str]]:
+        return [r.graph() for r in self.rounds]

@@ -1,0 +1,479 @@
+"""The round loop: goal, concurrent agent steps, routing, delivery in sigma order, decision."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+from dytopo.agent import Agent, StepContext
+from dytopo.backends.base import Backend
+from dytopo.backends.types import Usage
+from dytopo.cards import load_card
+from dytopo.embedders.base import Embedder
+from dytopo.errors import AgentFailed, DyTopoError, RunError
+from dytopo.llm_agent import LLMAgent
+from dytopo.loader import load_topology
+from dytopo.manager import LLMManager, Manager, PublicMessage
+from dytopo.memory import MemoryItem
+from dytopo.result import AgentStep, Delivery, RoundRecord, RunResult
+from dytopo.router import Routing, route, tiers
+from dytopo.routing import RoutingConfig
+from dytopo.topology import Topology
+from dytopo.trace import Observer, Trace
+from dytopo.versions import versions
+
+log = structlog.get_logger("dytopo.swarm")
+
+
+def fallback_goal(task: str) -> str:
+    return f"Make concrete progress on the task: {task[:300]}"
+
+
+class Swarm:
+    """Agents + manager + embedder + routing rule. `await swarm.run(task)` runs it once."""
+
+    def __init__(
+        self,
+        agents: Sequence[Agent],
+        manager: Manager,
+        embedder: Embedder,
+        *,
+        routing: RoutingConfig | None = None,
+        max_rounds: int = 5,
+        min_rounds: int = 2,
+        seed: int = 0,
+        agent_timeout_s: float = 600.0,
+        on_agent_error: Literal["continue", "abort"] = "continue",
+        name: str = "swarm",
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        ids = [a.id for a in agents]
+        if not agents or len(set(ids)) != len(ids):
+            raise ValueError(f"a swarm needs at least one agent and unique ids, got {ids}")
+        self.agents = list(agents)
+        self.manager = manager
+        self.embedder = embedder
+        self.routing = routing or RoutingConfig()
+        self.max_rounds = max_rounds
+        self.min_rounds = min(min_rounds, max_rounds)
+        self.seed = seed
+        self.agent_timeout_s = agent_timeout_s
+        self.on_agent_error = on_agent_error
+        self.name = name
+        self.config = config or {}
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, backend: Backend, embedder: Embedder) -> Swarm:
+        """A swarm from a topology file, on the given backend and embedder."""
+        return build_swarm(load_topology(path), backend, embedder, base_dir=Path(path).parent)
+
+    async def run(
+        self,
+        task: str,
+        *,
+        trace_path: str | Path | None = None,
+        observers: Sequence[Observer] = (),
+    ) -> RunResult:
+        """Run the swarm on `task`. Raises RunError (with `.partial`) only when it cannot go on."""
+        run = _Run(self, task, Path(trace_path) if trace_path else None, observers)
+        return await run.execute()
+
+
+class _Run:
+    """State of one run; kept apart from Swarm so a swarm can run many tasks."""
+
+    def __init__(
+        self, swarm: Swarm, task: str, trace_path: Path | None, observers: Sequence[Observer]
+    ) -> None:
+        self.s = swarm
+        self.task = task
+        self.run_id = uuid.uuid4().hex[:12]
+        self.trace = Trace(self.run_id, trace_path)
+        self.trace.observers.extend(observers)
+        self.memory: dict[str, list[MemoryItem]] = {a.id: [] for a in swarm.agents}
+        self.transcript: list[PublicMessage] = []
+        self.rng = random.Random(swarm.seed)
+        self.result = RunResult(
+            run_id=self.run_id,
+            task=task,
+            final_answer="",
+            halt_reason="error",
+            trace_path=str(trace_path) if trace_path else None,
+        )
+        self.started = time.monotonic()
+        self.prev_routing: Routing | None = None
+
+    def _account(self, who: str, acct: StepContext) -> None:
+        self.result.usage = self.result.usage + acct.usage
+        by = self.result.usage_by_agent
+        by[who] = by.get(who, Usage()) + acct.usage
+        if len(acct.attempts) > 1:
+            self.result.reasks += 1
+
+    def _acct(self, round: int) -> StepContext:
+        return StepContext(task=self.task, goal="", round=round, memory=[])
+
+    async def execute(self) -> RunResult:
+        s = self.s
+        self.trace.emit(
+            "run_start",
+            name=s.name,
+            task=self.task,
+            seed=s.seed,
+            config=s.config,
+            versions=versions(),
+            agents=[a.id for a in s.agents],
+            mode=s.routing.mode,
+            execution=s.routing.execution,
+            tau=s.routing.tau,
+            max_rounds=s.max_rounds,
+            min_rounds=s.min_rounds,
+            embedder=s.embedder.name,
+        )
+        try:
+            await self._rounds()
+        except BaseException as exc:
+            self.result.halt_reason = "error"
+            self._finish(error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, DyTopoError):
+                where = f" (trace: {self.trace.path})" if self.trace.path else ""
+                raise RunError(
+                    f"run {self.run_id} stopped after {len(self.result.rounds)} complete "
+                    f"round(s): {exc}{where}",
+                    partial=self.result,
+                ) from exc
+            raise
+        finally:
+            self.trace.close()
+        return self.result
+
+    async def _rounds(self) -> None:
+        s = self.s
+        acct = self._acct(1)
+        try:
+            goal = await s.manager.open(self.task, acct)
+        except AgentFailed as exc:
+            goal = fallback_goal(self.task)
+            self.result.failures += 1
+            self.trace.emit("manager_fallback", round=1, duty="open", error=str(exc), goal=goal)
+        self._account("manager", acct)
+        self.trace.emit(
+            "manager_goal",
+            round=1,
+            goal=goal,
+            usage=acct.usage,
+            attempts=acct.attempts,
+            dropped=len(acct.dropped),
+        )
+        for t in range(1, s.max_rounds + 1):
+            record = await self._round(t, goal)
+            self.result.rounds.append(record)
+            if record.halt_accepted and record.decision is not None:
+                self.result.final_answer = record.decision.final_answer
+                self.result.halt_reason = "manager"
+                break
+            if record.decision is not None and record.decision.goal_next.strip():
+                goal = record.decision.goal_next
+        else:
+            self.result.halt_reason = "max_rounds"
+            self.result.final_answer = await self._final_answer()
+        self._finish()
+
+    async def _round(self, t: int, goal: str) -> RoundRecord:
+        s = self.s
+        started = time.monotonic()
+        self.trace.emit("round_start", round=t, goal=goal)
+        active = s.agents[:1] if s.routing.mode == "single" else s.agents
+        same_round: dict[str, list[MemoryItem]] = {a.id: [] for a in active}
+        if s.routing.execution == "tiered" and self.prev_routing is not None:
+            steps = await self._tiered(t, goal, active, same_round)
+        else:
+            steps = await self._steps(t, goal, active, same_round)
+        for step in steps:
+            self.trace.emit(
+                "agent_output",
+                round=t,
+                agent=step.agent,
+                ok=step.ok,
+                **(step.output.model_dump() if step.output else {}),
+                error=step.error,
+                usage=step.usage,
+                attempts=step.attempts,
+                dropped=step.dropped,
+                wall_s=step.wall_s,
+            )
+        ok = [st for st in steps if st.ok and st.output is not None]
+        outputs = {st.agent: st.output for st in ok if st.output is not None}
+        ids = [st.agent for st in ok]
+        routing = await route(
+            ids,
+            [outputs[i].query for i in ids],
+            [outputs[i].key for i in ids],
+            s.embedder,
+            s.routing,
+            rng=self.rng,
+        )
+        self.trace.emit("routing", round=t, **routing.model_dump())
+        deliveries = self._deliver(t, routing, outputs, same_round)
+        for d in deliveries:
+            self.trace.emit(
+                "delivery",
+                round=t,
+                score=d.score,
+                phase=d.phase,
+                **{"from": d.source, "to": d.target},
+            )
+        self.prev_routing = routing
+        decision, accepted = await self._decide(t)
+        usage = sum((st.usage for st in steps), Usage())
+        record = RoundRecord(
+            round=t,
+            goal=goal,
+            steps=steps,
+            routing=routing,
+            deliveries=deliveries,
+            decision=decision,
+            halt_accepted=accepted,
+            usage=usage,
+            wall_s=round(time.monotonic() - started, 3),
+        )
+        self.trace.emit(
+            "round_end",
+            round=t,
+            edges=len(routing.edges),
+            usage=usage,
+            failed=[st.agent for st in steps if not st.ok],
+            wall_s=record.wall_s,
+        )
+        return record
+
+    async def _steps(
+        self, t: int, goal: str, agents: Sequence[Agent], same_round: dict[str, list[MemoryItem]]
+    ) -> list[AgentStep]:
+        """Run agents concurrently; each times out on its own and keeps its result."""
+        results: dict[str, AgentStep] = {}
+        async with asyncio.TaskGroup() as group:
+            for agent in agents:
+                ctx = StepContext(
+                    task=self.task,
+                    goal=goal,
+                    round=t,
+                    memory=list(self.memory[agent.id]),
+                    same_round=list(same_round.get(agent.id, [])),
+                )
+                group.create_task(self._step(agent, ctx, results))
+        return [results[a.id] for a in agents]
+
+    async def _step(self, agent: Agent, ctx: StepContext, results: dict[str, AgentStep]) -> None:
+        started = time.monotonic()
+        step = AgentStep(agent=agent.id, ok=False)
+        try:
+            async with asyncio.timeout(self.s.agent_timeout_s):
+                step.output = await agent.step(ctx)
+            step.ok = True
+        except TimeoutError:
+            step.error = f"timed out after {self.s.agent_timeout_s:.0f}s (agent_timeout_s)"
+        except Exception as exc:  # a custom agent's bug must not kill the round
+            step.error = f"{type(exc).__name__}: {exc}"
+            if self.s.on_agent_error == "abort":
+                raise
+        step.usage, step.attempts, step.dropped = ctx.usage, ctx.attempts, ctx.dropped
+        step.wall_s = round(time.monotonic() - started, 3)
+        if not step.ok:
+            self.result.failures += 1
+            log.warning("agent.failed", agent=agent.id, round=ctx.round, error=step.error)
+        self._account(agent.id, ctx)
+        results[agent.id] = step
+
+    async def _tiered(
+        self, t: int, goal: str, agents: Sequence[Agent], same_round: dict[str, list[MemoryItem]]
+    ) -> list[AgentStep]:
+        """Tiers of last round's graph; a tier reads this round's messages of earlier tiers."""
+        assert self.prev_routing is not None
+        by_id = {a.id: a for a in agents}
+        order = [a.id for a in agents]
+        edges = [e for e in self.prev_routing.edges if e.source in by_id and e.target in by_id]
+        steps: dict[str, AgentStep] = {}
+        for tier in tiers(order, edges):
+            for step in await self._steps(t, goal, [by_id[i] for i in tier], same_round):
+                steps[step.agent] = step
+                if step.output is None:
+                    continue
+                for e in edges:
+                    if e.source == step.agent:
+                        same_round[e.target].append(
+                            MemoryItem(
+                                round=t,
+                                kind="private",
+                                source=step.agent,
+                                text=step.output.private,
+                                score=e.score,
+                            )
+                        )
+        return [steps[i] for i in order]
+
+    def _deliver(
+        self,
+        t: int,
+        routing: Routing,
+        outputs: dict[str, Any],
+        same_round: dict[str, list[MemoryItem]],
+    ) -> list[Delivery]:
+        """H_i += own public, then incoming private messages in sigma order."""
+        position = {a: k for k, a in enumerate(routing.order)}
+        incoming: dict[str, list[Delivery]] = {a: [] for a in routing.order}
+        for e in routing.edges:
+            incoming[e.target].append(Delivery(source=e.source, target=e.target, score=e.score))
+        deliveries: list[Delivery] = []
+        for agent in routing.order:
+            out = outputs[agent]
+            self.memory[agent].append(
+                MemoryItem(round=t, kind="own", source=agent, text=out.public)
+            )
+            self.transcript.append(PublicMessage(round=t, agent=agent, text=out.public))
+            already = {m.source for m in same_round.get(agent, [])}
+            for m in same_round.get(agent, []):
+                self.memory[agent].append(m)
+                deliveries.append(
+                    Delivery(
+                        source=m.source, target=agent, score=m.score or 0.0, phase="same_round"
+                    )
+                )
+            for d in sorted(incoming[agent], key=lambda d: position[d.source]):
+                if d.source in already:
+                    continue
+                self.memory[agent].append(
+                    MemoryItem(
+                        round=t,
+                        kind="private",
+                        source=d.source,
+                        text=outputs[d.source].private,
+                        score=d.score,
+                    )
+                )
+                deliveries.append(d)
+        return deliveries
+
+    async def _decide(self, t: int) -> tuple[Any, bool]:
+        s = self.s
+        acct = self._acct(t)
+        try:
+            decision = await s.manager.decide(self.task, t, s.max_rounds, self.transcript, acct)
+        except AgentFailed as exc:
+            self.result.failures += 1
+            self._account("manager", acct)
+            self.trace.emit("manager_fallback", round=t, duty="decide", error=str(exc))
+            return None, False
+        self._account("manager", acct)
+        accepted = decision.halt and t >= s.min_rounds and bool(decision.final_answer.strip())
+        why_not = ""
+        if decision.halt and not accepted:
+            why_not = (
+                f"halt before min_rounds={s.min_rounds}"
+                if t < s.min_rounds
+                else "halt without a final answer"
+            )
+        self.trace.emit(
+            "manager_decision",
+            round=t,
+            halt=decision.halt,
+            accepted=accepted,
+            rejected_because=why_not,
+            reason=decision.reason,
+            goal_next=decision.goal_next,
+            final_answer=decision.final_answer,
+            usage=acct.usage,
+            attempts=acct.attempts,
+            dropped=len(acct.dropped),
+        )
+        return decision, accepted
+
+    async def _final_answer(self) -> str:
+        acct = self._acct(len(self.result.rounds))
+        latest = self.result.rounds[-1] if self.result.rounds else None
+        context = "\n".join(
+            f"{st.agent}: {st.output.private}"
+            for st in (latest.steps if latest else [])
+            if st.output is not None
+        )
+        try:
+            answer = await self.s.manager.final(self.task, self.transcript, context, acct)
+        except AgentFailed as exc:
+            self.result.failures += 1
+            answer = context or "(no answer: every agent and the manager failed)"
+            self.trace.emit("manager_fallback", duty="final", error=str(exc))
+        self._account("manager", acct)
+        self.trace.emit(
+            "final_answer", final_answer=answer, usage=acct.usage, attempts=acct.attempts
+        )
+        return answer
+
+    def _finish(self, error: str = "") -> None:
+        r = self.result
+        r.wall_s = round(time.monotonic() - self.started, 3)
+        fields: dict[str, Any] = {}
+        if error:
+            fields["error"] = error
+        self.trace.emit(
+            "run_end",
+            final_answer=r.final_answer,
+            halt_reason=r.halt_reason,
+            rounds=len(r.rounds),
+            usage=r.usage,
+            usage_by_agent=r.usage_by_agent,
+            reasks=r.reasks,
+            failures=r.failures,
+            wall_s=r.wall_s,
+            **fields,
+        )
+
+
+def build_swarm(
+    topology: Topology, backend: Backend, embedder: Embedder, *, base_dir: Path | None = None
+) -> Swarm:
+    """Instantiate a topology's agents and manager on one backend."""
+    agents: list[Agent] = []
+    for spec in topology.agents:
+        card = load_card(spec.card or spec.id, base_dir)
+        agents.append(
+            LLMAgent(
+                spec.id,
+                card,
+                backend,
+                instructions=spec.instructions,
+                max_output_tokens=spec.budget.max_output_tokens,
+                context_budget=spec.budget.context,
+                sampling=spec.sampling,
+                reasks=topology.structured_reasks,
+            )
+        )
+    m = topology.manager
+    manager = LLMManager(
+        load_card(m.card, base_dir),
+        backend,
+        instructions=m.instructions,
+        max_output_tokens=m.budget.max_output_tokens,
+        context_budget=m.budget.context,
+        sampling=m.sampling,
+        reasks=topology.structured_reasks,
+    )
+    return Swarm(
+        agents,
+        manager,
+        embedder,
+        routing=topology.routing,
+        max_rounds=topology.max_rounds,
+        min_rounds=topology.min_rounds,
+        seed=topology.seed,
+        agent_timeout_s=topology.agent_timeout_s,
+        on_agent_error=topology.on_agent_error,
+        name=topology.name,
+        config=topology.model_dump(mode="json"),
+    )

@@ -1,0 +1,97 @@
+"""Topology files: the YAML format of a swarm, as typed models (`dytopo schema` prints it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dytopo.backends.settings import BackendSettings
+from dytopo.backends.types import Sampling
+from dytopo.routing import RoutingConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BudgetSpec(_Strict):
+    """Token budgets of one agent (or the manager)."""
+
+    max_output_tokens: int = Field(default=640, ge=16)
+    """max_tokens of each reply."""
+    context: int | None = Field(default=None, ge=256)
+    """Prompt + output tokens this agent may use per request. None: a share of the slot."""
+    weight: float = Field(default=1.0, gt=0)
+    """Relative share of the slot context when `context` is not set."""
+
+
+class AgentSpec(_Strict):
+    """One swarm member."""
+
+    id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
+    """Unique name; appears in traces and graphs."""
+    card: str | None = None
+    """Role card name in agents/ (or a path to a .md file). Default: the id."""
+    instructions: str = ""
+    """Extra instructions appended to the role card for this topology."""
+    tools: list[str] = Field(default_factory=list)
+    """Names of the tools this agent may call."""
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    sampling: Sampling = Field(default_factory=Sampling)
+
+
+class ManagerSpec(_Strict):
+    """The manager: sets goals, decides when to stop, writes the final answer."""
+
+    card: str = "manager"
+    instructions: str = ""
+    budget: BudgetSpec = Field(default_factory=lambda: BudgetSpec(max_output_tokens=768))
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.3))
+
+
+class EmbedderSpec(_Strict):
+    """The sentence encoder for need/offer matching."""
+
+    kind: Literal["http", "hash"] = "http"
+    """http: llama-server --embeddings or any OpenAI-compatible /v1/embeddings; hash: offline."""
+    base_url: str | None = None
+    """None: $DYTOPO_EMBED_URL, else the embedded MiniLM server, else the chat server."""
+    model: str | None = None
+
+
+class Topology(_Strict):
+    """A swarm: who is in it, how they talk, which server they use."""
+
+    name: str
+    description: str = ""
+    task: str | None = None
+    """Default task when `dytopo run` gets no --task."""
+    backend: BackendSettings = Field(default_factory=BackendSettings)
+    embedder: EmbedderSpec = Field(default_factory=EmbedderSpec)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    max_rounds: int = Field(default=5, ge=1, le=50)
+    min_rounds: int = Field(default=2, ge=1)
+    """A manager halt before this round is not accepted (small models halt at once)."""
+    seed: int = 0
+    structured_reasks: int = Field(default=2, ge=0, le=5)
+    """Re-asks at temperature 0.1 after a malformed structured reply."""
+    agent_timeout_s: float = Field(default=600.0, gt=0)
+    """Each agent's step times out on its own; finished agents keep their results."""
+    on_agent_error: Literal["continue", "abort"] = "continue"
+    manager: ManagerSpec = Field(default_factory=ManagerSpec)
+    agents: list[AgentSpec] = Field(min_length=1)
+    tool_modules: list[str] = Field(default_factory=list)
+    """Extra Python modules or .py files whose @tool functions are registered."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Topology:
+        ids = [a.id for a in self.agents]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"agent ids must be unique; repeated: {', '.join(dupes)}")
+        if self.routing.hub is not None and self.routing.hub not in ids:
+            raise ValueError(f"routing.hub {self.routing.hub!r} is not an agent id ({ids})")
+        if self.min_rounds > self.max_rounds:
+            raise ValueError(f"min_rounds ({self.min_rounds}) > max_rounds ({self.max_rounds})")
+        return self

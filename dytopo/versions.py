@@ -1,0 +1,16 @@
+"""Versions recorded in every trace, so a run can be reproduced."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("dytopo", "httpx", "pydantic", "networkx", "tenacity"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "unknown"
+    return out
