@@ -14,17 +14,21 @@ from dytopo.structured import Attempt
 
 
 class AgentOutput(BaseModel):
-    """What every agent says each round (strict JSON from LLM agents)."""
+    """What every agent says each round (strict JSON from LLM agents).
+
+    The length caps go into the JSON schema the server enforces, so a model caught in a
+    repetition loop is stopped at the cap instead of running into max_tokens.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    public: str = Field(max_length=600)
+    public: str = Field(max_length=240)
     """Short progress report that every agent and the manager can see."""
-    private: str = Field(max_length=2000)
+    private: str = Field(max_length=1000)
     """The substantive content, sent only along this round's outgoing edges."""
-    query: str = Field(max_length=300)
+    query: str = Field(max_length=160)
     """One sentence: what this agent needs now (the need descriptor)."""
-    key: str = Field(max_length=300)
+    key: str = Field(max_length=160)
     """One sentence: what this agent can offer now (the offer descriptor)."""
 
 

@@ -32,7 +32,7 @@ class LLMAgent(Agent):
         backend: Backend,
         *,
         instructions: str = "",
-        max_output_tokens: int = 640,
+        max_output_tokens: int = 800,
         context_budget: int | None = None,
         sampling: Sampling | None = None,
         reasks: int = 2,

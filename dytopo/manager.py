@@ -22,7 +22,7 @@ M = TypeVar("M", bound=BaseModel)
 class RoundGoal(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    goal: str = Field(min_length=1, max_length=500)
+    goal: str = Field(min_length=1, max_length=300)
 
 
 class ManagerDecision(BaseModel):
@@ -30,16 +30,16 @@ class ManagerDecision(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    goal_next: str = Field(max_length=500)
+    goal_next: str = Field(max_length=300)
     halt: bool
-    reason: str = Field(max_length=400)
-    final_answer: str = Field(max_length=6000)
+    reason: str = Field(max_length=240)
+    final_answer: str = Field(max_length=2400)
 
 
 class FinalAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    final_answer: str = Field(min_length=1, max_length=6000)
+    final_answer: str = Field(min_length=1, max_length=2400)
 
 
 class PublicMessage(BaseModel):
@@ -101,7 +101,7 @@ class LLMManager(Manager):
         backend: Backend,
         *,
         instructions: str = "",
-        max_output_tokens: int = 768,
+        max_output_tokens: int = 1200,
         context_budget: int | None = None,
         sampling: Sampling | None = None,
         reasks: int = 2,

@@ -18,7 +18,7 @@ class _Strict(BaseModel):
 class BudgetSpec(_Strict):
     """Token budgets of one agent (or the manager)."""
 
-    max_output_tokens: int = Field(default=640, ge=16)
+    max_output_tokens: int = Field(default=800, ge=16)
     """max_tokens of each reply."""
     context: int | None = Field(default=None, ge=256)
     """Prompt + output tokens this agent may use per request. None: a share of the slot."""
@@ -46,7 +46,7 @@ class ManagerSpec(_Strict):
 
     card: str = "manager"
     instructions: str = ""
-    budget: BudgetSpec = Field(default_factory=lambda: BudgetSpec(max_output_tokens=768))
+    budget: BudgetSpec = Field(default_factory=lambda: BudgetSpec(max_output_tokens=1200))
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.3))
 
 

@@ -13,7 +13,9 @@ class NetworkRefused(AssertionError):
 
 
 @pytest.fixture(autouse=True)
-def _refuse_network(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _refuse_network(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     if request.node.get_closest_marker("integration") is None:
 
         async def refuse(self: object, req: httpx.Request) -> httpx.Response:
@@ -23,11 +25,13 @@ def _refuse_network(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
             )
 
         monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", refuse)
-    yield
+    return
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Keep background-server state and logs of tests away from the user's cache, but share the
     # converted embedder across tests of one session.
     monkeypatch.setenv("DYTOPO_HOME", str(tmp_path_factory.getbasetemp() / "dytopo-home"))

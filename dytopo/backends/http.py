@@ -129,7 +129,8 @@ class HttpTransport:
         return BackendUnavailable(
             f"LLM server at {self.base_url} did not answer {path} after {attempts} attempt(s) "
             f"(last error: {last}). Check that it is running (`dytopo doctor --backend-url "
-            f"{self.base_url}`), or unset DYTOPO_BASE_URL to use the embedded server.",
+            f"{self.base_url}`), or drop --backend-url and DYTOPO_BASE_URL to use the embedded "
+            "server.",
             url=self.url(path),
         )
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from dytopo.cli import backend, doctor
-from dytopo.cli._common import setup
+from dytopo.cli import backend, doctor, run
+from dytopo.cli._common import State, err, setup
+from dytopo.errors import ConfigError, DyTopoError
 
 app = typer.Typer(
     name="dytopo",
@@ -24,9 +27,20 @@ def _root(
     setup(verbose, debug)
 
 
+app.command("run")(run.run)
+app.command("validate")(run.validate)
+app.command("schema")(run.schema)
 app.command("doctor")(doctor.doctor)
 app.add_typer(backend.app, name="backend")
 
 
 def main() -> None:
-    app()
+    """Entry point: DyTopo errors become one clear line (per problem) and a non-zero exit."""
+    try:
+        app()
+    except DyTopoError as exc:
+        if State.debug:
+            raise
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)

@@ -10,7 +10,6 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from dytopo.errors import ConfigError, DyTopoError
 from dytopo.logs import configure_logging
 
 T = TypeVar("T")
@@ -34,16 +33,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; DyTopo errors become one line and a non-zero exit."""
+    """Run a command's coroutine; Ctrl-C exits 130 after everything was cleaned up."""
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
-    except DyTopoError as exc:
-        if State.debug:
-            raise
-        fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
 
 
 def is_tty() -> bool:

@@ -32,8 +32,9 @@ async def test_token_count_matches_the_servers_own(stack: ManagedStack) -> None:
     ]
     async with LlamaCppBackend(stack.chat_url) as backend:
         counted = await backend.count_tokens(messages)
-        reply = await backend.chat(ChatRequest(messages=messages, max_tokens=1,
-                                               sampling=Sampling(temperature=0.0)))
+        reply = await backend.chat(
+            ChatRequest(messages=messages, max_tokens=1, sampling=Sampling(temperature=0.0))
+        )
     assert counted == reply.usage.prompt_tokens
 
 
@@ -41,7 +42,8 @@ async def test_cancelled_request_frees_the_server_slot(stack: ManagedStack) -> N
     async with LlamaCppBackend(stack.chat_url) as backend:
         long = ChatRequest(
             messages=[ChatMessage(role="user", content="Write a very long story about ships.")],
-            max_tokens=1500, sampling=Sampling(temperature=0.8),
+            max_tokens=1500,
+            sampling=Sampling(temperature=0.8),
         )
         task = asyncio.create_task(backend.chat(long))
         for _ in range(200):
@@ -63,8 +65,9 @@ async def test_retries_across_a_server_restart(dytopo_home: object) -> None:
     first = chat_server(slots=1, ctx_per_slot=1024)
     first.port = port
     await first.start()
-    settings = BackendSettings(base_url=first.url, max_attempts=30, backoff_initial_s=0.2,
-                               backoff_max_s=0.5)
+    settings = BackendSettings(
+        base_url=first.url, max_attempts=30, backoff_initial_s=0.2, backoff_max_s=0.5
+    )
     request = ChatRequest(messages=[ChatMessage(role="user", content="Say hi.")], max_tokens=8)
     second: LlamaServerProcess | None = None
     try:
@@ -92,8 +95,9 @@ async def test_retries_across_a_server_restart(dytopo_home: object) -> None:
 
 async def test_unavailable_error_names_url_and_fix() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    settings = BackendSettings(base_url=url, max_attempts=3, backoff_initial_s=0.01,
-                               backoff_max_s=0.02)
+    settings = BackendSettings(
+        base_url=url, max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02
+    )
     backend = LlamaCppBackend(settings)
     with pytest.raises(BackendUnavailable) as info:
         await backend.connect()

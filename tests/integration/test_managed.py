@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,7 +35,10 @@ def _spawn_holder(home: Path) -> tuple[subprocess.Popen[str], list[int]]:
     env = {**os.environ, "DYTOPO_HOME": str(home)}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_STACK],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
     assert holder.stdout is not None
     line = holder.stdout.readline()
@@ -55,10 +59,8 @@ def _wait_dead(pids: list[int], timeout_s: float = 15.0) -> list[int]:
 
 
 def _running(pid: int) -> bool:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap if it happens to be our child
-    except ChildProcessError:
-        pass
     if not pid_alive(pid):
         return False
     try:
@@ -83,7 +85,10 @@ def test_doctor_cli_on_the_embedded_default(dytopo_home: Path) -> None:
     env.pop("DYTOPO_BASE_URL", None)
     done = subprocess.run(
         [sys.executable, "-m", "dytopo", "doctor", "--json"],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr + done.stdout
     report = json.loads(done.stdout)

@@ -35,8 +35,13 @@ def completion(text: str = "hi", prompt: int = 10, completion_tokens: int = 2) -
         {
             "choices": [],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens},
-            "timings": {"prompt_n": prompt, "predicted_n": completion_tokens,
-                        "predicted_per_second": 50.0, "prompt_per_second": 500.0, "cache_n": 3},
+            "timings": {
+                "prompt_n": prompt,
+                "predicted_n": completion_tokens,
+                "predicted_per_second": 50.0,
+                "prompt_per_second": 500.0,
+                "cache_n": 3,
+            },
         },
     )
 
@@ -177,7 +182,11 @@ async def test_client_errors_are_not_retried() -> None:
     ("status", "body", "error"),
     [
         (400, "the request exceeds the available context size", ContextOverflow),
-        (500, "Failed to parse tool call: output does not match the expected format", MalformedReply),
+        (
+            500,
+            "Failed to parse tool call: output does not match the expected format",
+            MalformedReply,
+        ),
     ],
 )
 async def test_error_bodies_map_to_errors(status: int, body: str, error: type[Exception]) -> None:
@@ -227,18 +236,19 @@ async def test_count_tokens_applies_template_then_tokenizes_and_caches() -> None
 
 
 async def test_cancellation_frees_the_slot() -> None:
-    release = asyncio.Event()
+    release, entered = asyncio.Event(), asyncio.Event()
 
     async def handle(req: httpx.Request) -> httpx.Response:
         if req.url.path == "/props":
             return httpx.Response(200, json=PROPS)
+        entered.set()
         await release.wait()
         return completion()
 
     b = backend(handle, slots=1)
     task = asyncio.create_task(b.chat(request()))
-    while b.limiter.in_use == 0:
-        await asyncio.sleep(0)
+    await entered.wait()
+    assert b.limiter.in_use == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -250,12 +260,33 @@ async def test_cancellation_frees_the_slot() -> None:
 async def test_tool_call_fragments_are_assembled() -> None:
     def chat(req: httpx.Request) -> httpx.Response:
         return sse(
-            {"choices": [{"delta": {"tool_calls": [
-                {"index": 0, "id": "c1", "function": {"name": "calc", "arguments": '{"expr'}}
-            ]}}]},
-            {"choices": [{"delta": {"tool_calls": [
-                {"index": 0, "function": {"arguments": 'ession": "1+1"}'}}
-            ]}, "finish_reason": "tool_calls"}]},
+            {
+                "choices": [
+                    {
+                        "delta": {
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": "c1",
+                                    "function": {"name": "calc", "arguments": '{"expr'},
+                                }
+                            ]
+                        }
+                    }
+                ]
+            },
+            {
+                "choices": [
+                    {
+                        "delta": {
+                            "tool_calls": [
+                                {"index": 0, "function": {"arguments": 'ession": "1+1"}'}}
+                            ]
+                        },
+                        "finish_reason": "tool_calls",
+                    }
+                ]
+            },
         )
 
     reply = await backend(server(chat)).chat(request())

@@ -1,0 +1,93 @@
+"""A live, one-line-per-round view of a run, fed by trace events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+
+from dytopo.result import RunResult
+
+
+class RoundProgress:
+    """Observer: a spinner saying what is happening, and a line per finished round."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.status: Status | None = None
+        self.agents: list[str] = []
+        self.done = 0
+        self.round = 0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "run_start":
+            self.agents = event["agents"]
+            self.console.print(
+                f"[bold]{event['name']}[/]: {len(self.agents)} agents, mode {event['mode']}, "
+                f"tau {event['tau']}, up to {event['max_rounds']} rounds "
+                f"(run {event['run_id']})"
+            )
+            self._set("manager is setting the first goal")
+        elif kind == "round_start":
+            self.round, self.done = event["round"], 0
+            self.console.print(f"[cyan]round {self.round}[/] goal: {event['goal'][:160]}")
+            self._set(f"round {self.round}: 0/{len(self.agents)} agents done")
+        elif kind == "agent_output":
+            self.done += 1
+            mark = "" if event["ok"] else f" ([red]{event['agent']} failed[/])"
+            self._set(f"round {self.round}: {self.done}/{len(self.agents)} agents done{mark}")
+        elif kind == "routing":
+            self._set(f"round {self.round}: {len(event['edges'])} edges; manager deciding")
+        elif kind == "round_end":
+            failed = f", failed: {', '.join(event['failed'])}" if event["failed"] else ""
+            generated = event["usage"]["completion_tokens"]
+            self.console.print(
+                f"  round {event['round']}: {event['edges']} edges, {generated} tokens "
+                f"generated, {event['wall_s']:.1f}s{failed}"
+            )
+        elif kind == "manager_decision" and event["halt"]:
+            verdict = (
+                "accepted" if event["accepted"] else f"not accepted ({event['rejected_because']})"
+            )
+            self.console.print(f"  manager: halt {verdict}: {event['reason'][:120]}")
+        elif kind == "run_end":
+            self.stop()
+
+    def _set(self, text: str) -> None:
+        if self.status is None:
+            self.status = self.console.status(text)
+            self.status.start()
+        else:
+            self.status.update(text)
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def summary(result: RunResult, console: Console) -> None:
+    console.rule("final answer")
+    console.print(result.final_answer or "(empty)", highlight=False)
+    console.rule()
+    table = Table(
+        title=f"usage (halt: {result.halt_reason}, {len(result.rounds)} rounds, "
+        f"{result.wall_s:.1f}s)"
+    )
+    for column in ("who", "requests", "prompt", "cached", "generated"):
+        table.add_column(column, justify="left" if column == "who" else "right")
+    rows = [*result.usage_by_agent.items(), ("total", result.usage)]
+    for who, u in rows:
+        table.add_row(
+            who,
+            str(u.requests),
+            str(u.prompt_tokens),
+            str(u.cached_tokens),
+            str(u.completion_tokens),
+        )
+    console.print(table)
+    if result.trace_path:
+        console.print(f"trace: {result.trace_path}")

@@ -1,0 +1,128 @@
+"""`dytopo run`, `dytopo validate`, `dytopo schema`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dytopo.cli._common import err, fail, out, run_async
+from dytopo.cli.progress import RoundProgress, summary
+from dytopo.errors import ConfigError, RunError
+from dytopo.loader import load_topology, problems_in
+from dytopo.result import RunResult
+from dytopo.routing import Mode
+from dytopo.runner import run_topology
+from dytopo.topology import Topology
+
+
+def _override(
+    topology: Topology, mode: str | None, tau: float | None, rounds: int | None, seed: int | None
+) -> Topology:
+    routing: dict[str, Any] = {}
+    if mode is not None:
+        routing["mode"] = mode
+    if tau is not None:
+        routing["tau"] = tau
+    update: dict[str, Any] = {"routing": topology.routing.model_copy(update=routing)}
+    if rounds is not None:
+        update["max_rounds"] = rounds
+        update["min_rounds"] = min(topology.min_rounds, rounds)
+    if seed is not None:
+        update["seed"] = seed
+    # Validate the overridden values like the file's own.
+    return Topology.model_validate(
+        {
+            **topology.model_dump(),
+            **{k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in update.items()},
+        }
+    )
+
+
+def run(
+    topology: Path = typer.Argument(..., help="Topology YAML, e.g. topologies/research.yaml."),
+    task: str | None = typer.Option(None, "--task", "-t", help="The task (default: the file's)."),
+    mode: str | None = typer.Option(
+        None, help="Override routing.mode: dynamic, broadcast, chain, star, random, single."
+    ),
+    tau: float | None = typer.Option(None, help="Override routing.tau."),
+    rounds: int | None = typer.Option(None, min=1, help="Override max_rounds."),
+    seed: int | None = typer.Option(None, help="Override the seed."),
+    trace: Path | None = typer.Option(None, help="Trace file (default: runs/TIME-NAME.jsonl)."),
+    backend_url: str | None = typer.Option(
+        None, "--backend-url", help="LLM server root (default: $DYTOPO_BASE_URL, else embedded)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object, no progress."),
+) -> None:
+    """Run a swarm on a task and print the final answer."""
+    if mode is not None and mode not in Mode.__args__:  # type: ignore[attr-defined]
+        fail(f"--mode {mode!r} is not one of {', '.join(Mode.__args__)}", 2)  # type: ignore[attr-defined]
+    try:
+        loaded = _override(load_topology(topology), mode, tau, rounds, seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    progress = None if as_json else RoundProgress(err)
+    try:
+        result = run_async(
+            run_topology(
+                loaded,
+                task,
+                backend_url=backend_url,
+                trace_path=trace,
+                observers=[progress] if progress else [],
+                base_dir=topology.parent,
+            )
+        )
+    finally:
+        if progress:
+            progress.stop()
+    if as_json:
+        print(json.dumps(_json(result), ensure_ascii=False))
+    else:
+        summary(result, out)
+
+
+def _json(result: RunResult) -> dict[str, Any]:
+    return {
+        "run_id": result.run_id,
+        "final_answer": result.final_answer,
+        "rounds": len(result.rounds),
+        "halt_reason": result.halt_reason,
+        "usage": {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+            "cached_tokens": result.usage.cached_tokens,
+            "requests": result.usage.requests,
+        },
+        "usage_by_agent": {k: v.model_dump() for k, v in result.usage_by_agent.items()},
+        "edges_per_round": [len(r.routing.edges) for r in result.rounds],
+        "reasks": result.reasks,
+        "failures": result.failures,
+        "trace": result.trace_path,
+        "wall_s": result.wall_s,
+    }
+
+
+def validate(files: list[Path] = typer.Argument(..., help="Topology files to check.")) -> None:
+    """Check topology files: prints OK, or one line per problem (FILE:LINE: field: what to do)."""
+    bad = False
+    for path in files:
+        _, problems = problems_in(path)
+        for line in problems:
+            out.print(line, highlight=False, soft_wrap=True)
+        if problems:
+            bad = True
+        else:
+            out.print(f"{path}: OK", highlight=False)
+    if bad:
+        raise typer.Exit(2)
+
+
+def schema() -> None:
+    """Print the JSON Schema of topology files (for editor completion)."""
+    print(json.dumps(Topology.model_json_schema(), indent=2))
+
+
+__all__ = ["RunError", "run", "schema", "validate"]

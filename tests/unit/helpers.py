@@ -1,0 +1,56 @@
+"""Helpers for building swarms on the scripted backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from dytopo.agent import Agent
+from dytopo.cards import RoleCard
+from dytopo.embedders import HashEmbedder
+from dytopo.llm_agent import LLMAgent
+from dytopo.manager import LLMManager
+from dytopo.routing import RoutingConfig
+from dytopo.swarm import Swarm
+from dytopo.testing import ScriptedBackend
+
+
+def step(public: str, private: str, query: str, key: str) -> str:
+    return json.dumps({"public": public, "private": private, "query": query, "key": key})
+
+
+def goal(text: str) -> str:
+    return json.dumps({"goal": text})
+
+
+def decision(halt: bool, final: str = "", goal_next: str = "keep going") -> str:
+    return json.dumps(
+        {"goal_next": goal_next, "halt": halt, "reason": "because", "final_answer": final}
+    )
+
+
+def final(text: str) -> str:
+    return json.dumps({"final_answer": text})
+
+
+def card(name: str) -> RoleCard:
+    return RoleCard(name=name, prompt=f"You are the {name}.")
+
+
+def make_swarm(
+    backend: ScriptedBackend,
+    ids: Sequence[str],
+    *,
+    extra: Sequence[Agent] = (),
+    **options: object,
+) -> Swarm:
+    agents: list[Agent] = [LLMAgent(i, card(i), backend, reasks=1) for i in ids]
+    agents += list(extra)
+    routing = options.pop("routing", RoutingConfig(tau=0.5))
+    return Swarm(
+        agents,
+        LLMManager(card("manager"), backend, reasks=1),
+        HashEmbedder(),
+        routing=routing,
+        **options,
+    )  # type: ignore[arg-type]

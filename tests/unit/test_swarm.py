@@ -1,0 +1,229 @@
+import json
+from pathlib import Path
+
+import pytest
+from helpers import decision, final, goal, make_swarm, step
+
+from dytopo.agent import AgentOutput, FunctionAgent, StepContext
+from dytopo.errors import BackendUnavailable, RunError
+from dytopo.routing import RoutingConfig
+from dytopo.testing import Reply, ScriptedBackend
+from dytopo.trace import read_trace
+
+
+@pytest.fixture
+def trace_file(tmp_path: Path) -> Path:
+    return tmp_path / "trace.jsonl"
+
+
+FACTS = "sourced facts about cache eviction"
+DRAFT = "a polished report draft about caches"
+
+
+def two_agent_script(rounds: int = 2) -> dict[str, list[str]]:
+    return {
+        "researcher": [
+            step(f"found facts r{r}", f"FACTS-{r}", DRAFT, FACTS) for r in range(1, rounds + 1)
+        ],
+        "writer": [
+            step(f"drafted r{r}", f"DRAFT-{r}", FACTS, "unrelated offer words zebra")
+            for r in range(1, rounds + 1)
+        ],
+    }
+
+
+async def test_run_routes_delivers_and_halts_after_min_rounds(trace_file: Path) -> None:
+    script = two_agent_script(2)
+    script["manager"] = [
+        goal("gather facts"),
+        decision(True, "too early"),
+        decision(True, "FINAL ANSWER", goal_next=""),
+    ]
+    backend = ScriptedBackend(by_tag=script)
+    result = await make_swarm(backend, ["researcher", "writer"], min_rounds=2).run(
+        "compare LRU and LFU", trace_path=trace_file
+    )
+    backend.assert_complete()
+
+    assert result.final_answer == "FINAL ANSWER"
+    assert result.halt_reason == "manager"
+    assert len(result.rounds) == 2
+    assert result.goals == ["gather facts", "keep going"]
+    first = result.rounds[0]
+    assert [(e.source, e.target) for e in first.routing.edges] == [("researcher", "writer")]
+    assert first.routing.order == ["researcher", "writer"]
+    # The writer's round-2 prompt carries the researcher's round-1 private message.
+    writer_round2 = [r for r in backend.requests if r.tag == "writer"][1]
+    assert "FACTS-1" in (writer_round2.messages[-1].content or "")
+    researcher_round2 = [r for r in backend.requests if r.tag == "researcher"][1]
+    assert "DRAFT-1" not in (researcher_round2.messages[-1].content or "")
+
+    events = read_trace(trace_file)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_start"
+    assert kinds[-1] == "run_end"
+    for needed in (
+        "round_start",
+        "agent_output",
+        "routing",
+        "delivery",
+        "manager_decision",
+        "round_end",
+    ):
+        assert needed in kinds
+    assert all(e["run_id"] == result.run_id for e in events)
+    for r in (e for e in events if e["event"] == "routing"):
+        n = len(r["agents"])
+        assert len(r["similarity"]) == n
+        assert all(len(row) == n for row in r["similarity"])
+        assert sorted(r["order"]) == sorted(r["agents"])
+        edges = {(e["source"], e["target"]) for e in r["edges"]}
+        expected = {
+            (r["agents"][j], r["agents"][i])
+            for i in range(n)
+            for j in range(n)
+            if i != j and r["similarity"][i][j] > r["tau"]
+        }
+        assert edges == expected
+        delivered = {
+            (d["from"], d["to"])
+            for d in events
+            if d["event"] == "delivery" and d["round"] == r["round"]
+        }
+        assert delivered == edges
+    rejected = next(e for e in events if e["event"] == "manager_decision")
+    assert rejected["halt"] is True
+    assert rejected["accepted"] is False
+    assert "min_rounds" in rejected["rejected_because"]
+
+
+async def test_max_rounds_asks_the_manager_for_the_final_answer() -> None:
+    script = two_agent_script(2)
+    script["manager"] = [goal("go"), decision(False), decision(False), final("THE ANSWER")]
+    backend = ScriptedBackend(by_tag=script)
+    result = await make_swarm(backend, ["researcher", "writer"], max_rounds=2).run("task")
+    backend.assert_complete()
+    assert result.halt_reason == "max_rounds"
+    assert result.final_answer == "THE ANSWER"
+
+
+async def test_a_failing_agent_is_recorded_and_the_round_goes_on() -> None:
+    script = two_agent_script(1)
+    script["writer"] = ["not json", "{'still': 'bad'}"]  # reasks=1: two attempts, both bad
+    script["manager"] = [goal("go"), decision(True, "done")]
+    backend = ScriptedBackend(by_tag=script)
+    result = await make_swarm(backend, ["researcher", "writer"], min_rounds=1).run("task")
+    steps = {s.agent: s for s in result.rounds[0].steps}
+    assert steps["researcher"].ok
+    assert not steps["writer"].ok
+    assert "no valid reply after 2 attempts" in steps["writer"].error
+    assert [a.temperature for a in steps["writer"].attempts] == [0.7, 0.1]
+    assert result.failures == 1
+    assert result.rounds[0].routing.agents == ["researcher"]
+
+
+async def test_a_timed_out_agent_does_not_throw_away_finished_ones() -> None:
+    script = two_agent_script(1)
+    script["writer"] = [Reply(content=script["writer"][0], delay_s=5.0)]  # type: ignore[list-item]
+    script["manager"] = [goal("go"), decision(True, "done")]
+    backend = ScriptedBackend(by_tag=script)
+    swarm = make_swarm(backend, ["researcher", "writer"], min_rounds=1, agent_timeout_s=0.2)
+    result = await swarm.run("task")
+    steps = {s.agent: s for s in result.rounds[0].steps}
+    assert steps["researcher"].ok
+    assert steps["researcher"].output is not None
+    assert "timed out" in steps["writer"].error
+
+
+async def test_custom_python_agents_mix_with_llm_agents() -> None:
+    seen: list[StepContext] = []
+
+    async def collector(ctx: StepContext) -> AgentOutput:
+        seen.append(ctx)
+        if ctx.round == 1:
+            raise RuntimeError("flaky plug-in")
+        return AgentOutput(public="collected", private="COLLECTED", query=FACTS, key="zebra")
+
+    script = two_agent_script(2)
+    script.pop("writer")
+    script["manager"] = [goal("go"), decision(False), decision(True, "ok")]
+    backend = ScriptedBackend(by_tag=script)
+    swarm = make_swarm(backend, ["researcher"], extra=[FunctionAgent("collector", collector)])
+    result = await swarm.run("task")
+    assert not result.rounds[0].steps[1].ok
+    assert "RuntimeError: flaky plug-in" in result.rounds[0].steps[1].error
+    assert result.rounds[1].steps[1].ok
+    assert [m.text for m in seen[1].memory] == []  # failed round 1: nothing delivered to it
+
+
+async def test_manager_failures_fall_back_instead_of_crashing() -> None:
+    script = two_agent_script(2)
+    script["manager"] = ["garbage", "garbage", "bad", "bad", decision(True, "late answer")]
+    backend = ScriptedBackend(by_tag=script)
+    result = await make_swarm(backend, ["researcher", "writer"], min_rounds=1).run("the task")
+    assert result.rounds[0].goal.startswith("Make concrete progress on the task")
+    assert result.rounds[0].decision is None
+    assert result.final_answer == "late answer"
+    assert result.failures == 2
+
+
+async def test_dead_backend_mid_run_keeps_the_completed_rounds(trace_file: Path) -> None:
+    script = two_agent_script(2)
+    script["manager"] = [goal("go"), decision(False), BackendUnavailable("server gone", url="x")]  # type: ignore[list-item]
+    backend = ScriptedBackend(by_tag=script)
+    with pytest.raises(RunError) as info:
+        await make_swarm(backend, ["researcher", "writer"]).run("task", trace_path=trace_file)
+    partial = info.value.partial
+    assert len(partial.rounds) == 1
+    assert "stopped after 1 complete round" in str(info.value)
+    assert str(trace_file) in str(info.value)
+    end = read_trace(trace_file)[-1]
+    assert end["event"] == "run_end"
+    assert "server gone" in end["error"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "edges"), [("broadcast", 6), ("chain", 2), ("star", 4), ("single", 0)]
+)
+async def test_baseline_modes_through_the_scheduler(mode: str, edges: int) -> None:
+    ids = ["a", "b", "c"]
+    script: dict[str, list[str]] = {i: [step(f"{i} public", f"{i} private", "x", "y")] for i in ids}
+    script["manager"] = [goal("go"), decision(True, "done")]
+    backend = ScriptedBackend(by_tag=script)
+    swarm = make_swarm(backend, ids, min_rounds=1, routing=RoutingConfig(mode=mode))  # type: ignore[arg-type]
+    result = await swarm.run("task")
+    assert len(result.rounds[0].routing.edges) == edges
+    if mode == "single":
+        assert [s.agent for s in result.rounds[0].steps] == ["a"]
+
+
+async def test_tiered_execution_delivers_within_the_round() -> None:
+    script = two_agent_script(2)
+    script["manager"] = [goal("go"), decision(False), decision(True, "done")]
+    backend = ScriptedBackend(by_tag=script)
+    swarm = make_swarm(
+        backend, ["researcher", "writer"], routing=RoutingConfig(tau=0.5, execution="tiered")
+    )
+    result = await swarm.run("task")
+    # Round 2 runs in tiers of round 1's graph: the writer reads FACTS-2 in round 2 itself.
+    writer_round2 = [r for r in backend.requests if r.tag == "writer"][1]
+    assert "FACTS-2" in (writer_round2.messages[-1].content or "")
+    phases = {d.phase for d in result.rounds[1].deliveries}
+    assert phases == {"same_round"}
+
+
+async def test_agents_run_concurrently_within_the_slot_limit() -> None:
+    ids = ["a", "b", "c", "d"]
+    script: dict[str, list[object]] = {
+        i: [Reply(content=step(i, i, "x", "y"), delay_s=0.05)] for i in ids
+    }
+    script["manager"] = [goal("go"), decision(True, "done")]
+    backend = ScriptedBackend(by_tag=script, slots=2)  # type: ignore[arg-type]
+    await make_swarm(backend, ids, min_rounds=1).run("task")
+    assert backend.limiter.max_in_use == 2
+
+
+def test_trace_lines_are_plain_json(trace_file: Path) -> None:
+    trace_file.write_text('{"event": "run_start"}\n{"event": "round_st')  # torn last line
+    assert [e["event"] for e in read_trace(trace_file)] == ["run_start"]
+    json.dumps(read_trace(trace_file))
