@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: install
-	$(BIN)/dytopo doctor
+	$(BIN)/dytopo run $(TOPOLOGY)
 
 lint: install
 	$(BIN)/ruff check .

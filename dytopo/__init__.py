@@ -1,5 +1,6 @@
 """DyTopo: multi-agent LLM swarms whose communication graph is rebuilt every round."""
 
+from dytopo.agent import Agent, AgentOutput, FunctionAgent, StepContext
 from dytopo.backends import (
     Backend,
     BackendSettings,
@@ -12,8 +13,10 @@ from dytopo.backends import (
     SlotLimiter,
     Usage,
 )
+from dytopo.cards import RoleCard, load_card
 from dytopo.embedders import Embedder, HashEmbedder, HttpEmbedder
 from dytopo.errors import (
+    AgentFailed,
     BackendError,
     BackendUnavailable,
     BudgetExceeded,
@@ -25,11 +28,23 @@ from dytopo.errors import (
     RunError,
     ToolError,
 )
+from dytopo.llm_agent import LLMAgent
+from dytopo.loader import load_topology
+from dytopo.logs import configure_logging
 from dytopo.managed import ManagedStack
+from dytopo.manager import LLMManager, Manager, ManagerDecision
+from dytopo.result import RoundRecord, RunResult
+from dytopo.routing import RoutingConfig
+from dytopo.runner import connect, run, run_topology
+from dytopo.swarm import Swarm
+from dytopo.topology import Topology
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agent",
+    "AgentFailed",
+    "AgentOutput",
     "Backend",
     "BackendError",
     "BackendSettings",
@@ -42,17 +57,35 @@ __all__ = [
     "ContextOverflow",
     "DyTopoError",
     "Embedder",
+    "FunctionAgent",
     "HashEmbedder",
     "HttpEmbedder",
+    "LLMAgent",
+    "LLMManager",
     "LlamaCppBackend",
     "MalformedReply",
     "ManagedServerError",
     "ManagedStack",
+    "Manager",
+    "ManagerDecision",
+    "RoleCard",
+    "RoundRecord",
+    "RoutingConfig",
     "RunError",
+    "RunResult",
     "Sampling",
     "ServerInfo",
     "SlotLimiter",
+    "StepContext",
+    "Swarm",
     "ToolError",
+    "Topology",
     "Usage",
     "__version__",
+    "configure_logging",
+    "connect",
+    "load_card",
+    "load_topology",
+    "run",
+    "run_topology",
 ]

@@ -71,9 +71,13 @@ class Manager(ABC):
 
     @abstractmethod
     async def final(
-        self, task: str, transcript: Sequence[PublicMessage], context: str, acct: StepContext
+        self,
+        task: str,
+        transcript: Sequence[PublicMessage],
+        work: Sequence[str],
+        acct: StepContext,
     ) -> str:
-        """The final answer when the run stops without a halt (max_rounds, budget)."""
+        """The final answer when the run stops without a halt; `work`: latest private messages."""
 
 
 ASK = {
@@ -115,7 +119,7 @@ class LLMManager(Manager):
         self.reasks = reasks
 
     async def open(self, task: str, acct: StepContext) -> str:
-        reply = await self._ask(RoundGoal, [f"TASK:\n{task}"], [], "", acct)
+        reply = await self._ask(RoundGoal, [f"TASK:\n{task}"], [], [], acct)
         return reply.goal
 
     async def decide(
@@ -127,13 +131,17 @@ class LLMManager(Manager):
         acct: StepContext,
     ) -> ManagerDecision:
         head = [f"TASK:\n{task}", f"Round {round} of at most {max_rounds} has finished."]
-        return await self._ask(ManagerDecision, head, transcript, "", acct)
+        return await self._ask(ManagerDecision, head, transcript, [], acct)
 
     async def final(
-        self, task: str, transcript: Sequence[PublicMessage], context: str, acct: StepContext
+        self,
+        task: str,
+        transcript: Sequence[PublicMessage],
+        work: Sequence[str],
+        acct: StepContext,
     ) -> str:
         head = [f"TASK:\n{task}", "The run is over: write the final answer now."]
-        reply = await self._ask(FinalAnswer, head, transcript, context, acct)
+        reply = await self._ask(FinalAnswer, head, transcript, work, acct)
         return reply.final_answer
 
     async def _ask(
@@ -141,19 +149,22 @@ class LLMManager(Manager):
         model: type[M],
         head: list[str],
         transcript: Sequence[PublicMessage],
-        context: str,
+        work: Sequence[str],
         acct: StepContext,
     ) -> M:
         system = "\n\n".join(
             p for p in (self.card.prompt, self.instructions.strip(), ASK[model]) if p
         )
-        # Newest public messages are the most valuable; `fit` drops from the end.
-        lines = [m.render() for m in reversed(transcript)]
-        extra = [f"TEAM'S WORK (latest private messages):\n{context}"] if context else []
+        # Most valuable first, as `fit` drops from the end: the team's latest work, then the
+        # public messages newest first.
+        publics = [m.render() for m in reversed(transcript)]
 
         def build(kept: Sequence[str]) -> list[ChatMessage]:
-            shown = "\n".join(reversed(kept)) if kept else "(no messages yet)"
-            body = [*head, f"PUBLIC MESSAGES (oldest first):\n{shown}", *extra]
+            kept_work, kept_publics = kept[: len(work)], kept[len(work) :]
+            shown = "\n".join(reversed(kept_publics)) if kept_publics else "(no messages yet)"
+            body = [*head, f"PUBLIC MESSAGES (oldest first):\n{shown}"]
+            if kept_work:
+                body.append("TEAM'S LATEST WORK:\n" + "\n".join(kept_work))
             return [
                 ChatMessage(role="system", content=system),
                 ChatMessage(role="user", content="\n\n".join(body)),
@@ -163,7 +174,7 @@ class LLMManager(Manager):
         messages, dropped = await fit(
             self.backend,
             build,
-            lines,
+            [*work, *publics],
             budget=budget,
             max_output_tokens=self.max_output_tokens,
             who="manager",

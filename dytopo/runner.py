@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from dytopo.backends.llamacpp import LlamaCppBackend
@@ -77,3 +78,23 @@ def run(
             topology, task, backend_url=backend_url, embed_url=embed_url, trace_path=trace_path
         )
     )
+
+
+@asynccontextmanager
+async def connect(
+    backend_url: str | None = None, embed_url: str | None = None
+) -> AsyncIterator[tuple[LlamaCppBackend, Embedder]]:
+    """A backend and an embedder on the configured server, or on an embedded one for the duration.
+
+    async with dytopo.connect() as (backend, embedder):
+        swarm = Swarm(agents=[...], manager=..., embedder=embedder)
+    """
+    async with endpoints(backend_url, embed_url) as ends:
+        backend = LlamaCppBackend(ends.chat_url)
+        embedder = make_embedder(EmbedderSpec(), ends)
+        try:
+            await backend.connect()
+            yield backend, embedder
+        finally:
+            await embedder.aclose()
+            await backend.aclose()

@@ -17,7 +17,7 @@ from dytopo.backends.base import Backend
 from dytopo.backends.types import Usage
 from dytopo.cards import load_card
 from dytopo.embedders.base import Embedder
-from dytopo.errors import AgentFailed, DyTopoError, RunError
+from dytopo.errors import AgentFailed, BudgetExceeded, DyTopoError, RunError
 from dytopo.llm_agent import LLMAgent
 from dytopo.loader import load_topology
 from dytopo.manager import LLMManager, Manager, PublicMessage
@@ -159,7 +159,7 @@ class _Run:
         acct = self._acct(1)
         try:
             goal = await s.manager.open(self.task, acct)
-        except AgentFailed as exc:
+        except (AgentFailed, BudgetExceeded) as exc:
             goal = fallback_goal(self.task)
             self.result.failures += 1
             self.trace.emit("manager_fallback", round=1, duty="open", error=str(exc), goal=goal)
@@ -366,7 +366,7 @@ class _Run:
         acct = self._acct(t)
         try:
             decision = await s.manager.decide(self.task, t, s.max_rounds, self.transcript, acct)
-        except AgentFailed as exc:
+        except (AgentFailed, BudgetExceeded) as exc:
             self.result.failures += 1
             self._account("manager", acct)
             self.trace.emit("manager_fallback", round=t, duty="decide", error=str(exc))
@@ -398,16 +398,16 @@ class _Run:
     async def _final_answer(self) -> str:
         acct = self._acct(len(self.result.rounds))
         latest = self.result.rounds[-1] if self.result.rounds else None
-        context = "\n".join(
+        work = [
             f"{st.agent}: {st.output.private}"
             for st in (latest.steps if latest else [])
             if st.output is not None
-        )
+        ]
         try:
-            answer = await self.s.manager.final(self.task, self.transcript, context, acct)
-        except AgentFailed as exc:
+            answer = await self.s.manager.final(self.task, self.transcript, work, acct)
+        except (AgentFailed, BudgetExceeded) as exc:
             self.result.failures += 1
-            answer = context or "(no answer: every agent and the manager failed)"
+            answer = "\n".join(work) or "(no answer: every agent and the manager failed)"
             self.trace.emit("manager_fallback", duty="final", error=str(exc))
         self._account("manager", acct)
         self.trace.emit(

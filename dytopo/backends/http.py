@@ -163,6 +163,8 @@ def error_for(status: int, body: str, url: str) -> BackendError:
         401: "set backend.api_key or DYTOPO_API_KEY to the server's --api-key",
         403: "set backend.api_key or DYTOPO_API_KEY to the server's --api-key",
         404: "is this an OpenAI-compatible server root? (no /v1 suffix)",
+        501: "this server lacks that endpoint; for embeddings pass --embed-url or set "
+        "embedder.base_url to a server started with --embeddings",
     }.get(status, "see the server log")
     return BackendError(
         f"{url} answered HTTP {status}: {body[:300]} ({hint})", url=url, status=status, body=body

@@ -54,6 +54,12 @@ def run(
     backend_url: str | None = typer.Option(
         None, "--backend-url", help="LLM server root (default: $DYTOPO_BASE_URL, else embedded)."
     ),
+    embed_url: str | None = typer.Option(
+        None,
+        "--embed-url",
+        help="Embedding server root (default: $DYTOPO_EMBED_URL, else the "
+        "embedded MiniLM server, else the LLM server).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, no progress."),
 ) -> None:
     """Run a swarm on a task and print the final answer."""
@@ -70,6 +76,7 @@ def run(
                 loaded,
                 task,
                 backend_url=backend_url,
+                embed_url=embed_url,
                 trace_path=trace,
                 observers=[progress] if progress else [],
                 base_dir=topology.parent,
