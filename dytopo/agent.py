@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,6 +48,17 @@ class StepContext:
     attempts: list[Attempt] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     """What context packing left out of the prompt, for the trace."""
+    emit: Callable[..., None] | None = None
+    """Trace hook (set by the scheduler): `ctx.event("tool_call", ...)`."""
+
+    def event(self, name: str, **fields: Any) -> None:
+        if self.emit is not None:
+            self.emit(name, **fields)
+
+    def record_attempt(self, attempt: Attempt) -> None:
+        """Keep a ladder attempt and put it in the trace."""
+        self.attempts.append(attempt)
+        self.event("ladder", **attempt.model_dump())
 
 
 class Agent(ABC):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dytopo.agent import Agent, AgentOutput, StepContext
 from dytopo.backends.base import Backend
@@ -12,6 +12,10 @@ from dytopo.errors import AgentFailed
 from dytopo.memory import MemoryItem
 from dytopo.prompting import fit
 from dytopo.structured import ask_structured
+from dytopo.tools.context import ToolContext
+from dytopo.tools.executor import ToolExecutor
+from dytopo.tools.loop import ToolPolicy, run_tools, tool_notes
+from dytopo.tools.registry import Tool
 
 # No placeholder JSON here: small models copy placeholders verbatim. The server's JSON-schema
 # constraint already fixes the shape; the prompt only has to name the keys.
@@ -36,8 +40,14 @@ class LLMAgent(Agent):
         context_budget: int | None = None,
         sampling: Sampling | None = None,
         reasks: int = 2,
+        tools: Sequence[Tool] = (),
+        tool_context: ToolContext | None = None,
+        tool_policy: ToolPolicy | None = None,
     ) -> None:
         super().__init__(id, card.name)
+        self.tools = list(tools)
+        self.tool_context = tool_context or ToolContext()
+        self.tool_policy = tool_policy or ToolPolicy(reasks=reasks)
         self.card = card
         self.backend = backend
         self.instructions = instructions
@@ -68,16 +78,43 @@ class LLMAgent(Agent):
         # Most valuable first: this round's messages, then memory newest first.
         ranked = _ranked(ctx.same_round, ctx.memory)
         order = {id(item): k for k, item in enumerate([*ctx.memory, *ctx.same_round])}
+
+        def build_with(notes: Sequence[str]) -> Callable[[Sequence[str]], list[ChatMessage]]:
+            def build(kept: Sequence[str]) -> list[ChatMessage]:
+                kept_notes, kept_memory = kept[: len(notes)], kept[len(notes) :]
+                chosen = sorted(ranked[: len(kept_memory)], key=lambda item: order[id(item)])
+                return self.messages(ctx, [*kept_notes, *(item.render() for item in chosen)])
+
+            return build
+
         texts = [item.render() for item in ranked]
-
-        def build(kept: Sequence[str]) -> list[ChatMessage]:
-            chosen = sorted(ranked[: len(kept)], key=lambda item: order[id(item)])
-            return self.messages(ctx, [item.render() for item in chosen])
-
+        notes: list[str] = []
+        if self.tools:
+            base, _ = await fit(
+                self.backend,
+                build_with([]),
+                texts,
+                budget=budget,
+                max_output_tokens=self.tool_policy.max_tokens + self._tool_room(budget),
+                who=f"agent {self.id}",
+                tools=[t.definition() for t in self.tools],
+            )
+            phase = await run_tools(
+                self.backend,
+                base,
+                ToolExecutor(self.tools, self._sized_context(budget)),
+                self.tool_policy,
+                self.sampling,
+                tag=self.id,
+                emit=ctx.emit,
+            )
+            ctx.usage = ctx.usage + phase.usage
+            ctx.attempts.extend(phase.attempts)
+            notes = tool_notes(phase.outcomes)
         messages, dropped = await fit(
             self.backend,
-            build,
-            texts,
+            build_with(notes),
+            [*notes, *texts],
             budget=budget,
             max_output_tokens=self.max_output_tokens,
             who=f"agent {self.id}",
@@ -90,7 +127,11 @@ class LLMAgent(Agent):
             tag=self.id,
         )
         result = await ask_structured(
-            self.backend, request, AgentOutput, reasks=self.reasks, on_attempt=ctx.attempts.append
+            self.backend,
+            request,
+            AgentOutput,
+            reasks=self.reasks,
+            on_attempt=ctx.record_attempt,
         )
         ctx.usage = ctx.usage + result.usage
         if result.value is None:
@@ -99,6 +140,16 @@ class LLMAgent(Agent):
                 f"({result.error})"
             )
         return result.value
+
+    def _tool_room(self, budget: int) -> int:
+        """Tokens kept free in the tool phase for the tool results (a quarter of the budget)."""
+        return budget // 4
+
+    def _sized_context(self, budget: int) -> ToolContext:
+        # Results must fit the room kept for them; ~2.5 characters per token is conservative.
+        per_call = int(self._tool_room(budget) * 2.5) // max(1, self.tool_policy.max_calls)
+        limit = max(200, min(self.tool_context.max_result_chars, per_call))
+        return self.tool_context.model_copy(update={"max_result_chars": limit})
 
 
 def _ranked(same_round: Sequence[MemoryItem], memory: Sequence[MemoryItem]) -> list[MemoryItem]:

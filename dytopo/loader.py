@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from dytopo.cards import CardError, find_card
 from dytopo.errors import ConfigError
+from dytopo.tools.registry import ToolRegistry
 from dytopo.topology import Topology
 
 Loc = tuple[str | int, ...]
@@ -86,6 +87,20 @@ def problems_in(path: Path) -> tuple[Topology | None, list[str]]:
         except CardError as exc:
             line = lines.get(("agents", index, "card"), lines.get(("agents", index), 1))
             out.append(f"{path}:{line}: agents.{index}.card: {exc}")
+    try:
+        registry = ToolRegistry.discover(topology.tool_modules, path.parent)
+    except ConfigError as exc:
+        out.append(f"{path}:{lines.get(('tool_modules',), 1)}: tool_modules: {exc}")
+        registry = ToolRegistry()
+    tool_names = set(registry.names())
+    for index, agent in enumerate(topology.agents):
+        for k, name in enumerate(agent.tools):
+            if name not in tool_names:
+                line = lines.get(("agents", index, "tools", k), 1)
+                out.append(
+                    f"{path}:{line}: agents.{index}.tools.{k}: unknown tool {name!r} "
+                    f"(available: {', '.join(sorted(tool_names)) or 'none'})"
+                )
     try:
         find_card(topology.manager.card, path.parent)
     except CardError as exc:

@@ -187,7 +187,7 @@ class LLMManager(Manager):
             tag="manager",
         )
         result = await ask_structured(
-            self.backend, request, model, reasks=self.reasks, on_attempt=acct.attempts.append
+            self.backend, request, model, reasks=self.reasks, on_attempt=acct.record_attempt
         )
         acct.usage = acct.usage + result.usage
         if result.value is None:

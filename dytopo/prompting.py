@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage
@@ -20,12 +21,14 @@ async def fit(
     budget: int,
     max_output_tokens: int,
     who: str,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[list[ChatMessage], list[str]]:
     """Messages from `build(kept)` that fit `budget` with room for the output.
 
     `droppable` is ordered most valuable first; items are dropped from the end until the prompt,
-    counted by the backend (the server's tokenizer where it has one), fits. Returns the messages
-    and the dropped items.
+    counted by the backend (the server's tokenizer where it has one), fits. `tools` are the
+    tool definitions sent along: the chat template renders them into the prompt, so they count.
+    Returns the messages and the dropped items.
     """
     limit = budget - max_output_tokens - SAFETY_MARGIN
     if limit <= 0:
@@ -36,7 +39,7 @@ async def fit(
     kept = list(droppable)
     while True:
         messages = build(kept)
-        used = await backend.count_tokens(messages)
+        used = await backend.count_tokens(messages, tools)
         if used <= limit:
             return messages, list(droppable[len(kept) :])
         if not kept:

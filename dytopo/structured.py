@@ -30,6 +30,8 @@ class Attempt(BaseModel):
     ok: bool
     error: str = ""
     finish_reason: str = ""
+    kind: str = "structured"
+    """structured (a JSON answer) or tool_call."""
 
 
 class Structured(BaseModel, Generic[T]):

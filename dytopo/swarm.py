@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,9 @@ from dytopo.memory import MemoryItem
 from dytopo.result import AgentStep, Delivery, RoundRecord, RunResult
 from dytopo.router import Routing, route, tiers
 from dytopo.routing import RoutingConfig
+from dytopo.tools.context import ToolContext
+from dytopo.tools.loop import ToolPolicy
+from dytopo.tools.registry import ToolRegistry
 from dytopo.topology import Topology
 from dytopo.trace import Observer, Trace
 from dytopo.versions import versions
@@ -118,7 +121,15 @@ class _Run:
             self.result.reasks += 1
 
     def _acct(self, round: int) -> StepContext:
-        return StepContext(task=self.task, goal="", round=round, memory=[])
+        return StepContext(
+            task=self.task, goal="", round=round, memory=[], emit=self._emitter(round, "manager")
+        )
+
+    def _emitter(self, round: int, who: str) -> Callable[..., None]:
+        def emit(event: str, **fields: Any) -> None:
+            self.trace.emit(event, round=round, agent=who, **fields)
+
+        return emit
 
     async def execute(self) -> RunResult:
         s = self.s
@@ -267,6 +278,7 @@ class _Run:
                     round=t,
                     memory=list(self.memory[agent.id]),
                     same_round=list(same_round.get(agent.id, [])),
+                    emit=self._emitter(t, agent.id),
                 )
                 group.create_task(self._step(agent, ctx, results))
         return [results[a.id] for a in agents]
@@ -439,9 +451,16 @@ def build_swarm(
     topology: Topology, backend: Backend, embedder: Embedder, *, base_dir: Path | None = None
 ) -> Swarm:
     """Instantiate a topology's agents and manager on one backend."""
+    registry = ToolRegistry.discover(topology.tool_modules, base_dir)
+    tool_context = resolve_paths(topology.tool_settings, base_dir or Path.cwd())
     agents: list[Agent] = []
     for spec in topology.agents:
         card = load_card(spec.card or spec.id, base_dir)
+        policy = ToolPolicy(
+            choice=spec.tool_choice,
+            max_rounds=spec.max_tool_rounds,
+            reasks=topology.structured_reasks,
+        )
         agents.append(
             LLMAgent(
                 spec.id,
@@ -452,6 +471,9 @@ def build_swarm(
                 context_budget=spec.budget.context,
                 sampling=spec.sampling,
                 reasks=topology.structured_reasks,
+                tools=registry.subset(spec.tools),
+                tool_context=tool_context,
+                tool_policy=policy,
             )
         )
     m = topology.manager
@@ -476,4 +498,15 @@ def build_swarm(
         on_agent_error=topology.on_agent_error,
         name=topology.name,
         config=topology.model_dump(mode="json"),
+    )
+
+
+def resolve_paths(settings: ToolContext, base: Path) -> ToolContext:
+    """Tool folders in a topology are relative to the topology file."""
+    docs = settings.docs_dir
+    return settings.model_copy(
+        update={
+            "workspace": (base / settings.workspace).resolve(),
+            "docs_dir": (base / docs).resolve() if docs is not None else None,
+        }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -9,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dytopo.backends.settings import BackendSettings
 from dytopo.backends.types import Sampling
 from dytopo.routing import RoutingConfig
+from dytopo.tools.context import ToolContext
 
 
 class _Strict(BaseModel):
@@ -36,7 +38,11 @@ class AgentSpec(_Strict):
     instructions: str = ""
     """Extra instructions appended to the role card for this topology."""
     tools: list[str] = Field(default_factory=list)
-    """Names of the tools this agent may call."""
+    """Names of the tools this agent may call (`dytopo tools list` shows them)."""
+    tool_choice: Literal["auto", "required"] = "auto"
+    """required: the agent's first request in a step must call a tool (for small models)."""
+    max_tool_rounds: int = Field(default=2, ge=1, le=8)
+    """Model turns with tool calls per step."""
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     sampling: Sampling = Field(default_factory=Sampling)
 
@@ -83,6 +89,8 @@ class Topology(_Strict):
     agents: list[AgentSpec] = Field(min_length=1)
     tool_modules: list[str] = Field(default_factory=list)
     """Extra Python modules or .py files whose @tool functions are registered."""
+    tool_settings: ToolContext = Field(default_factory=lambda: ToolContext(workspace=Path(".")))
+    """Where tools may read and fetch, and their limits; paths are relative to this file."""
 
     @model_validator(mode="after")
     def _check(self) -> Topology:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from dytopo.cli import backend, doctor, run
+from dytopo.cli import backend, doctor, run, tools
 from dytopo.cli._common import State, err, setup
 from dytopo.errors import ConfigError, DyTopoError
 
@@ -32,6 +32,7 @@ app.command("validate")(run.validate)
 app.command("schema")(run.schema)
 app.command("doctor")(doctor.doctor)
 app.add_typer(backend.app, name="backend")
+app.add_typer(tools.app, name="tools")
 
 
 def main() -> None:

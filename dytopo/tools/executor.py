@@ -1,0 +1,123 @@
+"""Running validated tool calls: per-call timeout, errors as text, repeats stopped, results cut."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from dytopo.backends.types import ToolCall
+from dytopo.errors import ToolError
+from dytopo.tools.context import ToolContext
+from dytopo.tools.registry import Tool
+
+
+class ToolOutcome(BaseModel):
+    """One executed (or refused) call, as the trace records it."""
+
+    tool: str
+    arguments: dict[str, Any] | str
+    ok: bool
+    result: str
+    """What the model sees (an error explanation when not ok)."""
+    error: str = ""
+    repeated: bool = False
+    wall_s: float = 0.0
+
+
+def parse_arguments(call: ToolCall) -> dict[str, Any]:
+    """Arguments must be one JSON object; nothing is repaired silently."""
+    try:
+        value = json.loads(call.arguments or "{}")
+    except json.JSONDecodeError as exc:
+        raise ToolError(f"arguments of {call.name} are not valid JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise ToolError(
+            f"arguments of {call.name} must be a JSON object, got {type(value).__name__}"
+        )
+    return value
+
+
+def truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[truncated: {len(text) - limit} more characters]"
+
+
+class ToolExecutor:
+    """Runs the calls of one agent step; remembers calls to refuse identical repeats."""
+
+    def __init__(self, tools: Sequence[Tool], ctx: ToolContext) -> None:
+        self.tools = {t.name: t for t in tools}
+        self.ctx = ctx
+        self._seen: set[tuple[str, str]] = set()
+
+    def check(self, call: ToolCall) -> tuple[Tool, dict[str, Any]]:
+        """Validate a call without running it; raises ToolError saying what is wrong."""
+        tool = self.tools.get(call.name)
+        if tool is None:
+            names = ", ".join(sorted(self.tools)) or "none"
+            raise ToolError(f"unknown tool {call.name!r}; available: {names}")
+        arguments = parse_arguments(call)
+        tool.validate(arguments)
+        return tool, arguments
+
+    async def run(self, call: ToolCall, limit_chars: int | None = None) -> ToolOutcome:
+        started = time.monotonic()
+        limit = min(limit_chars or self.ctx.max_result_chars, self.ctx.max_result_chars)
+        try:
+            tool, arguments = self.check(call)
+        except ToolError as exc:
+            return ToolOutcome(
+                tool=call.name,
+                arguments=call.arguments,
+                ok=False,
+                result=f"error: {exc}",
+                error=str(exc),
+            )
+        key = (tool.name, json.dumps(arguments, sort_keys=True))
+        if key in self._seen:
+            message = (
+                f"{tool.name} was already called with these arguments in this step; "
+                "use that result or change the arguments"
+            )
+            return ToolOutcome(
+                tool=tool.name,
+                arguments=arguments,
+                ok=False,
+                repeated=True,
+                result=f"error: {message}",
+                error=message,
+            )
+        self._seen.add(key)
+        timeout = min(tool.timeout_s or self.ctx.timeout_s, self.ctx.timeout_s)
+        try:
+            async with asyncio.timeout(timeout):
+                result = await tool(arguments, self.ctx)
+            outcome = ToolOutcome(
+                tool=tool.name, arguments=arguments, ok=True, result=truncate(result, limit)
+            )
+        except TimeoutError:
+            message = f"{tool.name} timed out after {timeout:.0f}s"
+            outcome = ToolOutcome(
+                tool=tool.name,
+                arguments=arguments,
+                ok=False,
+                result=f"error: {message}",
+                error=message,
+            )
+        except Exception as exc:  # a tool's failure is information for the model, not a crash
+            message = str(exc) if isinstance(exc, ToolError) else f"{type(exc).__name__}: {exc}"
+            outcome = ToolOutcome(
+                tool=tool.name,
+                arguments=arguments,
+                ok=False,
+                result=truncate(f"error: {message}", limit),
+                error=message,
+            )
+        outcome.wall_s = round(time.monotonic() - started, 3)
+        return outcome
