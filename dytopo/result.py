@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 import networkx as nx
@@ -71,6 +72,9 @@ class RunResult(BaseModel):
     """Structured replies that needed at least one re-ask."""
     failures: int = 0
     """Agent steps or manager duties that failed after the whole ladder."""
+    stats: Counter[str] = Field(default_factory=Counter)
+    """Ladder and tool counters: structured_attempts, structured_malformed, tool_call_attempts,
+    tool_call_malformed, tool_calls, tool_errors."""
 
     @property
     def goals(self) -> list[str]:

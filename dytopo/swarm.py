@@ -120,6 +120,17 @@ class _Run:
         if len(acct.attempts) > 1:
             self.result.reasks += 1
 
+    def _count(self, event: str, fields: dict[str, Any]) -> None:
+        stats = self.result.stats
+        if event == "tool_call":
+            stats["tool_calls"] += 1
+            stats["tool_errors"] += 0 if fields.get("ok") else 1
+        elif event == "ladder":
+            kind = fields.get("kind", "structured")
+            stats[f"{kind}_attempts"] += 1
+            if not fields.get("ok"):
+                stats[f"{kind}_malformed"] += 1
+
     def _acct(self, round: int) -> StepContext:
         return StepContext(
             task=self.task, goal="", round=round, memory=[], emit=self._emitter(round, "manager")
@@ -127,6 +138,7 @@ class _Run:
 
     def _emitter(self, round: int, who: str) -> Callable[..., None]:
         def emit(event: str, **fields: Any) -> None:
+            self._count(event, fields)
             self.trace.emit(event, round=round, agent=who, **fields)
 
         return emit
@@ -435,6 +447,7 @@ class _Run:
             fields["error"] = error
         self.trace.emit(
             "run_end",
+            stats=dict(r.stats),
             final_answer=r.final_answer,
             halt_reason=r.halt_reason,
             rounds=len(r.rounds),

@@ -120,6 +120,8 @@ async def test_a_failing_agent_is_recorded_and_the_round_goes_on() -> None:
     assert [a.temperature for a in steps["writer"].attempts] == [0.7, 0.1]
     assert result.failures == 1
     assert result.rounds[0].routing.agents == ["researcher"]
+    assert result.stats["structured_malformed"] == 2
+    assert result.stats["structured_attempts"] == 5  # manager 2, researcher 1, writer 2
 
 
 async def test_a_timed_out_agent_does_not_throw_away_finished_ones() -> None:
