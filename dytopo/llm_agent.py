@@ -10,7 +10,7 @@ from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.cards import RoleCard
 from dytopo.errors import AgentFailed
 from dytopo.memory import MemoryItem
-from dytopo.prompting import fit
+from dytopo.prompting import fit_with_task
 from dytopo.structured import ask_structured
 from dytopo.tools.context import ToolContext
 from dytopo.tools.executor import ToolExecutor
@@ -60,9 +60,14 @@ class LLMAgent(Agent):
         parts = [self.card.prompt, self.instructions.strip(), FORMAT]
         return "\n\n".join(p for p in parts if p)
 
-    def messages(self, ctx: StepContext, notes: Sequence[str]) -> list[ChatMessage]:
+    def messages(
+        self, ctx: StepContext, notes: Sequence[str], task: str | None = None
+    ) -> list[ChatMessage]:
         """The prompt, with `notes` (rendered memory, already in display order) included."""
-        user = [f"TASK:\n{ctx.task}", f"ROUND {ctx.round} GOAL (from the manager):\n{ctx.goal}"]
+        user = [
+            f"TASK:\n{task if task is not None else ctx.task}",
+            f"ROUND {ctx.round} GOAL (from the manager):\n{ctx.goal}",
+        ]
         user.append(
             "YOUR MEMORY (your reports and messages routed to you):\n"
             + ("\n".join(notes) if notes else "(empty: first round)")
@@ -79,20 +84,21 @@ class LLMAgent(Agent):
         ranked = _ranked(ctx.same_round, ctx.memory)
         order = {id(item): k for k, item in enumerate([*ctx.memory, *ctx.same_round])}
 
-        def build_with(notes: Sequence[str]) -> Callable[[Sequence[str]], list[ChatMessage]]:
-            def build(kept: Sequence[str]) -> list[ChatMessage]:
+        def build_with(notes: Sequence[str]) -> Callable[[str, Sequence[str]], list[ChatMessage]]:
+            def build(task: str, kept: Sequence[str]) -> list[ChatMessage]:
                 kept_notes, kept_memory = kept[: len(notes)], kept[len(notes) :]
                 chosen = sorted(ranked[: len(kept_memory)], key=lambda item: order[id(item)])
-                return self.messages(ctx, [*kept_notes, *(item.render() for item in chosen)])
+                return self.messages(ctx, [*kept_notes, *(item.render() for item in chosen)], task)
 
             return build
 
         texts = [item.render() for item in ranked]
         notes: list[str] = []
         if self.tools:
-            base, _ = await fit(
+            base, _ = await fit_with_task(
                 self.backend,
                 build_with([]),
+                ctx.task,
                 texts,
                 budget=budget,
                 max_output_tokens=self.tool_policy.max_tokens + self._tool_room(budget),
@@ -111,9 +117,10 @@ class LLMAgent(Agent):
             ctx.usage = ctx.usage + phase.usage
             ctx.attempts.extend(phase.attempts)
             notes = tool_notes(phase.outcomes)
-        messages, dropped = await fit(
+        messages, dropped = await fit_with_task(
             self.backend,
             build_with(notes),
+            ctx.task,
             [*notes, *texts],
             budget=budget,
             max_output_tokens=self.max_output_tokens,

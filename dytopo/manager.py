@@ -13,7 +13,7 @@ from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.cards import RoleCard
 from dytopo.errors import AgentFailed
-from dytopo.prompting import fit
+from dytopo.prompting import fit_with_task
 from dytopo.structured import ask_structured
 
 M = TypeVar("M", bound=BaseModel)
@@ -119,7 +119,7 @@ class LLMManager(Manager):
         self.reasks = reasks
 
     async def open(self, task: str, acct: StepContext) -> str:
-        reply = await self._ask(RoundGoal, [f"TASK:\n{task}"], [], [], acct)
+        reply = await self._ask(RoundGoal, task, [], [], [], acct)
         return reply.goal
 
     async def decide(
@@ -130,8 +130,8 @@ class LLMManager(Manager):
         transcript: Sequence[PublicMessage],
         acct: StepContext,
     ) -> ManagerDecision:
-        head = [f"TASK:\n{task}", f"Round {round} of at most {max_rounds} has finished."]
-        return await self._ask(ManagerDecision, head, transcript, [], acct)
+        head = [f"Round {round} of at most {max_rounds} has finished."]
+        return await self._ask(ManagerDecision, task, head, transcript, [], acct)
 
     async def final(
         self,
@@ -140,13 +140,14 @@ class LLMManager(Manager):
         work: Sequence[str],
         acct: StepContext,
     ) -> str:
-        head = [f"TASK:\n{task}", "The run is over: write the final answer now."]
-        reply = await self._ask(FinalAnswer, head, transcript, work, acct)
+        head = ["The run is over: write the final answer now."]
+        reply = await self._ask(FinalAnswer, task, head, transcript, work, acct)
         return reply.final_answer
 
     async def _ask(
         self,
         model: type[M],
+        task: str,
         head: list[str],
         transcript: Sequence[PublicMessage],
         work: Sequence[str],
@@ -159,10 +160,10 @@ class LLMManager(Manager):
         # public messages newest first.
         publics = [m.render() for m in reversed(transcript)]
 
-        def build(kept: Sequence[str]) -> list[ChatMessage]:
+        def build(task_text: str, kept: Sequence[str]) -> list[ChatMessage]:
             kept_work, kept_publics = kept[: len(work)], kept[len(work) :]
             shown = "\n".join(reversed(kept_publics)) if kept_publics else "(no messages yet)"
-            body = [*head, f"PUBLIC MESSAGES (oldest first):\n{shown}"]
+            body = [f"TASK:\n{task_text}", *head, f"PUBLIC MESSAGES (oldest first):\n{shown}"]
             if kept_work:
                 body.append("TEAM'S LATEST WORK:\n" + "\n".join(kept_work))
             return [
@@ -171,9 +172,10 @@ class LLMManager(Manager):
             ]
 
         budget = self.context_budget or (await self.backend.connect()).n_ctx_per_slot
-        messages, dropped = await fit(
+        messages, dropped = await fit_with_task(
             self.backend,
             build,
+            task,
             [*work, *publics],
             budget=budget,
             max_output_tokens=self.max_output_tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,3 +55,48 @@ async def fit(
         while cut < len(kept) and sum(len(t) for t in kept[len(kept) - cut :]) < excess * 3:
             cut += 1
         kept = kept[: len(kept) - cut]
+
+
+MIN_TASK_CHARS = 200
+
+
+async def fit_with_task(
+    backend: Backend,
+    build: Callable[[str, Sequence[str]], list[ChatMessage]],
+    task: str,
+    droppable: Sequence[str],
+    *,
+    budget: int,
+    max_output_tokens: int,
+    who: str,
+    tools: Sequence[dict[str, Any]] | None = None,
+) -> tuple[list[ChatMessage], list[str]]:
+    """`fit`, and when even the pinned prompt is too big, shorten the task (halving) to fit.
+
+    `build(task_text, kept)` makes the messages. A shortened task is reported in the dropped list.
+    """
+    limit = len(task)
+    while True:
+        text = (
+            task
+            if limit >= len(task)
+            else (task[:limit] + f"\n[task truncated: {len(task) - limit} more characters]")
+        )
+        try:
+            messages, dropped = await fit(
+                backend,
+                functools.partial(build, text),
+                droppable,
+                budget=budget,
+                max_output_tokens=max_output_tokens,
+                who=who,
+                tools=tools,
+            )
+        except BudgetExceeded:
+            if limit <= MIN_TASK_CHARS:
+                raise
+            limit = max(MIN_TASK_CHARS, limit // 2)
+            continue
+        if limit < len(task):
+            dropped.append(f"task truncated to {limit} of {len(task)} characters")
+        return messages, dropped

@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from dytopo.backends.llamacpp import LlamaCppBackend
+from dytopo.budget import plan_budgets, server_context
 from dytopo.embedders.base import Embedder
 from dytopo.embedders.hashing import HashEmbedder
 from dytopo.embedders.http import HttpEmbedder
-from dytopo.errors import ConfigError
+from dytopo.errors import BudgetExceeded, ConfigError
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import Endpoints, endpoints
 from dytopo.result import RunResult
@@ -56,8 +57,16 @@ async def run_topology(
         backend = LlamaCppBackend(settings)
         embedder = make_embedder(topology.embedder, ends)
         try:
-            await backend.connect()
-            swarm = build_swarm(topology, backend, embedder, base_dir=base_dir)
+            info = await backend.connect()
+            plan = plan_budgets(
+                topology,
+                n_ctx=server_context(info.n_ctx_per_slot, info.slots, settings.kv_unified),
+                slots=info.slots,
+                kv_unified=settings.kv_unified,
+            )
+            if not plan.fits:
+                raise BudgetExceeded("\n".join(f"{topology.name}: {p}" for p in plan.problems))
+            swarm = build_swarm(topology, backend, embedder, base_dir=base_dir, plan=plan)
             return await swarm.run(task, trace_path=trace, observers=observers)
         finally:
             await embedder.aclose()

@@ -15,6 +15,7 @@ import structlog
 from dytopo.agent import Agent, StepContext
 from dytopo.backends.base import Backend
 from dytopo.backends.types import Usage
+from dytopo.budget import BudgetPlan
 from dytopo.cards import load_card
 from dytopo.embedders.base import Embedder
 from dytopo.errors import AgentFailed, BudgetExceeded, DyTopoError, RunError
@@ -461,9 +462,18 @@ class _Run:
 
 
 def build_swarm(
-    topology: Topology, backend: Backend, embedder: Embedder, *, base_dir: Path | None = None
+    topology: Topology,
+    backend: Backend,
+    embedder: Embedder,
+    *,
+    base_dir: Path | None = None,
+    plan: BudgetPlan | None = None,
 ) -> Swarm:
-    """Instantiate a topology's agents and manager on one backend."""
+    """Instantiate a topology's agents and manager on one backend, within `plan`'s budgets."""
+
+    def context(agent: str, explicit: int | None) -> int | None:
+        return plan.budget(agent).context_budget if plan is not None else explicit
+
     registry = ToolRegistry.discover(topology.tool_modules, base_dir)
     tool_context = resolve_paths(topology.tool_settings, base_dir or Path.cwd())
     agents: list[Agent] = []
@@ -481,7 +491,7 @@ def build_swarm(
                 backend,
                 instructions=spec.instructions,
                 max_output_tokens=spec.budget.max_output_tokens,
-                context_budget=spec.budget.context,
+                context_budget=context(spec.id, spec.budget.context),
                 sampling=spec.sampling,
                 reasks=topology.structured_reasks,
                 tools=registry.subset(spec.tools),
@@ -495,7 +505,7 @@ def build_swarm(
         backend,
         instructions=m.instructions,
         max_output_tokens=m.budget.max_output_tokens,
-        context_budget=m.budget.context,
+        context_budget=context("manager", m.budget.context),
         sampling=m.sampling,
         reasks=topology.structured_reasks,
     )
@@ -510,7 +520,10 @@ def build_swarm(
         agent_timeout_s=topology.agent_timeout_s,
         on_agent_error=topology.on_agent_error,
         name=topology.name,
-        config=topology.model_dump(mode="json"),
+        config={
+            **topology.model_dump(mode="json"),
+            "budget_plan": plan.model_dump() if plan is not None else None,
+        },
     )
 
 

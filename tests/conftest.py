@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import httpx
+import structlog
 import pytest
 
 
@@ -37,3 +38,9 @@ def _isolated_cache(
     monkeypatch.setenv("DYTOPO_HOME", str(tmp_path_factory.getbasetemp() / "dytopo-home"))
     monkeypatch.delenv("DYTOPO_BASE_URL", raising=False)
     monkeypatch.delenv("DYTOPO_EMBED_URL", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()

@@ -20,6 +20,9 @@ class BackendSettings(BaseModel):
     """Concurrent requests to allow. None: the server's slot count from /props."""
     n_ctx_per_slot: int | None = Field(default=None, ge=256)
     """Context per request. None: from /props; required for servers without /props."""
+    kv_unified: bool = False
+    """True when the server runs with --kv-unified: its context is then one pool shared by all
+    slots, so DyTopo plans each request for n_ctx / slots."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=600.0, gt=0)
     """Time to wait for a whole reply; CPU generation of long answers is slow."""

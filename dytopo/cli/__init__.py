@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from dytopo.cli import backend, doctor, run, tools
+from dytopo.cli import backend, doctor, plan, run, tools
 from dytopo.cli._common import State, err, setup
 from dytopo.errors import ConfigError, DyTopoError
 
@@ -30,6 +30,7 @@ def _root(
 app.command("run")(run.run)
 app.command("validate")(run.validate)
 app.command("schema")(run.schema)
+app.command("plan")(plan.plan)
 app.command("doctor")(doctor.doctor)
 app.add_typer(backend.app, name="backend")
 app.add_typer(tools.app, name="tools")
