@@ -36,6 +36,10 @@ from dytopo.versions import versions
 log = structlog.get_logger("dytopo.swarm")
 
 
+def _tokens(usage: Usage) -> int:
+    return usage.prompt_tokens + usage.completion_tokens
+
+
 def fallback_goal(task: str) -> str:
     return f"Make concrete progress on the task: {task[:300]}"
 
@@ -57,6 +61,8 @@ class Swarm:
         on_agent_error: Literal["continue", "abort"] = "continue",
         name: str = "swarm",
         config: dict[str, Any] | None = None,
+        run_token_budget: int | None = None,
+        final_answer_reserve: int = 2000,
     ) -> None:
         ids = [a.id for a in agents]
         if not agents or len(set(ids)) != len(ids):
@@ -72,6 +78,10 @@ class Swarm:
         self.on_agent_error = on_agent_error
         self.name = name
         self.config = config or {}
+        self.run_token_budget = run_token_budget
+        """Cap on prompt + generated tokens of the whole run; None: no cap."""
+        self.final_answer_reserve = final_answer_reserve
+        """Tokens kept for the manager's final answer when the cap stops the run."""
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, backend: Backend, embedder: Embedder) -> Swarm:
@@ -113,6 +123,7 @@ class _Run:
         )
         self.started = time.monotonic()
         self.prev_routing: Routing | None = None
+        self.last_round_tokens = 0
 
     def _account(self, who: str, acct: StepContext) -> None:
         self.result.usage = self.result.usage + acct.usage
@@ -197,8 +208,14 @@ class _Run:
             dropped=len(acct.dropped),
         )
         for t in range(1, s.max_rounds + 1):
+            if t > 1 and self._over_budget(t):
+                self.result.halt_reason = "budget"
+                self.result.final_answer = await self._final_answer()
+                break
+            used_before = _tokens(self.result.usage)
             record = await self._round(t, goal)
             self.result.rounds.append(record)
+            self.last_round_tokens = _tokens(self.result.usage) - used_before
             if record.halt_accepted and record.decision is not None:
                 self.result.final_answer = record.decision.final_answer
                 self.result.halt_reason = "manager"
@@ -209,6 +226,26 @@ class _Run:
             self.result.halt_reason = "max_rounds"
             self.result.final_answer = await self._final_answer()
         self._finish()
+
+    def _over_budget(self, t: int) -> bool:
+        """Would the next round, plus the final answer, overrun the run's token budget?"""
+        cap = self.s.run_token_budget
+        if cap is None:
+            return False
+        used = _tokens(self.result.usage)
+        # The last round is the best forecast of the next; the final answer needs a manager call.
+        needed = self.last_round_tokens + self.s.final_answer_reserve
+        if used + needed <= cap:
+            return False
+        self.trace.emit(
+            "budget_stop",
+            round=t,
+            run_token_budget=cap,
+            used=used,
+            next_round_estimate=self.last_round_tokens,
+            final_answer_reserve=self.s.final_answer_reserve,
+        )
+        return True
 
     async def _round(self, t: int, goal: str) -> RoundRecord:
         s = self.s
@@ -520,6 +557,7 @@ def build_swarm(
         agent_timeout_s=topology.agent_timeout_s,
         on_agent_error=topology.on_agent_error,
         name=topology.name,
+        run_token_budget=topology.run_token_budget,
         config={
             **topology.model_dump(mode="json"),
             "budget_plan": plan.model_dump() if plan is not None else None,

@@ -80,6 +80,9 @@ class Topology(_Strict):
     min_rounds: int = Field(default=2, ge=1)
     """A manager halt before this round is not accepted (small models halt at once)."""
     seed: int = 0
+    run_token_budget: int | None = Field(default=None, ge=1000)
+    """Cap on prompt + generated tokens of the whole run. When the next round would not fit,
+    the manager writes the final answer from what it has (halt reason `budget`)."""
     structured_reasks: int = Field(default=2, ge=0, le=5)
     """Re-asks at temperature 0.1 after a malformed structured reply."""
     agent_timeout_s: float = Field(default=600.0, gt=0)

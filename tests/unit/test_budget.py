@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from helpers import card, decision, final, goal, make_swarm, step
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dytopo.agent import StepContext
+from dytopo.backends.types import ChatMessage
+from dytopo.budget import plan_budgets
+from dytopo.llm_agent import LLMAgent
+from dytopo.loader import load_topology
+from dytopo.memory import MemoryItem
+from dytopo.prompting import fit_with_task
+from dytopo.testing import ScriptedBackend
+from dytopo.topology import Topology
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def research() -> Topology:
+    return load_topology(ROOT / "topologies" / "research.yaml")
+
+
+def test_production_shape_fits_with_two_and_four_slots() -> None:
+    for slots in (2, 4):
+        plan = plan_budgets(research(), n_ctx=131072, slots=slots)
+        assert plan.fits, plan.problems
+        assert plan.per_slot_ctx == 131072 // slots
+        assert {b.agent for b in plan.agents} == {
+            "researcher",
+            "analyst",
+            "critic",
+            "writer",
+            "manager",
+        }
+        assert all(b.context_budget <= plan.request_limit for b in plan.agents)
+
+
+def test_over_budget_agent_is_refused_naming_the_budget() -> None:
+    data = research().model_dump()
+    data["agents"][2]["budget"]["context"] = 70000
+    plan = plan_budgets(Topology.model_validate(data), n_ctx=131072, slots=4)
+    assert not plan.fits
+    assert "agents.2.budget.context = 70000" in plan.problems[0]
+    assert "lower agents.2.budget.context to 32768 or less" in plan.problems[0]
+
+
+def test_output_budget_too_large_for_the_context() -> None:
+    data = research().model_dump()
+    data["manager"]["budget"]["max_output_tokens"] = 4000
+    plan = plan_budgets(Topology.model_validate(data), n_ctx=8192, slots=2)
+    assert any("lower manager.budget.max_output_tokens" in p for p in plan.problems)
+
+
+def test_unified_kv_checks_concurrent_budgets_together() -> None:
+    data = research().model_dump()
+    for agent in data["agents"]:
+        agent["budget"]["context"] = 50000
+    plan = plan_budgets(Topology.model_validate(data), n_ctx=131072, slots=4, kv_unified=True)
+    assert plan.request_limit == 131072
+    assert any("shared KV cache holds 131072" in p for p in plan.problems)
+
+
+def test_weights_scale_the_default_budgets() -> None:
+    data = research().model_dump()
+    data["agents"][0]["budget"]["weight"] = 2.0
+    plan = plan_budgets(Topology.model_validate(data), n_ctx=16384, slots=2)
+    assert plan.budget("researcher").context_budget == 8192
+    assert plan.budget("analyst").context_budget == 4096
+
+
+class WordCounter(ScriptedBackend):
+    """Counts tokens as words + 4 per message: deterministic, like a server tokenizer."""
+
+    async def count_tokens(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        return sum(len((m.content or "").split()) + 4 for m in messages)
+
+
+def words(n: int, tag: str) -> str:
+    return " ".join(f"{tag}{i}" for i in range(n))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+    task_words=st.integers(min_value=1, max_value=3000),
+    budget=st.integers(min_value=600, max_value=4000),
+    max_output=st.integers(min_value=16, max_value=300),
+)
+async def test_every_packed_prompt_fits_its_budget(
+    sizes: list[int], task_words: int, budget: int, max_output: int
+) -> None:
+    backend = WordCounter()
+    items = [words(n, f"m{k}_") for k, n in enumerate(sizes)]
+    task = words(task_words, "t")
+
+    def build(task_text: str, kept: Sequence[str]) -> list[ChatMessage]:
+        return [
+            ChatMessage(role="system", content="You are terse."),
+            ChatMessage(role="user", content=task_text + "\n" + "\n".join(kept)),
+        ]
+
+    messages, dropped = await fit_with_task(
+        backend, build, task, items, budget=budget, max_output_tokens=max_output, who="t"
+    )
+    assert await backend.count_tokens(messages) + max_output <= budget
+    kept = len(items) - len([d for d in dropped if not d.startswith("task truncated")])
+    assert messages[1].content is not None
+    # Most valuable first: what survives is a prefix of the droppable list.
+    for item in items[:kept]:
+        assert item in messages[1].content
+
+
+async def test_packing_keeps_fresh_high_similarity_messages_and_drops_old_memory() -> None:
+    backend = ScriptedBackend(
+        [json.dumps({"public": "p", "private": "q", "query": "r", "key": "s"})], n_ctx_per_slot=1100
+    )
+    agent = LLMAgent("writer", card("writer"), backend, max_output_tokens=200)
+    memory = [
+        MemoryItem(round=r, kind="own", source="writer", text=f"OLD{r} " + "x " * 600)
+        for r in range(1, 4)
+    ]
+    same_round = [
+        MemoryItem(round=4, kind="private", source="researcher", text="FRESH facts", score=0.9)
+    ]
+    ctx = StepContext(task="task", goal="goal", round=4, memory=memory, same_round=same_round)
+    await agent.step(ctx)
+    prompt = backend.requests[0].messages[-1].content or ""
+    assert "FRESH facts" in prompt
+    assert "OLD1" not in prompt
+    assert ctx.dropped
+    assert any("OLD1" in d for d in ctx.dropped)
+
+
+async def test_a_task_too_long_for_the_context_is_shortened_not_fatal() -> None:
+    backend = ScriptedBackend(
+        [json.dumps({"public": "p", "private": "q", "query": "r", "key": "s"})], n_ctx_per_slot=1200
+    )
+    agent = LLMAgent("writer", card("writer"), backend, max_output_tokens=200)
+    ctx = StepContext(task="long task " * 2000, goal="goal", round=1, memory=[])
+    await agent.step(ctx)
+    assert any(d.startswith("task truncated to") for d in ctx.dropped)
+    assert "[task truncated:" in (backend.requests[0].messages[-1].content or "")
+
+
+async def test_run_token_budget_stops_gracefully_with_the_final_answer() -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "researcher": [step("p", "FACTS", "need", "facts")],
+            "writer": [step("p", "DRAFT", "facts", "draft")],
+            "manager": [goal("go"), decision(False), final("BUDGET ANSWER")],
+        }
+    )
+    swarm = make_swarm(
+        backend,
+        ["researcher", "writer"],
+        max_rounds=5,
+        run_token_budget=1000,
+        final_answer_reserve=100,
+    )
+    result = await swarm.run("task")
+    backend.assert_complete()
+    assert result.halt_reason == "budget"
+    assert result.final_answer == "BUDGET ANSWER"
+    assert len(result.rounds) == 1
