@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import httpx
-import structlog
 import pytest
+import structlog
 
 
 class NetworkRefused(AssertionError):

@@ -1,0 +1,100 @@
+"""Budgets against the real server's own tokenizer and a deliberately small context."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dytopo.backends import ChatMessage, ChatRequest, LlamaCppBackend, Sampling
+from dytopo.managed import ManagedStack
+from dytopo.prompting import fit_with_task
+from dytopo.trace import read_trace
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = st.text(
+    alphabet=st.sampled_from("abcdefghij klmnopqrstuvwxyz.,;:!?0123456789\n"), max_size=2500
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(items=st.lists(WORDS, max_size=8), task=WORDS, max_output=st.integers(8, 400))
+def test_packed_prompts_fit_as_the_server_counts(
+    stack: ManagedStack, items: list[str], task: str, max_output: int
+) -> None:
+    import asyncio
+
+    budget = 2048  # the session server's per-slot context
+
+    def build(task_text: str, kept: Sequence[str]) -> list[ChatMessage]:
+        return [
+            ChatMessage(role="system", content="Summarise."),
+            ChatMessage(role="user", content=f"TASK: {task_text}\n" + "\n".join(kept)),
+        ]
+
+    async def check() -> None:
+        async with LlamaCppBackend(stack.chat_url) as backend:
+            messages, _ = await fit_with_task(
+                backend,
+                build,
+                task or "x",
+                items,
+                budget=budget,
+                max_output_tokens=max_output,
+                who="prop",
+            )
+            reply = await backend.chat(
+                ChatRequest(messages=messages, max_tokens=1, sampling=Sampling(temperature=0.0))
+            )
+        # The server's own count of the packed prompt leaves room for the whole output.
+        assert reply.usage.prompt_tokens + max_output <= budget
+
+    asyncio.run(check())
+
+
+def test_research_run_in_a_small_context_never_overflows(
+    stack: ManagedStack, tmp_path: Path
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    long_task = ("Write a careful report on cache eviction for a busy web shop. " * 8 + "\n") * 12
+    assert stack.embed_url is not None
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dytopo",
+            "run",
+            str(ROOT / "topologies" / "research.yaml"),
+            "--json",
+            "--backend-url",
+            stack.chat_url,
+            "--embed-url",
+            stack.embed_url,
+            "--trace",
+            str(trace),
+            "--rounds",
+            "2",
+            "--task",
+            long_task,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    events = read_trace(trace)
+    text = json.dumps(events).lower()
+    assert "exceeds the available context" not in text
+    assert "contextoverflow" not in text
+    dropped = [e for e in events if e["event"] == "agent_output" and e.get("dropped")]
+    assert dropped, "a 2,048-token slot cannot hold this task: the trace must show what was cut"
+    assert any("task truncated" in d for e in dropped for d in e["dropped"])
+    assert result["final_answer"].strip()

@@ -1,0 +1,61 @@
+"""A real tool call through llama-server's native tool support (shipped tools template)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dytopo.agent import StepContext
+from dytopo.backends import ChatRequest, ChatResponse, LlamaCppBackend, Sampling
+from dytopo.cards import load_card
+from dytopo.llm_agent import LLMAgent
+from dytopo.managed import ManagedStack
+from dytopo.tools import ToolContext, ToolRegistry
+from dytopo.tools.loop import ToolPolicy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_validated_tool_call_is_executed_and_fed_back(stack: ManagedStack) -> None:
+    registry = ToolRegistry.discover()
+    events: list[tuple[str, dict[str, object]]] = []
+    requests: list[ChatRequest] = []
+    async with LlamaCppBackend(stack.chat_url) as backend:
+        chat = backend.chat
+
+        async def recording(request: ChatRequest) -> ChatResponse:
+            requests.append(request)
+            return await chat(request)
+
+        backend.chat = recording  # type: ignore[method-assign]
+        agent = LLMAgent(
+            "researcher",
+            load_card("researcher"),
+            backend,
+            tools=registry.subset(["search_docs"]),
+            tool_context=ToolContext(workspace=ROOT, docs_dir=ROOT / "examples" / "docs"),
+            tool_policy=ToolPolicy(choice="required", max_rounds=1),
+            sampling=Sampling(temperature=0.2, seed=3),
+            max_output_tokens=600,
+        )
+        ctx = StepContext(
+            task="How does LRU cache eviction work?",
+            goal="Find facts on LRU.",
+            round=1,
+            memory=[],
+            emit=lambda name, **f: events.append((name, f)),
+        )
+        output = await agent.step(ctx)
+    calls = [f for name, f in events if name == "tool_call"]
+    assert calls, [e for e in events if e[0] == "ladder"]
+    assert calls[0]["tool"] == "search_docs"
+    assert calls[0]["ok"] is True, calls[0]
+    assert isinstance(calls[0]["arguments"], dict)
+    assert "query" in calls[0]["arguments"]
+    # The result went into the agent's final (structured) prompt.
+    final_prompt = requests[-1].messages[-1].content or ""
+    assert requests[-1].json_schema is not None
+    assert "[tool search_docs(" in final_prompt
+    assert str(calls[0]["result"])[:60] in final_prompt
+    assert output.public
+    ladder = [f for name, f in events if name == "ladder" and f["kind"] == "tool_call"]
+    assert ladder[-1]["ok"] is True
