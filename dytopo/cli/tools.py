@@ -67,6 +67,6 @@ def call_tool(
         timeout_s=timeout,
     )
     outcome = run_async(ToolExecutor([tool], ctx).run(ToolCall(name=name, arguments=args)))
-    print(outcome.result)
     if not outcome.ok:
         fail(outcome.error)
+    print(outcome.result)
