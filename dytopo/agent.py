@@ -25,7 +25,7 @@ class AgentOutput(BaseModel):
 
     public: str = Field(max_length=240)
     """Short progress report that every agent and the manager can see."""
-    private: str = Field(max_length=1000)
+    private: str = Field(max_length=900)
     """The substantive content, sent only along this round's outgoing edges."""
     query: str = Field(max_length=160)
     """One sentence: what this agent needs now (the need descriptor)."""

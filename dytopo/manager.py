@@ -30,16 +30,16 @@ class ManagerDecision(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    goal_next: str = Field(max_length=300)
+    goal_next: str = Field(max_length=240)
     halt: bool
-    reason: str = Field(max_length=240)
-    final_answer: str = Field(max_length=2400)
+    reason: str = Field(max_length=160)
+    final_answer: str = Field(max_length=1500)
 
 
 class FinalAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    final_answer: str = Field(min_length=1, max_length=2400)
+    final_answer: str = Field(min_length=1, max_length=2000)
 
 
 class PublicMessage(BaseModel):

@@ -42,8 +42,13 @@ def _spawn_holder(home: Path) -> tuple[subprocess.Popen[str], list[int]]:
     )
     assert holder.stdout is not None
     line = holder.stdout.readline()
-    assert line, "holder process died before starting the stack"
-    pids = json.loads(line)
+    try:
+        pids = json.loads(line)
+    except ValueError:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+        raise AssertionError(f"holder did not report its servers: {line!r}") from None
     assert all(pid_alive(p) for p in pids)
     return holder, pids
 
@@ -73,10 +78,14 @@ def _running(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_no_orphan_server_after_signal(dytopo_home: Path, sig: signal.Signals) -> None:
     holder, pids = _spawn_holder(dytopo_home)
-    holder.send_signal(sig)
-    holder.wait(timeout=30)
-    assert holder.stdout is not None
-    holder.stdout.close()
+    try:
+        holder.send_signal(sig)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()  # never leave the holder behind, even when the test fails
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
     assert _wait_dead(pids) == [], f"orphan llama-server after {sig.name}: {pids}"
 
 
