@@ -105,6 +105,7 @@ def _json(result: RunResult) -> dict[str, Any]:
         },
         "usage_by_agent": {k: v.model_dump() for k, v in result.usage_by_agent.items()},
         "edges_per_round": [len(r.routing.edges) for r in result.rounds],
+        "usage_by_round": [r.usage.model_dump() for r in result.rounds],
         "reasks": result.reasks,
         "stats": dict(result.stats),
         "failures": result.failures,
