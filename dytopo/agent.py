@@ -48,6 +48,8 @@ class StepContext:
     attempts: list[Attempt] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     """What context packing left out of the prompt, for the trace."""
+    packing: dict[str, int] = field(default_factory=dict)
+    """Prompt tokens with everything kept (`full_tokens`) and as sent (`prompt_tokens`)."""
     emit: Callable[..., None] | None = None
     """Trace hook (set by the scheduler): `ctx.event("tool_call", ...)`."""
 

@@ -125,6 +125,7 @@ class LLMAgent(Agent):
             budget=budget,
             max_output_tokens=self.max_output_tokens,
             who=f"agent {self.id}",
+            report=ctx.packing,
         )
         ctx.dropped.extend(dropped)
         request = ChatRequest(

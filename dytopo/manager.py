@@ -180,6 +180,7 @@ class LLMManager(Manager):
             budget=budget,
             max_output_tokens=self.max_output_tokens,
             who="manager",
+            report=acct.packing,
         )
         acct.dropped.extend(dropped)
         request = ChatRequest(

@@ -23,13 +23,15 @@ async def fit(
     max_output_tokens: int,
     who: str,
     tools: Sequence[dict[str, Any]] | None = None,
+    report: dict[str, int] | None = None,
 ) -> tuple[list[ChatMessage], list[str]]:
     """Messages from `build(kept)` that fit `budget` with room for the output.
 
     `droppable` is ordered most valuable first; items are dropped from the end until the prompt,
     counted by the backend (the server's tokenizer where it has one), fits. `tools` are the
     tool definitions sent along: the chat template renders them into the prompt, so they count.
-    Returns the messages and the dropped items.
+    Returns the messages and the dropped items; `report` (if given) receives the prompt's
+    tokens with everything kept (`full_tokens`) and as sent (`prompt_tokens`).
     """
     limit = budget - max_output_tokens - SAFETY_MARGIN
     if limit <= 0:
@@ -41,6 +43,10 @@ async def fit(
     while True:
         messages = build(kept)
         used = await backend.count_tokens(messages, tools)
+        if report is not None:
+            report.setdefault("full_tokens", used)
+            report["prompt_tokens"] = used
+            report["budget"] = budget
         if used <= limit:
             return messages, list(droppable[len(kept) :])
         if not kept:
@@ -70,6 +76,7 @@ async def fit_with_task(
     max_output_tokens: int,
     who: str,
     tools: Sequence[dict[str, Any]] | None = None,
+    report: dict[str, int] | None = None,
 ) -> tuple[list[ChatMessage], list[str]]:
     """`fit`, and when even the pinned prompt is too big, shorten the task (halving) to fit.
 
@@ -91,6 +98,7 @@ async def fit_with_task(
                 max_output_tokens=max_output_tokens,
                 who=who,
                 tools=tools,
+                report=report,
             )
         except BudgetExceeded:
             if limit <= MIN_TASK_CHARS:

@@ -28,6 +28,8 @@ class AgentStep(BaseModel):
     attempts: list[Attempt] = Field(default_factory=list)
     dropped: list[str] = Field(default_factory=list)
     """Memory items context packing left out of this step's prompt."""
+    packing: dict[str, int] = Field(default_factory=dict)
+    """full_tokens (everything kept), prompt_tokens (as sent), budget."""
     wall_s: float = 0.0
 
 

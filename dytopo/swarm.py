@@ -205,7 +205,8 @@ class _Run:
             goal=goal,
             usage=acct.usage,
             attempts=acct.attempts,
-            dropped=len(acct.dropped),
+            dropped=acct.dropped,
+            packing=acct.packing,
         )
         for t in range(1, s.max_rounds + 1):
             if t > 1 and self._over_budget(t):
@@ -268,6 +269,7 @@ class _Run:
                 usage=step.usage,
                 attempts=step.attempts,
                 dropped=step.dropped,
+                packing=step.packing,
                 wall_s=step.wall_s,
             )
         ok = [st for st in steps if st.ok and st.output is not None]
@@ -347,6 +349,7 @@ class _Run:
             if self.s.on_agent_error == "abort":
                 raise
         step.usage, step.attempts, step.dropped = ctx.usage, ctx.attempts, ctx.dropped
+        step.packing = ctx.packing
         step.wall_s = round(time.monotonic() - started, 3)
         if not step.ok:
             self.result.failures += 1
@@ -453,7 +456,8 @@ class _Run:
             final_answer=decision.final_answer,
             usage=acct.usage,
             attempts=acct.attempts,
-            dropped=len(acct.dropped),
+            dropped=acct.dropped,
+            packing=acct.packing,
         )
         return decision, accepted
 

@@ -137,6 +137,8 @@ async def test_packing_keeps_fresh_high_similarity_messages_and_drops_old_memory
     assert "OLD1" not in prompt
     assert ctx.dropped
     assert any("OLD1" in d for d in ctx.dropped)
+    assert ctx.packing["full_tokens"] > ctx.packing["prompt_tokens"]
+    assert ctx.packing["prompt_tokens"] + 200 <= ctx.packing["budget"]
 
 
 async def test_a_task_too_long_for_the_context_is_shortened_not_fatal() -> None:
