@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,9 +12,8 @@ from hypothesis import strategies as st
 from dytopo.backends import ChatMessage, ChatRequest, LlamaCppBackend, Sampling
 from dytopo.managed import ManagedStack
 from dytopo.prompting import fit_with_task
-from dytopo.trace import read_trace
+from runs import dytopo_run
 
-ROOT = Path(__file__).resolve().parents[2]
 WORDS = st.text(
     alphabet=st.sampled_from("abcdefghij klmnopqrstuvwxyz.,;:!?0123456789\n"), max_size=2500
 )
@@ -61,36 +57,8 @@ def test_packed_prompts_fit_as_the_server_counts(
 def test_research_run_in_a_small_context_never_overflows(
     stack: ManagedStack, tmp_path: Path
 ) -> None:
-    trace = tmp_path / "trace.jsonl"
     long_task = ("Write a careful report on cache eviction for a busy web shop. " * 8 + "\n") * 12
-    assert stack.embed_url is not None
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dytopo",
-            "run",
-            str(ROOT / "topologies" / "research.yaml"),
-            "--json",
-            "--backend-url",
-            stack.chat_url,
-            "--embed-url",
-            stack.embed_url,
-            "--trace",
-            str(trace),
-            "--rounds",
-            "2",
-            "--task",
-            long_task,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
-    events = read_trace(trace)
+    result, events = dytopo_run(stack, tmp_path, "--rounds", "2", "--task", long_task)
     text = json.dumps(events).lower()
     assert "exceeds the available context" not in text
     assert "contextoverflow" not in text

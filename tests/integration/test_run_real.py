@@ -2,76 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from trace_checks import check_routing_invariants
 
 from dytopo.managed import ManagedStack
-from dytopo.trace import read_trace
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def dytopo_run(
-    stack: ManagedStack, tmp_path: Path, *args: str
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    trace = tmp_path / "trace.jsonl"
-    assert stack.embed_url is not None
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dytopo",
-            "run",
-            str(ROOT / "topologies" / "research.yaml"),
-            "--json",
-            "--backend-url",
-            stack.chat_url,
-            "--embed-url",
-            stack.embed_url,
-            "--trace",
-            str(trace),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout), read_trace(trace)
-
-
-def check_routing_invariants(events: list[dict[str, Any]]) -> int:
-    checked = 0
-    for r in (e for e in events if e["event"] == "routing"):
-        n = len(r["agents"])
-        assert len(r["similarity"]) == n
-        assert all(len(row) == n for row in r["similarity"])
-        assert sorted(r["order"]) == sorted(r["agents"])
-        edges = {(e["source"], e["target"]) for e in r["edges"]}
-        if r["mode"] == "dynamic":
-            assert all(e["score"] > r["tau"] for e in r["edges"])
-            expected = {
-                (r["agents"][j], r["agents"][i])
-                for i in range(n)
-                for j in range(n)
-                if i != j and r["similarity"][i][j] > r["tau"]
-            }
-            assert edges == expected
-        delivered = {
-            (d["from"], d["to"])
-            for d in events
-            if d["event"] == "delivery" and d["round"] == r["round"]
-        }
-        assert delivered == edges
-        checked += 1
-    return checked
+from runs import dytopo_run
 
 
 def test_research_swarm_dynamic(stack: ManagedStack, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 from helpers import decision, final, goal, make_swarm, step
+from trace_checks import check_routing_invariants
 
 from dytopo.agent import AgentOutput, FunctionAgent, StepContext
 from dytopo.errors import BackendUnavailable, RunError
@@ -72,25 +73,7 @@ async def test_run_routes_delivers_and_halts_after_min_rounds(trace_file: Path) 
     ):
         assert needed in kinds
     assert all(e["run_id"] == result.run_id for e in events)
-    for r in (e for e in events if e["event"] == "routing"):
-        n = len(r["agents"])
-        assert len(r["similarity"]) == n
-        assert all(len(row) == n for row in r["similarity"])
-        assert sorted(r["order"]) == sorted(r["agents"])
-        edges = {(e["source"], e["target"]) for e in r["edges"]}
-        expected = {
-            (r["agents"][j], r["agents"][i])
-            for i in range(n)
-            for j in range(n)
-            if i != j and r["similarity"][i][j] > r["tau"]
-        }
-        assert edges == expected
-        delivered = {
-            (d["from"], d["to"])
-            for d in events
-            if d["event"] == "delivery" and d["round"] == r["round"]
-        }
-        assert delivered == edges
+    assert check_routing_invariants(events) == 2
     rejected = next(e for e in events if e["event"] == "manager_decision")
     assert rejected["halt"] is True
     assert rejected["accepted"] is False
