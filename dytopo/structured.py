@@ -32,6 +32,8 @@ class Attempt(BaseModel):
     finish_reason: str = ""
     kind: str = "structured"
     """structured (a JSON answer) or tool_call."""
+    reply: str = ""
+    """The start of a rejected reply, to see what the model did wrong."""
 
 
 class Structured(BaseModel, Generic[T]):
@@ -102,6 +104,7 @@ async def ask_structured(
                 ok=False,
                 error=_describe(exc),
                 finish_reason=finish,
+                reply=reply_text[:300],
             )
             result.attempts.append(attempt)
             result.raw = reply_text

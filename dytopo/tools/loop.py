@@ -126,15 +126,20 @@ async def _valid_calls(
             error = f"malformed tool call: {exc.body[:300] or exc}"
         except ToolError as exc:
             error = str(exc)
+        shown = raw or "; ".join(f"{c.name}({c.arguments})" for c in calls) or "(nothing)"
         attempt = Attempt(
-            attempt=number, temperature=temperature, ok=not error, error=error, kind="tool_call"
+            attempt=number,
+            temperature=temperature,
+            ok=not error,
+            error=error,
+            kind="tool_call",
+            reply=shown[:300] if error else "",
         )
         phase.attempts.append(attempt)
         if emit:
             emit("ladder", **attempt.model_dump())
         if not error:
             return calls
-        shown = raw or "; ".join(f"{c.name}({c.arguments})" for c in calls) or "(nothing)"
         names = ", ".join(sorted(executor.tools))
         extra = [
             ChatMessage(role="assistant", content=shown[:600]),

@@ -106,3 +106,34 @@ def test_doctor_cli_on_the_embedded_default(dytopo_home: Path) -> None:
     burst = report["burst"]
     assert burst["completed"] == burst["requests"] == 3 * report["slots"]
     assert burst["max_in_flight"] <= report["slots"]
+
+
+def test_background_backend_start_status_reuse_stop(dytopo_home: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "DYTOPO_HOME": str(tmp_path / "home")}
+    env.pop("DYTOPO_BASE_URL", None)
+
+    def dytopo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dytopo", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+
+    # Share the converted embedder with the session instead of converting it again.
+    (tmp_path / "home").mkdir()
+    for gguf in dytopo_home.glob("*.gguf"):
+        (tmp_path / "home" / gguf.name).symlink_to(gguf)
+    assert dytopo("backend", "status").returncode == 1
+    started = dytopo("backend", "start", "--slots", "1", "--ctx-per-slot", "1024")
+    assert started.returncode == 0, started.stderr
+    try:
+        assert "chat  http://127.0.0.1:" in dytopo("backend", "status").stdout
+        report = dytopo("doctor", "--json")
+        assert report.returncode == 0, report.stderr
+        assert json.loads(report.stdout)["source"] == "background"
+    finally:
+        stopped = dytopo("backend", "stop")
+    assert "stopped" in stopped.stdout
+    assert dytopo("backend", "status").returncode == 1
