@@ -113,7 +113,10 @@ async def _valid_calls(
             stop=["</tool_call>"] if prefill else None,
             tag=tag,
         )
-        error, raw, calls = "", "", []
+        error, raw = "", ""
+        calls: list[ToolCall] = []
+        valid: list[ToolCall] = []
+        refused: list[tuple[ToolCall, str]] = []
         try:
             reply = await backend.chat(request)
             phase.usage = phase.usage + reply.usage
@@ -121,11 +124,15 @@ async def _valid_calls(
             if not calls and choice == "required":
                 error = "no tool call in the reply; call one of the tools"
             for call in calls:
-                executor.check(call)
+                try:
+                    executor.check(call)
+                    valid.append(call)
+                except ToolError as exc:
+                    refused.append((call, str(exc)))
+            if calls and not valid:
+                error = refused[0][1]
         except MalformedReply as exc:
             error = f"malformed tool call: {exc.body[:300] or exc}"
-        except ToolError as exc:
-            error = str(exc)
         shown = raw or "; ".join(f"{c.name}({c.arguments})" for c in calls) or "(nothing)"
         attempt = Attempt(
             attempt=number,
@@ -139,7 +146,20 @@ async def _valid_calls(
         if emit:
             emit("ladder", **attempt.model_dump())
         if not error:
-            return calls
+            # A reply mixing valid and invalid calls (small models repeat a call until
+            # max_tokens cuts the last one off) runs the valid ones; the rest are recorded.
+            for call, why in refused:
+                outcome = ToolOutcome(
+                    tool=call.name,
+                    arguments=call.arguments,
+                    ok=False,
+                    result=f"error: {why}",
+                    error=why,
+                )
+                phase.outcomes.append(outcome)
+                if emit:
+                    emit("tool_call", **outcome.model_dump())
+            return valid
         names = ", ".join(sorted(executor.tools))
         extra = [
             ChatMessage(role="assistant", content=shown[:600]),

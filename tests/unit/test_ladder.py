@@ -226,3 +226,17 @@ async def test_agent_step_never_raises_anything_but_agent_failed() -> None:
         agent = LLMAgent("a", RoleCard(name="a", prompt="x"), backend, reasks=2)
         with pytest.raises(AgentFailed):
             await agent.step(StepContext(task="t", goal="g", round=1, memory=[]))
+
+
+async def test_mixed_reply_runs_valid_calls_and_records_the_rest() -> None:
+    good = ToolCall(name="echo", arguments='{"text": "a"}')
+    cut = ToolCall(name="echo", arguments='{"text": "b')  # cut off by max_tokens
+    backend = ScriptedBackend([Reply(tool_calls=[good, good, cut]), "done"])
+    phase = await run_tools(
+        backend, [ChatMessage(role="user", content="go")], executor(), ToolPolicy(), Sampling()
+    )
+    assert [a.ok for a in phase.attempts] == [True, True]
+    by_result = [(o.ok, o.repeated) for o in phase.outcomes]
+    assert by_result.count((True, False)) == 1  # the first call ran
+    assert by_result.count((False, True)) == 1  # its identical repeat was refused
+    assert any("not valid JSON" in o.error for o in phase.outcomes)  # the cut-off one recorded
