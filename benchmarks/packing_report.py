@@ -21,7 +21,7 @@ def main() -> None:
         packing = e.get("packing") or {}
         if not packing:
             continue
-        who = e.get("agent", "?")
+        who = e.get("agent") or "manager"  # manager_goal / manager_decision events
         full[who] += packing.get("full_tokens", 0)
         sent[who] += packing.get("prompt_tokens", 0)
         dropped[who] += len(e.get("dropped") or [])
