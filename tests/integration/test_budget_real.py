@@ -6,13 +6,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from cli_runs import dytopo_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dytopo.backends import ChatMessage, ChatRequest, LlamaCppBackend, Sampling
 from dytopo.managed import ManagedStack
 from dytopo.prompting import fit_with_task
-from runs import dytopo_run
 
 WORDS = st.text(
     alphabet=st.sampled_from("abcdefghij klmnopqrstuvwxyz.,;:!?0123456789\n"), max_size=2500

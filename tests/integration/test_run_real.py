@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_runs import dytopo_run
 from trace_checks import check_routing_invariants
 
 from dytopo.managed import ManagedStack
-from runs import dytopo_run
 
 
 def test_research_swarm_dynamic(stack: ManagedStack, tmp_path: Path) -> None:
