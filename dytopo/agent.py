@@ -57,6 +57,15 @@ class StepContext:
         if self.emit is not None:
             self.emit(name, **fields)
 
+    def accounting(self) -> dict[str, Any]:
+        """The trace fields every step and manager duty reports."""
+        return {
+            "usage": self.usage,
+            "attempts": self.attempts,
+            "dropped": self.dropped,
+            "packing": self.packing,
+        }
+
     def record_attempt(self, attempt: Attempt) -> None:
         """Keep a ladder attempt and put it in the trace."""
         self.attempts.append(attempt)

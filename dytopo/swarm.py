@@ -202,11 +202,9 @@ class _Run:
         self.trace.emit(
             "manager_goal",
             round=1,
+            agent="manager",
             goal=goal,
-            usage=acct.usage,
-            attempts=acct.attempts,
-            dropped=acct.dropped,
-            packing=acct.packing,
+            **acct.accounting(),
         )
         for t in range(1, s.max_rounds + 1):
             if t > 1 and self._over_budget(t):
@@ -448,16 +446,14 @@ class _Run:
         self.trace.emit(
             "manager_decision",
             round=t,
+            agent="manager",
             halt=decision.halt,
             accepted=accepted,
             rejected_because=why_not,
             reason=decision.reason,
             goal_next=decision.goal_next,
             final_answer=decision.final_answer,
-            usage=acct.usage,
-            attempts=acct.attempts,
-            dropped=acct.dropped,
-            packing=acct.packing,
+            **acct.accounting(),
         )
         return decision, accepted
 
@@ -476,9 +472,7 @@ class _Run:
             answer = "\n".join(work) or "(no answer: every agent and the manager failed)"
             self.trace.emit("manager_fallback", duty="final", error=str(exc))
         self._account("manager", acct)
-        self.trace.emit(
-            "final_answer", final_answer=answer, usage=acct.usage, attempts=acct.attempts
-        )
+        self.trace.emit("final_answer", agent="manager", final_answer=answer, **acct.accounting())
         return answer
 
     def _finish(self, error: str = "") -> None:
