@@ -176,7 +176,8 @@ class _Run:
             await self._rounds()
         except BaseException as exc:
             self.result.halt_reason = "error"
-            self._finish(error=f"{type(exc).__name__}: {exc}")
+            stopped = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+            self._finish(error="interrupted" if stopped else f"{type(exc).__name__}: {exc}")
             if isinstance(exc, DyTopoError):
                 where = f" (trace: {self.trace.path})" if self.trace.path else ""
                 raise RunError(

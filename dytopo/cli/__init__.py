@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -36,8 +37,14 @@ app.add_typer(backend.app, name="backend")
 app.add_typer(tools.app, name="tools")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: DyTopo errors become one clear line (per problem) and a non-zero exit."""
+    # SIGTERM (systemd, docker stop, kill) unwinds like Ctrl-C: servers stop, the trace ends.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except DyTopoError as exc:
