@@ -137,3 +137,41 @@ def test_background_backend_start_status_reuse_stop(dytopo_home: Path, tmp_path:
         stopped = dytopo("backend", "stop")
     assert "stopped" in stopped.stdout
     assert dytopo("backend", "status").returncode == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_dytopo_run_interrupted_stops_its_servers_and_closes_the_trace(
+    dytopo_home: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    env = {**os.environ, "DYTOPO_HOME": str(dytopo_home)}
+    env.pop("DYTOPO_BASE_URL", None)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "dytopo", "run", "topologies/research.yaml", "--trace", str(trace)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (
+            not trace.exists() or "round_start" not in trace.read_text()
+        ):
+            time.sleep(0.2)
+        servers = [
+            int(p)
+            for p in subprocess.run(
+                ["pgrep", "-P", str(run.pid)], capture_output=True, text=True
+            ).stdout.split()
+        ]
+        assert len(servers) == 2
+        run.send_signal(sig)
+        assert run.wait(timeout=60) == 130
+    finally:
+        run.kill()
+        run.wait()
+    assert _wait_dead(servers) == []
+    last = json.loads(trace.read_text().strip().splitlines()[-1])
+    assert last["event"] == "run_end"
+    assert last["error"] == "interrupted"
