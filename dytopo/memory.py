@@ -23,7 +23,3 @@ class MemoryItem(BaseModel):
             return f"[round {self.round}] you reported: {self.text}"
         match = f", match {self.score:.2f}" if self.score is not None else ""
         return f"[round {self.round}] from {self.source}{match}: {self.text}"
-
-
-def render_memory(items: list[MemoryItem]) -> str:
-    return "\n".join(item.render() for item in items) if items else "(nothing yet)"

@@ -6,8 +6,11 @@ from helpers import decision, final, goal, make_swarm, step
 from trace_checks import check_routing_invariants
 
 from dytopo.agent import AgentOutput, FunctionAgent, StepContext
+from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError
+from dytopo.llm_agent import LLMAgent
 from dytopo.routing import RoutingConfig
+from dytopo.swarm import Swarm
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.trace import read_trace
 
@@ -212,3 +215,17 @@ def test_trace_lines_are_plain_json(trace_file: Path) -> None:
     trace_file.write_text('{"event": "run_start"}\n{"event": "round_st')  # torn last line
     assert [e["event"] for e in read_trace(trace_file)] == ["run_start"]
     json.dumps(read_trace(trace_file))
+
+
+def test_swarm_from_yaml_builds_the_topologys_agents() -> None:
+    root = Path(__file__).resolve().parents[2]
+    backend = ScriptedBackend()
+    swarm = Swarm.from_yaml(
+        root / "topologies" / "research.yaml", backend=backend, embedder=HashEmbedder()
+    )
+    assert [a.id for a in swarm.agents] == ["researcher", "analyst", "critic", "writer"]
+    assert swarm.routing.mode == "dynamic"
+    researcher = swarm.agents[0]
+    assert isinstance(researcher, LLMAgent)
+    assert [t.name for t in researcher.tools] == ["search_docs"]
+    assert researcher.tool_context.docs_dir == (root / "examples" / "docs").resolve()
