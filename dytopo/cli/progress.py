@@ -40,7 +40,11 @@ class RoundProgress:
             mark = "" if event["ok"] else f" ([red]{event['agent']} failed[/])"
             self._set(f"round {self.round}: {self.done}/{len(self.agents)} agents done{mark}")
         elif kind == "routing":
-            self._set(f"round {self.round}: {len(event['edges'])} edges; manager deciding")
+            edges = event["edges"]
+            shown = ", ".join(f"{e['source']}->{e['target']} ({e['score']:.2f})" for e in edges[:8])
+            more = f" +{len(edges) - 8} more" if len(edges) > 8 else ""
+            self.console.print(f"  graph: {shown or 'no edges'}{more}", highlight=False)
+            self._set(f"round {self.round}: {len(edges)} edges; manager deciding")
         elif kind == "round_end":
             failed = f", failed: {', '.join(event['failed'])}" if event["failed"] else ""
             generated = event["usage"]["completion_tokens"]

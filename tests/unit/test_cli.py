@@ -91,3 +91,51 @@ def test_tools_list_json_has_schemas() -> None:
     for entry in tools:
         assert entry["type"] == "function"
         assert entry["function"]["parameters"]["type"] == "object"
+
+
+def test_progress_shows_rounds_graph_and_failures() -> None:
+    from rich.console import Console
+
+    from dytopo.cli.progress import RoundProgress
+
+    console = Console(record=True, width=120)
+    view = RoundProgress(console)
+    view(
+        {
+            "event": "run_start",
+            "agents": ["a", "b"],
+            "name": "x",
+            "mode": "dynamic",
+            "tau": 0.3,
+            "max_rounds": 2,
+            "run_id": "r1",
+        }
+    )
+    view({"event": "round_start", "round": 1, "goal": "find facts"})
+    view({"event": "agent_output", "agent": "b", "ok": False})
+    view({"event": "routing", "edges": [{"source": "a", "target": "b", "score": 0.5}]})
+    view(
+        {
+            "event": "manager_decision",
+            "halt": True,
+            "accepted": False,
+            "rejected_because": "halt before min_rounds=2",
+            "reason": "done",
+        }
+    )
+    view(
+        {
+            "event": "round_end",
+            "round": 1,
+            "edges": 1,
+            "usage": {"completion_tokens": 5},
+            "wall_s": 1.0,
+            "failed": ["b"],
+        }
+    )
+    view({"event": "run_end"})
+    text = console.export_text()
+    assert "round 1 goal: find facts" in text
+    assert "graph: a->b (0.50)" in text
+    assert "not accepted (halt before min_rounds=2)" in text
+    assert "failed: b" in text
