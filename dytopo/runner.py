@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from dytopo.backends.llamacpp import LlamaCppBackend
+from dytopo.backends.settings import BackendSettings
 from dytopo.budget import plan_budgets, server_context
 from dytopo.embedders.base import Embedder
 from dytopo.embedders.hashing import HashEmbedder
@@ -25,7 +26,9 @@ from dytopo.trace import Observer
 def make_embedder(spec: EmbedderSpec, ends: Endpoints) -> Embedder:
     if spec.kind == "hash":
         return HashEmbedder()
-    return HttpEmbedder(spec.base_url or ends.embed_url or ends.chat_url, model=spec.model)
+    url = spec.base_url or ends.embed_url or ends.chat_url
+    settings = BackendSettings(base_url=url, api_key=spec.api_key, read_timeout_s=60.0)
+    return HttpEmbedder(url, model=spec.model, settings=settings)
 
 
 def default_trace_path(topology: Topology) -> Path:

@@ -64,6 +64,9 @@ class EmbedderSpec(_Strict):
     base_url: str | None = None
     """None: $DYTOPO_EMBED_URL, else the embedded MiniLM server, else the chat server."""
     model: str | None = None
+    """Model name to send (OpenAI-compatible services need one)."""
+    api_key: str | None = None
+    """Bearer token for the embedding endpoint."""
 
 
 class Topology(_Strict):
