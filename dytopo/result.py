@@ -52,6 +52,7 @@ class RoundRecord(BaseModel):
     """None when the manager failed and the fallback applied."""
     halt_accepted: bool = False
     usage: Usage = Field(default_factory=Usage)
+    """Agents' steps plus the manager's decision in this round."""
     wall_s: float = 0.0
 
     def graph(self) -> nx.DiGraph[str]:

@@ -21,7 +21,7 @@ from dytopo.embedders.base import Embedder
 from dytopo.errors import AgentFailed, BudgetExceeded, DyTopoError, RunError
 from dytopo.llm_agent import LLMAgent
 from dytopo.loader import load_topology
-from dytopo.manager import LLMManager, Manager, PublicMessage
+from dytopo.manager import LLMManager, Manager, ManagerDecision, PublicMessage
 from dytopo.memory import MemoryItem
 from dytopo.result import AgentStep, Delivery, RoundRecord, RunResult
 from dytopo.router import Routing, route, tiers
@@ -293,8 +293,8 @@ class _Run:
                 **{"from": d.source, "to": d.target},
             )
         self.prev_routing = routing
-        decision, accepted = await self._decide(t)
-        usage = sum((st.usage for st in steps), Usage())
+        decision, accepted, manager_usage = await self._decide(t)
+        usage = sum((st.usage for st in steps), manager_usage)
         record = RoundRecord(
             round=t,
             goal=goal,
@@ -425,7 +425,8 @@ class _Run:
                 deliveries.append(d)
         return deliveries
 
-    async def _decide(self, t: int) -> tuple[Any, bool]:
+    async def _decide(self, t: int) -> tuple[ManagerDecision | None, bool, Usage]:
+        """The manager's decision, whether its halt is accepted, and what the call cost."""
         s = self.s
         acct = self._acct(t)
         try:
@@ -434,7 +435,7 @@ class _Run:
             self.result.failures += 1
             self._account("manager", acct)
             self.trace.emit("manager_fallback", round=t, duty="decide", error=str(exc))
-            return None, False
+            return None, False, acct.usage
         self._account("manager", acct)
         accepted = decision.halt and t >= s.min_rounds and bool(decision.final_answer.strip())
         why_not = ""
@@ -456,7 +457,7 @@ class _Run:
             final_answer=decision.final_answer,
             **acct.accounting(),
         )
-        return decision, accepted
+        return decision, accepted, acct.usage
 
     async def _final_answer(self) -> str:
         acct = self._acct(len(self.result.rounds))

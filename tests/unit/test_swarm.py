@@ -91,6 +91,10 @@ async def test_max_rounds_asks_the_manager_for_the_final_answer() -> None:
     backend.assert_complete()
     assert result.halt_reason == "max_rounds"
     assert result.final_answer == "THE ANSWER"
+    # Round usage covers the agents and the manager's decision; opening and final are extra.
+    assert [r.usage.requests for r in result.rounds] == [3, 3]
+    assert result.usage.requests == 3 + 3 + 2
+    assert result.usage_by_agent["manager"].requests == 4
 
 
 async def test_a_failing_agent_is_recorded_and_the_round_goes_on() -> None:
