@@ -12,8 +12,13 @@ from dytopo.embedders.base import Embedder, normalise
 from dytopo.errors import BackendError
 
 
+# Sentence encoders have small windows (MiniLM: 512 tokens, and llama-server answers HTTP 500
+# beyond its batch size). Descriptors are one sentence; 500 characters never exceed 512 tokens.
+MAX_INPUT_CHARS = 500
+
+
 class HttpEmbedder(Embedder):
-    """POSTs one batch per call to `{base_url}/v1/embeddings`."""
+    """POSTs one batch per call to `{base_url}/v1/embeddings`; inputs are cut to 500 chars."""
 
     def __init__(
         self,
@@ -32,7 +37,7 @@ class HttpEmbedder(Embedder):
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
-        body: dict[str, object] = {"input": list(texts)}
+        body: dict[str, object] = {"input": [t[:MAX_INPUT_CHARS] for t in texts]}
         if self.model:
             body["model"] = self.model
         response, _ = await self.http.send("POST", "/v1/embeddings", json=body)

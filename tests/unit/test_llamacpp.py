@@ -310,3 +310,25 @@ async def test_stream_yields_text_deltas() -> None:
         parts = [d async for d in deltas]
     assert "".join(parts) == "hello world"
     assert b.usage.requests == 1
+
+
+async def test_embedder_batches_in_order_normalises_and_cuts_long_inputs() -> None:
+    from dytopo.embedders import HttpEmbedder
+
+    seen: list[list[str]] = []
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        inputs = json.loads(req.content)["input"]
+        seen.append(inputs)
+        data = [
+            {"index": i, "embedding": [3.0, 4.0] if i == 0 else [0.0, 2.0]}
+            for i in range(len(inputs))
+        ]
+        return httpx.Response(200, json={"data": list(reversed(data))})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    embedder = HttpEmbedder(URL, client=client)
+    vectors = await embedder.embed(["short", "x" * 5000])
+    assert vectors == [[0.6, 0.8], [0.0, 1.0]]
+    assert len(seen) == 1
+    assert len(seen[0][1]) == 500
