@@ -11,7 +11,6 @@ from dytopo.backends.settings import BackendSettings
 from dytopo.embedders.base import Embedder, normalise
 from dytopo.errors import BackendError
 
-
 # Sentence encoders have small windows (MiniLM: 512 tokens, and llama-server answers HTTP 500
 # beyond its batch size). Descriptors are one sentence; 500 characters never exceed 512 tokens.
 MAX_INPUT_CHARS = 500
