@@ -261,15 +261,8 @@ class _Run:
             self.trace.emit(
                 "agent_output",
                 round=t,
-                agent=step.agent,
-                ok=step.ok,
+                **step.model_dump(exclude={"output"}),
                 **(step.output.model_dump() if step.output else {}),
-                error=step.error,
-                usage=step.usage,
-                attempts=step.attempts,
-                dropped=step.dropped,
-                packing=step.packing,
-                wall_s=step.wall_s,
             )
         ok = [st for st in steps if st.ok and st.output is not None]
         outputs = {st.agent: st.output for st in ok if st.output is not None}
