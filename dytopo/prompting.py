@@ -14,7 +14,7 @@ from dytopo.errors import BudgetExceeded
 SAFETY_MARGIN = 16
 
 
-async def fit(
+async def _fit(
     backend: Backend,
     build: Callable[[Sequence[str]], list[ChatMessage]],
     droppable: Sequence[str],
@@ -78,7 +78,7 @@ async def fit_with_task(
     tools: Sequence[dict[str, Any]] | None = None,
     report: dict[str, int] | None = None,
 ) -> tuple[list[ChatMessage], list[str]]:
-    """`fit`, and when even the pinned prompt is too big, shorten the task (halving) to fit.
+    """`_fit`, and when even the pinned prompt is too big, shorten the task (halving) to fit.
 
     `build(task_text, kept)` makes the messages. A shortened task is reported in the dropped list.
     """
@@ -90,7 +90,7 @@ async def fit_with_task(
             else (task[:limit] + f"\n[task truncated: {len(task) - limit} more characters]")
         )
         try:
-            messages, dropped = await fit(
+            messages, dropped = await _fit(
                 backend,
                 functools.partial(build, text),
                 droppable,

@@ -36,8 +36,6 @@ class Trace:
         self.run_id = run_id
         self.path = path
         self.observers: list[Observer] = []
-        self.events: list[dict[str, Any]] = []
-        """Every event of this run, in order (the in-memory twin of the file)."""
         self._file: IO[str] | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +50,6 @@ class Trace:
         if round is not None:
             record["round"] = round
         record.update({k: _plain(v) for k, v in fields.items()})
-        self.events.append(record)
         if self._file is not None:
             self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._file.flush()
