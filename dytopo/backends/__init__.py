@@ -1,7 +1,7 @@
 """LLM backends: one interface, a llama.cpp client, and the shared request types."""
 
 from dytopo.backends.base import Backend, estimate_tokens
-from dytopo.backends.limiter import SlotLimiter
+from dytopo.backends.limiter import QueueClock, SlotLimiter, queue_clock
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
 from dytopo.backends.types import (
@@ -22,6 +22,7 @@ __all__ = [
     "ChatRequest",
     "ChatResponse",
     "LlamaCppBackend",
+    "QueueClock",
     "Sampling",
     "ServerInfo",
     "SlotLimiter",
@@ -29,4 +30,5 @@ __all__ = [
     "ToolCall",
     "Usage",
     "estimate_tokens",
+    "queue_clock",
 ]

@@ -1,25 +1,44 @@
-"""A FIFO concurrency cap sized to the server's slots."""
+"""A FIFO concurrency cap sized to the server's slots, with a hook that times the queue."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from contextvars import ContextVar
 from types import TracebackType
+from typing import Protocol
+
+
+class QueueClock(Protocol):
+    """Told when a caller starts and stops waiting for a slot (to keep queue time apart)."""
+
+    def queued(self) -> None:
+        """The caller starts waiting for a slot."""
+
+    def served(self) -> None:
+        """The caller stopped waiting (got the slot, or was cancelled)."""
+
+
+queue_clock: ContextVar[QueueClock | None] = ContextVar("dytopo_queue_clock", default=None)
+"""The clock `SlotLimiter.acquire` reports waits to, for the task (and its children) that set it."""
 
 
 class SlotLimiter:
     """At most `capacity` holders at once; waiters are served strictly first come, first served.
 
-    A waiter cancelled after it was granted a slot hands the slot on, so cancellation can never
-    leak capacity (asyncio.Semaphore gives neither guarantee on Python 3.11).
+    A slot is counted as taken the moment it is granted to a waiter, so nobody can barge in
+    between the grant and the waiter waking up. A waiter cancelled after its grant hands the
+    slot on; one cancelled before it leaves the queue. Either way the counters stay exact, even
+    when holders and waiters are cancelled in the same loop iteration (asyncio.Semaphore gives
+    neither FIFO nor that guarantee on Python 3.11). Any task may release a slot another took.
     """
 
     def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        _check(capacity)
         self._capacity = capacity
         self._in_use = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Insertion-ordered, so the first key is the oldest waiter; a dict (not a deque) lets a
+        # cancelled waiter leave in O(1) whether or not a release already dropped it.
+        self._waiters: dict[asyncio.Future[None], None] = {}
         self.max_in_use = 0
         """High-water mark of concurrent holders, for reports and tests."""
 
@@ -37,8 +56,7 @@ class SlotLimiter:
 
     def resize(self, capacity: int) -> None:
         """Change the cap (e.g. once /props told the slot count); holders above it drain."""
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        _check(capacity)
         self._capacity = capacity
         self._wake()
 
@@ -47,16 +65,22 @@ class SlotLimiter:
             self._take()
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        self._waiters[fut] = None
+        clock = queue_clock.get()
+        if clock is not None:
+            clock.queued()
         try:
             await fut
         except BaseException:
             if fut.done() and not fut.cancelled():
-                self.release()  # granted, then cancelled: pass the slot on
+                self.release()  # granted, then cancelled before it woke: pass the slot on
             else:
                 fut.cancel()
-                self._waiters.remove(fut)
+                self._waiters.pop(fut, None)  # a release may already have dropped it
             raise
+        finally:
+            if clock is not None:
+                clock.served()
 
     def release(self) -> None:
         if self._in_use <= 0:
@@ -70,8 +94,9 @@ class SlotLimiter:
 
     def _wake(self) -> None:
         while self._waiters and self._in_use < self._capacity:
-            fut = self._waiters.popleft()
-            if not fut.done():
+            fut = next(iter(self._waiters))
+            del self._waiters[fut]
+            if not fut.done():  # a cancelled waiter that has not run yet is skipped
                 self._take()
                 fut.set_result(None)
 
@@ -85,3 +110,8 @@ class SlotLimiter:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _check(capacity: int) -> None:
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")

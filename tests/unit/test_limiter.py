@@ -1,8 +1,12 @@
 import asyncio
+import itertools
+from collections.abc import Iterator, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dytopo.backends.limiter import SlotLimiter
+from dytopo.backends import SlotLimiter, queue_clock
 
 
 async def test_rejects_bad_capacity() -> None:
@@ -75,3 +79,177 @@ async def test_resize_wakes_waiters() -> None:
 async def test_release_without_acquire_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="without a matching"):
         SlotLimiter(1).release()
+
+
+# --- Simultaneous cancellations: every schedule of cancels and finishes in one loop iteration ---
+
+Action = tuple[int, str]  # (task index, "cancel" | "finish" | "arrive")
+
+
+async def _play(capacity: int, waiters: int, phases: Sequence[Sequence[Action]]) -> None:
+    """Holders 0..capacity-1 hold every slot, waiters queue behind them in index order; each
+    phase applies its actions back to back (so their effects land in the same loop iteration),
+    then the loop turns once. Afterwards every gate opens and the books must balance."""
+    limiter = SlotLimiter(capacity)
+    entered: list[int] = []
+    gates: dict[int, asyncio.Event] = {}
+    tasks: dict[int, asyncio.Task[None]] = {}
+    cancelled: set[int] = set()
+
+    async def body(i: int) -> None:
+        async with limiter:
+            entered.append(i)
+            assert limiter.in_use <= capacity
+            await gates[i].wait()
+
+    def start(i: int) -> None:
+        gates[i] = asyncio.Event()
+        tasks[i] = asyncio.create_task(body(i))
+
+    for i in range(capacity + waiters):
+        start(i)
+        await asyncio.sleep(0)  # arrival order = index order
+    assert limiter.in_use == capacity
+    assert limiter.waiting == waiters
+
+    for phase in phases:
+        for i, action in phase:
+            if action == "arrive":
+                start(i)
+            elif action == "finish":
+                gates[i].set()
+            elif tasks[i].cancel():
+                cancelled.add(i)
+        await asyncio.sleep(0)
+
+    for gate in gates.values():
+        gate.set()
+    results = await asyncio.gather(*tasks.values(), return_exceptions=True)
+    for i, result in zip(tasks, results, strict=True):
+        if i in cancelled:
+            assert isinstance(result, asyncio.CancelledError), (i, result)
+        else:
+            assert result is None, (i, result)
+            assert i in entered, f"task {i} was never served"
+    # Waiters queued at the start are woken in grant order, so they enter in FIFO order. (A late
+    # arrival may rightly slip past a waiter that was granted but has not run yet.)
+    queued = [i for i in entered if capacity <= i < capacity + waiters]
+    assert queued == sorted(queued), f"waiters served out of order: {queued}"
+    assert limiter.in_use == 0
+    assert limiter.waiting == 0
+    assert limiter.max_in_use <= capacity
+    for _ in range(capacity):  # every slot is still there, none was counted twice
+        await asyncio.wait_for(limiter.acquire(), 0.1)
+    assert limiter.in_use == capacity
+
+
+def _single_phase_schedules(capacity: int, waiters: int) -> Iterator[list[Action]]:
+    holder_choices = [(), ("cancel",), ("finish",)]
+    waiter_choices = [(), ("cancel",)]
+    choices = [holder_choices] * capacity + [waiter_choices] * waiters
+    for picked in itertools.product(*choices):
+        actions = [(i, a) for i, acts in enumerate(picked) for a in acts]
+        if any(a == "cancel" for _, a in actions):
+            yield from (list(p) for p in itertools.permutations(actions))
+
+
+@pytest.mark.parametrize(("capacity", "waiters"), [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)])
+async def test_holders_and_waiters_cancelled_in_the_same_iteration(
+    capacity: int, waiters: int
+) -> None:
+    count = 0
+    for schedule in _single_phase_schedules(capacity, waiters):
+        await _play(capacity, waiters, [schedule])
+        count += 1
+    assert count > 0
+
+
+@st.composite
+def _schedules(draw: st.DrawFn) -> tuple[int, int, list[list[Action]]]:
+    capacity = draw(st.integers(1, 3))
+    waiters = draw(st.integers(1, 4))
+    n = capacity + waiters
+    phases: list[list[Action]] = []
+    for _ in range(draw(st.integers(1, 4))):
+        phase: list[Action] = []
+        for _ in range(draw(st.integers(1, 4))):
+            if draw(st.booleans()) and n < 10:
+                phase.append((n, "arrive"))
+                n += 1
+            else:
+                phase.append(
+                    (draw(st.integers(0, n - 1)), draw(st.sampled_from(["cancel", "finish"])))
+                )
+        phases.append(phase)
+    return capacity, waiters, phases
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_schedules())
+def test_any_schedule_of_cancels_finishes_and_arrivals_keeps_the_books(
+    schedule: tuple[int, int, list[list[Action]]],
+) -> None:
+    asyncio.run(_play(*schedule))
+
+
+# --- The queue clock hook ---
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def queued(self) -> None:
+        self.events.append("queued")
+
+    def served(self) -> None:
+        self.events.append("served")
+
+
+async def test_queue_clock_is_told_only_about_real_waits() -> None:
+    limiter = SlotLimiter(1)
+    clock = FakeClock()
+    token = queue_clock.set(clock)
+    try:
+        await limiter.acquire()  # a free slot: no wait, nothing to tell
+        assert clock.events == []
+        waiter = asyncio.create_task(limiter.acquire())  # copies the context: same clock
+        await asyncio.sleep(0)
+        assert clock.events == ["queued"]
+        limiter.release()
+        await waiter
+        assert clock.events == ["queued", "served"]
+    finally:
+        queue_clock.reset(token)
+    limiter.release()
+
+
+async def test_queue_clock_is_told_when_a_waiter_is_cancelled() -> None:
+    limiter = SlotLimiter(1)
+    await limiter.acquire()
+    clock = FakeClock()
+
+    async def wait_with_clock() -> None:
+        queue_clock.set(clock)
+        await limiter.acquire()
+
+    waiter = asyncio.create_task(wait_with_clock())
+    await asyncio.sleep(0)
+    assert clock.events == ["queued"]
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert clock.events == ["queued", "served"]
+    assert queue_clock.get() is None  # set inside the task only
+    limiter.release()
+    assert limiter.in_use == 0
+
+
+async def test_no_clock_is_fine() -> None:
+    limiter = SlotLimiter(1)
+    await limiter.acquire()
+    waiter = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    limiter.release()
+    await waiter
+    assert limiter.in_use == 1
