@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import httpx
@@ -26,7 +27,11 @@ T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
 
 
-class TransientStatus(Exception):
+class Transient(Exception):
+    """A failure worth retrying: the server may heal (restart, finish loading, free a slot)."""
+
+
+class TransientStatus(Transient):
     """A status worth retrying; carries the response for the final error."""
 
     def __init__(self, response: httpx.Response, body: str = "") -> None:
@@ -35,8 +40,31 @@ class TransientStatus(Exception):
         self.body = body
 
 
+class TruncatedStream(Transient):
+    """A reply stream that ended before `[DONE]` and before any finish reason.
+
+    Transient: a clean end of the body mid-reply means the server (or a proxy in front of it)
+    stopped while generating, e.g. it was killed or restarted; a fresh attempt can succeed.
+    `chat()` retries it, since nothing was shown yet; the live `stream()` surfaces it.
+    """
+
+
+# Errors in the request itself (a scheme other than http/https, a URL that does not parse, a
+# header httpx refuses to send): the same request fails the same way however often it is sent.
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (
+    httpx.UnsupportedProtocol,
+    httpx.InvalidURL,
+    httpx.LocalProtocolError,
+)
+
+# What `translate` turns into a DyTopo error.
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (Transient, httpx.TransportError, httpx.InvalidURL)
+
+
 def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TransientStatus | httpx.TransportError)
+    if isinstance(exc, PERMANENT_ERRORS):
+        return False
+    return isinstance(exc, Transient | httpx.TransportError)
 
 
 def build_client(settings: BackendSettings) -> httpx.AsyncClient:
@@ -70,7 +98,7 @@ class HttpTransport:
         """Send one request; return the response (any non-transient status) and the attempts used.
 
         Raises BackendUnavailable when every attempt failed on a connection error, a timeout or a
-        transient status.
+        transient status; BackendError at once when the request cannot be sent at all.
         """
 
         async def once() -> httpx.Response:
@@ -88,8 +116,9 @@ class HttpTransport:
     ) -> tuple[T, int]:
         """Run `operation` under the retry policy; return its result and the attempts used.
 
-        Only TransientStatus and httpx transport errors (connection, timeouts) are retried;
-        anything else propagates at once.
+        Only Transient failures and httpx transport errors (connection, timeouts) are retried;
+        errors in the request itself (PERMANENT_ERRORS) raise BackendError at once, anything
+        else propagates at once.
         """
         attempts = 0
         retrying = AsyncRetrying(
@@ -106,12 +135,27 @@ class HttpTransport:
                 with attempt:
                     attempts += 1
                     return await operation(), attempts
-        except TransientStatus as exc:
-            detail = f"HTTP {exc.response.status_code}: {exc.body[:200]}"
-            raise self._unavailable(path, attempts, detail) from exc
-        except httpx.TransportError as exc:
-            raise self._unavailable(path, attempts, f"{type(exc).__name__}: {exc}") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise self.translate(path, exc, attempts) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def translate(self, path: str, exc: BaseException, attempts: int = 1) -> BackendError:
+        """The DyTopo error for a transport failure (one of TRANSPORT_ERRORS)."""
+        if isinstance(exc, PERMANENT_ERRORS):
+            return self._unusable(path, exc)
+        if isinstance(exc, TransientStatus):
+            detail = f"HTTP {exc.response.status_code}: {exc.body[:200]}"
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
+        return self._unavailable(path, attempts, " ".join(detail.split()))
+
+    @contextmanager
+    def translating(self, path: str) -> Iterator[None]:
+        """Translate transport failures raised inside the block (for requests never retried)."""
+        try:
+            yield
+        except TRANSPORT_ERRORS as exc:
+            raise self.translate(path, exc) from exc
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.retries += 1
@@ -133,6 +177,18 @@ class HttpTransport:
             "server.",
             url=self.url(path),
         )
+
+    def _unusable(self, path: str, exc: BaseException) -> BackendError:
+        url = self.url(path)
+        if isinstance(exc, httpx.LocalProtocolError):
+            fix = "check backend.api_key / DYTOPO_API_KEY for stray characters such as newlines"
+        else:
+            fix = (
+                "the backend URL must be an http:// or https:// server root such as "
+                "http://127.0.0.1:8080; fix --backend-url, DYTOPO_BASE_URL or backend.base_url"
+            )
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return BackendError(f"cannot send a request to {url!r}: {reason} ({fix})", url=url)
 
     def raise_for_status(self, response: httpx.Response, path: str) -> None:
         """Translate an error status into the DyTopo error that says what to do."""

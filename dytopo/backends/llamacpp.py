@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -31,7 +31,8 @@ from dytopo.backends.types import (
     ServerInfo,
     Usage,
 )
-from dytopo.errors import BackendError, ConfigError, MalformedReply
+from dytopo.errors import BackendError, ConfigError
+from dytopo.meter import admit, settle
 
 log = structlog.get_logger("dytopo.backend")
 
@@ -148,27 +149,28 @@ class LlamaCppBackend(Backend):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         await self.connect()
+        await admit(self, request)  # the run's token cap (dytopo.meter)
         body = self._body(request)
         path = "/v1/chat/completions"
+        started: float | None = None
 
         async def once() -> ChatResponse:
-            async with self._open(path, body) as response:
-                assembler = Assembler()
-                async for chunk in events(response):
-                    assembler.feed(chunk)
-                return assembler.result()
+            nonlocal started
+            # The slot is held per attempt, never across a retry's backoff sleep: a request
+            # waiting to retry must not keep the server's slot from everyone else.
+            async with self.limiter:
+                started = started or time.monotonic()
+                async with self._open(path, body) as response:
+                    assembler = Assembler(str(response.url))
+                    async for chunk in events(response):
+                        assembler.feed(chunk)
+                    return assembler.result()
 
-        async with self.limiter:
-            started = time.monotonic()
-            try:
-                reply, attempts = await self.http.retrying(path, once)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise MalformedReply(
-                    f"unreadable chat completion stream from {self.base_url}: {exc}",
-                    url=self.http.url(path),
-                ) from exc
-            reply.attempts, reply.wall_s = attempts, time.monotonic() - started
+        reply, attempts = await self.http.retrying(path, once)
+        assert started is not None  # set by the attempt that produced the reply
+        reply.attempts, reply.wall_s = attempts, time.monotonic() - started
         self._usage = self._usage + reply.usage
+        settle(reply.usage)
         log.debug(
             "backend.chat",
             tag=request.tag,
@@ -194,20 +196,31 @@ class LlamaCppBackend(Backend):
 
     @asynccontextmanager
     async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[str]]:
-        """Text deltas as they arrive (no retry once tokens flow: they were already shown)."""
+        """Text deltas as they arrive (no retry once tokens flow: they were already shown).
+
+        Every failure, on opening or mid-stream (the server died, the stream was cut short),
+        surfaces as a BackendError.
+        """
         await self.connect()
+        await admit(self, request)  # the run's token cap (dytopo.meter)
         body = self._body(request)
         path = "/v1/chat/completions"
-        async with self.limiter, self._open(path, body) as response:
-            assembler = Assembler()
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.limiter)
+            with self.http.translating(path):
+                response = await stack.enter_async_context(self._open(path, body))
+            assembler = Assembler(str(response.url))
 
             async def deltas() -> AsyncIterator[str]:
-                async for chunk in events(response):
-                    text = assembler.feed(chunk)
-                    if text:
-                        yield text
+                with self.http.translating(path):
+                    async for chunk in events(response):
+                        text = assembler.feed(chunk)
+                        if text:
+                            yield text
                 self._usage = self._usage + assembler.usage
+                settle(assembler.usage)
 
+            # Only the opening and the deltas are translated, never the caller's own code.
             yield deltas()
 
     async def count_tokens(

@@ -13,25 +13,116 @@ from typing import Any
 
 import httpx
 
-from dytopo.backends.http import error_for
+from dytopo.backends.http import TRANSIENT_STATUS, Transient, TruncatedStream, error_for
 from dytopo.backends.types import ChatResponse, Timings, ToolCall, Usage
+from dytopo.errors import MalformedReply
 
 
 async def events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """JSON payloads of `data:` lines until `[DONE]`; an `error` event raises its DyTopo error."""
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
+    """The JSON object of each event until `[DONE]`.
+
+    Raises the DyTopo error of an error event (`data: {"error": ...}` or `event: error`),
+    MalformedReply for data that is not a JSON object, and TruncatedStream when the body ends
+    before `[DONE]` and before any finish reason (the server stopped mid-reply).
+    """
+    url = str(response.url)
+    finished = False
+    async for kind, data in _messages(response):
         if data == "[DONE]":
             return
-        chunk = json.loads(data)
-        if isinstance(chunk, dict) and chunk.get("error"):
-            error = chunk["error"]
-            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-            status = int(error.get("code", 500)) if isinstance(error, dict) else 500
-            raise error_for(status, message, str(response.url))
+        if kind == "error":
+            raise error_from_event(_loads(data, url, strict=False), url)
+        chunk = _loads(data, url)
+        if not isinstance(chunk, dict):
+            raise MalformedReply(f"{url} streamed {_show(data)}, not a JSON object", url=url)
+        if chunk.get("error"):
+            raise error_from_event(chunk, url)
+        finished = finished or _has_finish_reason(chunk)
         yield chunk
+    if not finished:
+        raise TruncatedStream(
+            f"the reply stream from {url} ended before [DONE] and without a finish reason "
+            "(the server stopped mid-reply)"
+        )
+
+
+async def _messages(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """(event type, data) per server-sent event, data lines joined as the SSE spec says."""
+    kind = ""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data or kind == "error":
+                yield kind, "\n".join(data)
+            kind, data = "", []
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            kind = value
+        # comments (":...") and id/retry fields carry nothing a reply needs
+    if data or kind == "error":  # a last event without its blank line still counts
+        yield kind, "\n".join(data)
+
+
+def _loads(data: str, url: str, *, strict: bool = True) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        if not strict:
+            return data  # an `event: error` may carry plain text
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise MalformedReply(
+            f"{url} streamed data that is not JSON ({reason}): {_show(data)}", url=url
+        ) from None
+
+
+def _show(data: str) -> str:
+    return repr(data[:80]) + ("..." if len(data) > 80 else "")
+
+
+def _has_finish_reason(chunk: dict[str, Any]) -> bool:
+    choices = chunk.get("choices")
+    return isinstance(choices, list) and any(
+        isinstance(c, dict) and c.get("finish_reason") for c in choices
+    )
+
+
+def error_from_event(payload: Any, url: str) -> Exception:
+    """The error an SSE error event stands for: Transient for a busy/overloaded server code.
+
+    Accepts `{"error": {"message": ..., "code": ...}}`, `{"error": "text"}`, a bare error
+    object or plain text; a code that is not an HTTP status (e.g. "context_length_exceeded")
+    is kept in the message, where error_for's classification can still see it.
+    """
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    code: Any = None
+    if isinstance(error, dict):
+        code = error.get("code")
+        message = error.get("message") or error.get("type") or json.dumps(error)
+    else:
+        message = error
+    message = " ".join(str(message).split()) or "error event without a message"
+    status = _status(code)
+    if code is not None and status is None:
+        message = f"{code}: {message}"
+    status = status or 500
+    if status in TRANSIENT_STATUS:
+        return Transient(f"error event {status}: {message[:200]}")
+    return error_for(status, message, url)
+
+
+def _status(code: Any) -> int | None:
+    """The HTTP error status an error code stands for; None when it is not one."""
+    if isinstance(code, bool):
+        return None
+    try:
+        status = int(code)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return status if 400 <= status <= 599 else None
 
 
 def usage_of(payload: dict[str, Any]) -> Usage:
@@ -49,7 +140,8 @@ def usage_of(payload: dict[str, Any]) -> Usage:
 class Assembler:
     """Accumulates stream chunks: text, tool-call fragments, finish reason, usage, timings."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str = "") -> None:
+        self.url = url
         self.text: list[str] = []
         self.calls: dict[int, dict[str, str]] = {}
         self.finish_reason = "stop"
@@ -57,7 +149,22 @@ class Assembler:
         self.timings: Timings | None = None
 
     def feed(self, chunk: dict[str, Any]) -> str:
-        """Take one chunk; return its new text (for live display)."""
+        """Take one chunk; return its new text (for live display).
+
+        A chunk of the wrong shape (a string where an object belongs, a non-numeric index)
+        raises MalformedReply naming the field's error.
+        """
+        try:
+            return self._feed(chunk)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise MalformedReply(
+                f"{self.url} streamed a chunk of an unexpected shape ({type(exc).__name__}: "
+                f"{reason}): {_show(json.dumps(chunk))}",
+                url=self.url,
+            ) from None
+
+    def _feed(self, chunk: dict[str, Any]) -> str:
         new = ""
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or choice.get("message") or {}

@@ -1,13 +1,20 @@
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from dytopo.backends import BackendSettings, ChatMessage, ChatRequest, LlamaCppBackend
+from dytopo.backends import (
+    BackendSettings,
+    ChatMessage,
+    ChatRequest,
+    LlamaCppBackend,
+    queue_clock,
+)
+from dytopo.backends.http import HttpTransport
 from dytopo.errors import BackendError, BackendUnavailable, ContextOverflow, MalformedReply
 
 URL = "http://llama.test:8008"
@@ -332,3 +339,281 @@ async def test_embedder_batches_in_order_normalises_and_cuts_long_inputs() -> No
     assert vectors == [[0.6, 0.8], [0.0, 1.0]]
     assert len(seen) == 1
     assert len(seen[0][1]) == 500
+
+
+# --- The slot is held only while a request is in flight, never during a retry's backoff ---
+
+
+async def test_a_retrying_request_does_not_hold_the_slot_during_its_backoff() -> None:
+    served: list[str] = []
+    b_waits = asyncio.Event()
+
+    class Clock:
+        def queued(self) -> None:
+            b_waits.set()
+
+        def served(self) -> None:
+            return
+
+    async def chat(req: httpx.Request) -> httpx.Response:
+        who = json.loads(req.content)["messages"][0]["content"]
+        if who == "A" and not served:
+            served.append("A1")
+            await b_waits.wait()  # B now waits for the only slot
+            return httpx.Response(503, text="Loading model")
+        served.append("B" if who == "B" else "A2")
+        return completion()
+
+    b = backend(server(chat), slots=1)
+
+    async def ask_b() -> None:
+        queue_clock.set(Clock())
+        await b.chat(request("B"))
+
+    async with asyncio.TaskGroup() as group:
+        a = group.create_task(b.chat(request("A")))
+        group.create_task(ask_b())
+    # B ran while A slept before its retry (with the slot held, A would have gone first).
+    assert served == ["A1", "B", "A2"]
+    assert a.result().attempts == 2
+    assert b.limiter.max_in_use == 1
+    assert b.limiter.in_use == 0
+
+
+# --- Errors that cannot heal are not retried ---
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'file://'."),
+        httpx.UnsupportedProtocol("Request URL is missing an 'http://' or 'https://' protocol."),
+        httpx.LocalProtocolError("Illegal header value b'Bearer x\\n'"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/props", "/v1/chat/completions"])
+async def test_request_errors_fail_at_once_with_one_clear_line(
+    error: httpx.RequestError, path: str
+) -> None:
+    calls = {"n": 0}
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        if req.url.path != path:
+            return server()(req)
+        calls["n"] += 1
+        raise error
+
+    b = backend(handle, max_attempts=6)
+    with pytest.raises(BackendError) as info:
+        await b.chat(request())
+    assert calls["n"] == 1
+    assert b.http.retries == 0
+    assert not isinstance(info.value, BackendUnavailable)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{URL}{path}" in message
+    assert ("api_key" if isinstance(error, httpx.LocalProtocolError) else "http://") in message
+
+
+async def test_a_url_that_does_not_parse_fails_at_once() -> None:
+    calls = {"n": 0}
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return httpx.Response(200, json=PROPS)
+
+    # The transport itself, whatever the configuration layer lets through.
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    http = HttpTransport("http://[::1", BackendSettings(base_url=URL, max_attempts=6), client)
+    with pytest.raises(BackendError) as info:
+        await http.send("GET", "/props")
+    assert calls["n"] == 0
+    assert http.retries == 0
+    assert not isinstance(info.value, BackendUnavailable)
+    assert "http://[::1/props" in str(info.value)
+    assert "backend URL" in str(info.value)
+
+
+# --- SSE: truncated streams, error events, malformed data ---
+
+
+def raw(text: str) -> httpx.Response:
+    return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+
+def data(*chunks: dict[str, Any]) -> str:
+    return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
+
+
+PARTIAL = data({"choices": [{"delta": {"content": "half a rep"}}]})
+
+
+async def test_a_stream_cut_before_done_and_finish_is_retried_by_chat() -> None:
+    calls = {"n": 0}
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return raw(PARTIAL) if calls["n"] == 1 else completion("whole")
+
+    reply = await backend(server(chat)).chat(request())
+    assert reply.content == "whole"
+    assert reply.attempts == 2
+
+
+async def test_a_stream_always_cut_short_is_an_error_not_a_reply() -> None:
+    calls = {"n": 0}
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return raw(PARTIAL)
+
+    with pytest.raises(BackendUnavailable) as info:
+        await backend(server(chat), max_attempts=3).chat(request())
+    assert calls["n"] == 3
+    assert "ended before [DONE] and without a finish reason" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        data({"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}]}),  # no [DONE]
+        data({"choices": [{"delta": {"content": "ok"}}]}) + "data: [DONE]",  # no finish, no \n
+    ],
+)
+async def test_a_stream_with_done_or_a_finish_reason_is_complete(body: str) -> None:
+    reply = await backend(server(lambda r: raw(body))).chat(request())
+    assert reply.content == "ok"
+    assert reply.attempts == 1
+
+
+async def read_stream(b: LlamaCppBackend, parts: list[str] | None = None) -> list[str]:
+    """Consume `b.stream()` the way a live display does, collecting deltas into `parts`."""
+    parts = [] if parts is None else parts
+    async with b.stream(request()) as deltas:
+        async for part in deltas:
+            parts.append(part)
+    return parts
+
+
+async def test_live_stream_cut_short_surfaces_as_an_error() -> None:
+    b = backend(server(lambda r: raw(PARTIAL)))
+    parts: list[str] = []
+    with pytest.raises(BackendUnavailable, match=r"ended before \[DONE\]"):
+        await read_stream(b, parts)
+    assert parts == ["half a rep"]
+    assert b.limiter.in_use == 0
+
+
+class DiesMidStream(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield PARTIAL.encode()
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
+
+
+def dying(req: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, stream=DiesMidStream())
+
+
+async def test_server_dying_mid_stream_is_retried_by_chat_and_typed_by_stream() -> None:
+    b = backend(server(dying), max_attempts=2)
+    with pytest.raises(BackendUnavailable, match="RemoteProtocolError"):
+        await b.chat(request())
+    assert b.http.retries == 1
+    with pytest.raises(BackendUnavailable, match="RemoteProtocolError"):
+        await read_stream(b)
+    assert b.limiter.in_use == 0
+
+
+async def test_live_stream_open_failure_is_typed() -> None:
+    b = backend(server(lambda r: httpx.Response(503, text="Loading model")))
+    with pytest.raises(BackendUnavailable, match="HTTP 503: Loading model"):
+        async with b.stream(request()):
+            pass
+    assert b.limiter.in_use == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "text"),
+    [
+        (
+            data({"error": {"code": 500, "message": "output does not match the expected format"}}),
+            MalformedReply,
+            "expected format",
+        ),
+        (
+            'event: error\ndata: {"code": 400, "message": "the request exceeds the available '
+            'context size"}\n\n',
+            ContextOverflow,
+            "exceeds",
+        ),
+        (
+            data({"error": {"code": "context_length_exceeded", "message": "too long"}}),
+            ContextOverflow,
+            "context_length_exceeded: too long",
+        ),
+        (data({"error": "the model crashed"}), BackendError, "the model crashed"),
+        (data({"error": ["odd", 1]}), BackendError, "['odd', 1]"),
+        (data({"error": {"code": None, "type": "server_error"}}), BackendError, "server_error"),
+        ("event: error\ndata: plain text\ndata: over two lines\n\n", BackendError, "plain text"),
+        ("event: error\n\n", BackendError, "without a message"),
+    ],
+)
+async def test_error_events_raise_their_error(
+    body: str, error: type[BackendError], text: str
+) -> None:
+    calls = {"n": 0}
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return raw(data({"choices": [{"delta": {"content": "a"}}]}) + body)
+
+    with pytest.raises(error) as info:
+        await backend(server(chat)).chat(request())
+    assert type(info.value) is error
+    assert text in str(info.value)
+    assert "\n" not in str(info.value)
+    assert calls["n"] == 1
+
+
+async def test_a_busy_error_event_is_retried() -> None:
+    calls = {"n": 0}
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return raw(data({"error": {"code": "503", "message": "Loading model"}}))
+        return completion("ok")
+
+    reply = await backend(server(chat)).chat(request())
+    assert (reply.content, reply.attempts) == ("ok", 2)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "data: {not json\n\n",
+        "data: " + "[" * 100_000 + "\n\n",
+        'data: "just a string"\n\n',
+        data({"choices": "not a list"}),
+        data({"choices": [{"delta": {"content": 7}}]}),
+        data({"choices": [{"delta": {"tool_calls": [{"index": "first"}]}}]}),
+        data({"choices": [], "usage": {"prompt_tokens": "many"}}),
+    ],
+)
+@pytest.mark.parametrize("live", [False, True])
+async def test_malformed_data_is_one_line_malformed_reply(body: str, live: bool) -> None:
+    calls = {"n": 0}
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return raw(body + "data: [DONE]\n\n")
+
+    b = backend(server(chat))
+    with pytest.raises(MalformedReply) as info:
+        await (read_stream(b) if live else b.chat(request()))
+    message = str(info.value)
+    assert "\n" not in message
+    assert len(message) < 400
+    assert URL in message
+    assert calls["n"] == 1
