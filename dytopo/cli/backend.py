@@ -26,7 +26,16 @@ def start(
 @app.command()
 def stop() -> None:
     """Stop the background servers."""
-    out.print("stopped" if stop_background() else "nothing was running")
+    outcome = stop_background()
+    if outcome == "stopped":
+        out.print("stopped")
+    elif outcome == "gone":
+        out.print(
+            "the recorded servers had already exited (their pids were not signalled: they may "
+            "belong to other programs now); removed the stale record"
+        )
+    else:
+        out.print("nothing was running")
 
 
 @app.command()

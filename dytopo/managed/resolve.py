@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -14,7 +13,7 @@ import structlog
 from pydantic import BaseModel
 
 from dytopo.managed import assets
-from dytopo.managed.server import ManagedStack, chat_server, embedding_server, pid_alive
+from dytopo.managed.server import ManagedStack, ProcessIdentity, chat_server, embedding_server
 
 log = structlog.get_logger("dytopo.managed")
 
@@ -37,21 +36,28 @@ class BackgroundState(BaseModel):
     chat_pid: int
     embed_url: str
     embed_pid: int
+    chat_process: ProcessIdentity
+    """Who the chat server is: `stop` signals its pid only while the pid still names it."""
+    embed_process: ProcessIdentity
 
 
 def _state_file() -> Path:
     return assets.cache_dir() / "backend.json"
 
 
-def read_background() -> BackgroundState | None:
+def _read_record() -> BackgroundState | None:
     path = _state_file()
     if not path.is_file():
         return None
     try:
-        state = BackgroundState.model_validate_json(path.read_text())
+        return BackgroundState.model_validate_json(path.read_text())
     except ValueError:
         return None
-    if pid_alive(state.chat_pid) and pid_alive(state.embed_pid):
+
+
+def read_background() -> BackgroundState | None:
+    state = _read_record()
+    if state is not None and state.chat_process.running() and state.embed_process.running():
         return state
     return None
 
@@ -72,24 +78,31 @@ async def start_background(*, slots: int = 2, ctx_per_slot: int = 4096) -> Backg
     assert chat.pid is not None
     assert embed.pid is not None
     state = BackgroundState(
-        chat_url=chat.url, chat_pid=chat.pid, embed_url=embed.url, embed_pid=embed.pid
+        chat_url=chat.url,
+        chat_pid=chat.pid,
+        embed_url=embed.url,
+        embed_pid=embed.pid,
+        chat_process=chat.identity(),
+        embed_process=embed.identity(),
     )
     _state_file().write_text(state.model_dump_json())
     return state
 
 
-def stop_background() -> bool:
-    """Stop what `start_background` started; False when nothing was running."""
+def stop_background() -> Literal["stopped", "gone", "none"]:
+    """Stop what `start_background` started and drop its record.
+
+    "stopped": signalled; "gone": the recorded servers had exited (a pid that now names another
+    process is left alone); "none": there was no readable record.
+    """
     path = _state_file()
-    state = read_background()
+    state = _read_record()
     with suppress(FileNotFoundError):
         path.unlink()
     if state is None:
-        return False
-    for pid in (state.chat_pid, state.embed_pid):
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    return True
+        return "none"
+    stopped = [p.terminate() for p in (state.chat_process, state.embed_process)]
+    return "stopped" if any(stopped) else "gone"
 
 
 def configured_url(explicit: str | None) -> str | None:

@@ -15,7 +15,9 @@ from types import TracebackType
 from typing import IO, Self
 
 import httpx
+import psutil
 import structlog
+from pydantic import BaseModel
 
 from dytopo.errors import ManagedServerError
 from dytopo.managed import assets
@@ -64,6 +66,17 @@ class LlamaServerProcess:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    def identity(self) -> ProcessIdentity:
+        """Who the running server is, to record for a later `dytopo backend stop`."""
+        if self.pid is None:
+            raise ManagedServerError(f"{self.name} llama-server is not running")
+        identity = ProcessIdentity.of(self.pid)
+        if identity is None:
+            raise ManagedServerError(
+                f"{self.name} llama-server (pid {self.pid}) exited (log: {self.log_path})"
+            )
+        return identity
 
     def command(self) -> list[str]:
         binary = assets.llama_server_binary()
@@ -229,6 +242,50 @@ class ManagedStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class ProcessIdentity(BaseModel):
+    """A process told apart from a later one that reuses its pid (kept in the state file)."""
+
+    pid: int
+    create_time: float
+    """Start time as psutil reports it; a process that reuses the pid starts later."""
+    exe: str
+    cmdline: list[str]
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity | None:
+        """The identity of the process `pid` now; None when there is none (or it is a zombie)."""
+        try:
+            return cls._of(psutil.Process(pid))
+        except psutil.Error:  # gone, a zombie, or not ours to inspect: not the one we started
+            return None
+
+    @classmethod
+    def _of(cls, process: psutil.Process) -> ProcessIdentity:
+        with process.oneshot():
+            return cls(
+                pid=process.pid,
+                create_time=process.create_time(),
+                exe=process.exe(),
+                cmdline=process.cmdline(),
+            )
+
+    def running(self) -> bool:
+        """True when `pid` is still this very process, not an unrelated one that reused it."""
+        return ProcessIdentity.of(self.pid) == self
+
+    def terminate(self) -> bool:
+        """SIGTERM this process if it is still the one recorded; False when it is gone."""
+        try:
+            process = psutil.Process(self.pid)
+            if self._of(process) != self:
+                return False
+            # psutil signals only if the pid still names the process it looked at above.
+            process.terminate()
+        except psutil.Error:
+            return False
+        return True
 
 
 def pid_alive(pid: int) -> bool:
