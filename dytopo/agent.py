@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dytopo.backends.types import Usage
+from dytopo.errors import AgentFailed
 from dytopo.memory import MemoryItem
 from dytopo.structured import Attempt
 
@@ -31,6 +32,30 @@ class AgentOutput(BaseModel):
     """One sentence: what this agent needs now (the need descriptor)."""
     key: str = Field(max_length=160)
     """One sentence: what this agent can offer now (the offer descriptor)."""
+
+
+def checked_output(agent: str, value: object) -> AgentOutput:
+    """A custom agent's return value as an AgentOutput: one already, or a dict that validates.
+
+    Raises AgentFailed naming what came back, so a plug-in's mistake is a failed step.
+    """
+    if isinstance(value, AgentOutput):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return AgentOutput.model_validate(dict(value))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'output'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise AgentFailed(
+                f"agent {agent} returned a dict that is not a valid AgentOutput ({problems})"
+            ) from exc
+    raise AgentFailed(
+        f"agent {agent} returned {type(value).__name__}, not an AgentOutput "
+        "(return AgentOutput(public=..., private=..., query=..., key=...))"
+    )
 
 
 @dataclass

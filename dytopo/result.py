@@ -31,6 +31,8 @@ class AgentStep(BaseModel):
     packing: dict[str, int] = Field(default_factory=dict)
     """full_tokens (everything kept), prompt_tokens (as sent), budget."""
     wall_s: float = 0.0
+    queued_s: float = 0.0
+    """Seconds spent waiting for a server slot (limited by queue_timeout_s, not agent_timeout_s)."""
 
 
 class Delivery(BaseModel):
@@ -59,6 +61,18 @@ class RoundRecord(BaseModel):
         return self.routing.graph()
 
 
+class UnfinishedRound(BaseModel):
+    """The round a run stopped in: the agent steps that had finished (failed ones included)."""
+
+    round: int
+    goal: str
+    steps: list[AgentStep] = Field(default_factory=list)
+    """In agent order; agents still running when the run stopped are missing."""
+    routing: Routing | None = None
+    """Set when the round got as far as routing (e.g. the manager's decision failed)."""
+    deliveries: list[Delivery] = Field(default_factory=list)
+
+
 class RunResult(BaseModel):
     """Everything a run produced. Also written, event by event, to the trace."""
 
@@ -67,6 +81,9 @@ class RunResult(BaseModel):
     final_answer: str
     halt_reason: HaltReason
     rounds: list[RoundRecord] = Field(default_factory=list)
+    """Completed rounds."""
+    unfinished: UnfinishedRound | None = None
+    """Set when the run stopped with an error (RunError.partial) in the middle of a round."""
     usage: Usage = Field(default_factory=Usage)
     usage_by_agent: dict[str, Usage] = Field(default_factory=dict)
     wall_s: float = 0.0

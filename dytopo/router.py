@@ -35,6 +35,9 @@ class Routing(BaseModel):
     order: list[str]
     """Delivery order sigma."""
     acyclic: bool
+    hub: str | None = None
+    """star mode: this round's hub. The configured `routing.hub`, or, when that agent failed its
+    step (or none is configured), the first agent that finished its step."""
 
     def graph(self) -> nx.DiGraph[str]:
         return build_graph(self.agents, self.edges)
@@ -90,7 +93,8 @@ def baseline_edges(
     elif cfg.mode == "chain":
         pairs = [(k, k + 1) for k in range(n - 1)]
     elif cfg.mode == "star":
-        hub = agents.index(cfg.hub) if cfg.hub else 0
+        center = star_hub(agents, cfg)
+        hub = agents.index(center) if center is not None else 0
         pairs = [(hub, k) for k in range(n) if k != hub] + [(k, hub) for k in range(n) if k != hub]
     elif cfg.mode == "random":
         every = [(j, i) for i in range(n) for j in range(n) if i != j]
@@ -98,6 +102,13 @@ def baseline_edges(
     else:  # single: one agent, nobody to talk to
         pairs = []
     return [Edge(source=agents[j], target=agents[i], score=sim[i][j]) for j, i in pairs]
+
+
+def star_hub(agents: Sequence[str], cfg: RoutingConfig) -> str | None:
+    """The configured hub if it finished its step this round, else the first agent that did."""
+    if cfg.hub in agents:
+        return cfg.hub
+    return agents[0] if agents else None
 
 
 def build_graph(agents: Sequence[str], edges: Sequence[Edge]) -> nx.DiGraph[str]:
@@ -167,4 +178,5 @@ async def route(
         edges=edges,
         order=delivery_order(agents, graph),
         acyclic=nx.is_directed_acyclic_graph(graph),
+        hub=star_hub(agents, cfg) if cfg.mode == "star" else None,
     )
