@@ -28,4 +28,9 @@ class ToolContext(BaseModel):
     max_bytes: int = Field(default=1_000_000, ge=1024)
     """Largest file or HTTP body a tool reads."""
     python_memory_mb: int = Field(default=256, ge=32)
-    """run_python's address-space limit."""
+    """run_python's address-space limit (per process of its sandbox)."""
+    python_scratch_mb: int = Field(default=64, ge=1)
+    """Size of run_python's scratch folder (a tmpfs, its only writable place)."""
+    python_read_only: list[Path] = Field(default_factory=list)
+    """Folders run_python may read, mounted read-only at the same absolute path inside its
+    sandbox (relative paths are taken from the workspace). Nothing else of the host is visible."""

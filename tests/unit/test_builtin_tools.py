@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from dytopo.errors import ToolError
@@ -17,11 +17,6 @@ from dytopo.tools import ToolContext, ToolRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "examples" / "docs"
-TEMP = str(Path(tempfile.gettempdir()).resolve())
-
-
-def exists(path: str) -> bool:
-    return Path(path).exists()
 
 
 @pytest.fixture(scope="module")
@@ -224,10 +219,8 @@ async def test_run_python_kills_an_infinite_loop(registry: ToolRegistry, tmp_pat
     start = time.perf_counter()
     result = await call(registry, "run_python", sandbox_ctx(tmp_path, timeout_s=1), code=code)
     assert time.perf_counter() - start < 4
-    status, pid = result.splitlines()[:2]
-    assert status == "[timed out after 1 s: the process was killed]"
-    with pytest.raises(ProcessLookupError):  # the process is gone, and already reaped
-        os.kill(int(pid), 0)
+    assert result.splitlines()[0] == "[timed out after 1 s: the process was killed]"
+    assert psutil.Process().children(recursive=True) == []  # the sandbox is gone, and reaped
 
 
 @pytest.mark.parametrize(
@@ -241,14 +234,14 @@ async def test_run_python_stops_a_memory_bomb(
     result = await call(registry, "run_python", sandbox_ctx(tmp_path, timeout_s=3), code=code)
     assert time.perf_counter() - start < 3
     assert result.startswith("[exit status 1]")
-    assert "MemoryError: the snippet exceeded run_python's 128 MB limit" in result
+    assert "MemoryError: the code exceeded its 128 MB memory limit" in result
 
 
 async def test_run_python_has_no_network(registry: ToolRegistry, tmp_path: Path) -> None:
     code = "import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 9))\n"
     result = await call(registry, "run_python", sandbox_ctx(tmp_path), code=code)
     assert result.startswith("[exit status 1]")
-    assert "PermissionError: network access is disabled in run_python" in result
+    assert "ConnectionRefusedError" in result  # its own empty network namespace
 
 
 async def test_run_python_starts_in_a_fresh_scratch_folder(
@@ -259,27 +252,26 @@ async def test_run_python_starts_in_a_fresh_scratch_folder(
         "import os\nprint(os.getcwd())\nprint(os.listdir('.'))\nprint(sorted(os.environ))\n"
         "open('scratch.txt', 'w').write('fine')\nprint(open('scratch.txt').read())\n"
     )
-    result = await call(registry, "run_python", sandbox_ctx(tmp_path), code=code)
-    status, cwd, listing, env, wrote = result.splitlines()
-    assert status == "[exit status 0]"
-    assert cwd.startswith(TEMP)
-    assert not cwd.startswith(str(tmp_path))
-    assert listing == "[]"
-    assert "DYTOPO_TEST_SECRET" not in env
-    assert wrote == "fine"
-    assert not exists(cwd)  # deleted afterwards
+    for _ in range(2):  # the second run does not see the first one's file
+        result = await call(registry, "run_python", sandbox_ctx(tmp_path), code=code)
+        status, cwd, listing, env, wrote = result.splitlines()
+        assert status == "[exit status 0]"
+        assert cwd == "/scratch"
+        assert listing == "[]"
+        assert "DYTOPO_TEST_SECRET" not in env
+        assert wrote == "fine"
 
 
 @pytest.mark.parametrize(
     ("code", "message"),
     [
-        ("open({outside!r}, 'w').write('x')", "may write only inside its scratch folder"),
-        ("open({workspace_file!r}).read()", "may not read"),
-        ("open('../escape.txt', 'w')", "does not accept '..'"),
-        ("import subprocess\nsubprocess.run(['true'])", "subprocess.Popen is not allowed"),
-        ("import os\nos.system('true')", "os.system is not allowed"),
-        ("import ctypes", "importing _ctypes is not allowed"),
-        ("import os\nos.chdir('/')", "may change only its scratch folder"),
+        ("open({outside!r}, 'w').write('x')", "FileNotFoundError"),
+        ("open({workspace_file!r}).read()", "FileNotFoundError"),
+        ("open('../escape.txt', 'w')", "Read-only file system"),
+        ("import subprocess\nsubprocess.run(['true'])", "FileNotFoundError"),
+        ("import os\nassert os.system('true') == 0, 'no shell'", "AssertionError: no shell"),
+        ("import ctypes\nassert ctypes.CDLL(None).unshare(0x10000000) == 0, 'no'", "Error: no"),
+        ("import os\nos.chdir('/')\nopen('x', 'w')", "Read-only file system"),
     ],
 )
 async def test_run_python_refuses_escapes(
