@@ -10,7 +10,7 @@ from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.cards import RoleCard
 from dytopo.errors import AgentFailed
 from dytopo.memory import MemoryItem
-from dytopo.prompting import fit_with_task
+from dytopo.prompting import Packer
 from dytopo.structured import ask_structured
 from dytopo.tools.context import ToolContext
 from dytopo.tools.executor import ToolExecutor
@@ -95,29 +95,33 @@ class LLMAgent(Agent):
         texts = [item.render() for item in ranked]
         notes: list[str] = []
         if self.tools:
-            base, _ = await fit_with_task(
+            definitions = [t.definition() for t in self.tools]
+            # The first tool request keeps room for the results; later turns pin them at the end.
+            tool_pack = Packer(
                 self.backend,
                 build_with([]),
                 ctx.task,
                 texts,
                 budget=budget,
-                max_output_tokens=self.tool_policy.max_tokens + self._tool_room(budget),
+                max_output_tokens=self.tool_policy.max_tokens,
+                reserve=self._tool_room(budget),
                 who=f"agent {self.id}",
-                tools=[t.definition() for t in self.tools],
+                tools=definitions,
             )
             phase = await run_tools(
                 self.backend,
-                base,
+                await tool_pack(),
                 ToolExecutor(self.tools, self._sized_context(budget)),
                 self.tool_policy,
                 self.sampling,
                 tag=self.id,
                 emit=ctx.emit,
+                pack=tool_pack,
             )
             ctx.usage = ctx.usage + phase.usage
             ctx.attempts.extend(phase.attempts)
             notes = tool_notes(phase.outcomes)
-        messages, dropped = await fit_with_task(
+        pack = Packer(
             self.backend,
             build_with(notes),
             ctx.task,
@@ -126,10 +130,10 @@ class LLMAgent(Agent):
             max_output_tokens=self.max_output_tokens,
             who=f"agent {self.id}",
             report=ctx.packing,
+            dropped=ctx.dropped,
         )
-        ctx.dropped.extend(dropped)
         request = ChatRequest(
-            messages=messages,
+            messages=await pack(),
             max_tokens=self.max_output_tokens,
             sampling=self.sampling,
             tag=self.id,
@@ -140,6 +144,7 @@ class LLMAgent(Agent):
             AgentOutput,
             reasks=self.reasks,
             on_attempt=ctx.record_attempt,
+            pack=pack,
         )
         ctx.usage = ctx.usage + result.usage
         if result.value is None:

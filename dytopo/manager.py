@@ -13,7 +13,7 @@ from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.cards import RoleCard
 from dytopo.errors import AgentFailed
-from dytopo.prompting import fit_with_task
+from dytopo.prompting import Packer
 from dytopo.structured import ask_structured
 
 M = TypeVar("M", bound=BaseModel)
@@ -172,7 +172,7 @@ class LLMManager(Manager):
             ]
 
         budget = self.context_budget or (await self.backend.connect()).n_ctx_per_slot
-        messages, dropped = await fit_with_task(
+        pack = Packer(
             self.backend,
             build,
             task,
@@ -181,16 +181,21 @@ class LLMManager(Manager):
             max_output_tokens=self.max_output_tokens,
             who="manager",
             report=acct.packing,
+            dropped=acct.dropped,
         )
-        acct.dropped.extend(dropped)
         request = ChatRequest(
-            messages=messages,
+            messages=await pack(),
             max_tokens=self.max_output_tokens,
             sampling=self.sampling,
             tag="manager",
         )
         result = await ask_structured(
-            self.backend, request, model, reasks=self.reasks, on_attempt=acct.record_attempt
+            self.backend,
+            request,
+            model,
+            reasks=self.reasks,
+            on_attempt=acct.record_attempt,
+            pack=pack,
         )
         acct.usage = acct.usage + result.usage
         if result.value is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from dytopo.backends.base import Backend
@@ -108,3 +108,89 @@ async def fit_with_task(
         if limit < len(task):
             dropped.append(f"task truncated to {limit} of {len(task)} characters")
         return messages, dropped
+
+
+Pack = Callable[[Sequence[ChatMessage]], Awaitable[list[ChatMessage]]]
+"""`pack(extra)`: the prompt for one request with `extra` pinned at its end, fitted to budget."""
+
+
+class Packer:
+    """One step's prompt, packed again for each follow-up request (a re-ask, a tool turn).
+
+    The first call packs `build(task, kept)` leaving `max_output_tokens + reserve` free. A
+    follow-up pins its messages at the end: when they fit behind the first prompt as it is, that
+    prompt is kept (a server reuses a shared prefix from its cache); otherwise the droppable items
+    are packed anew around them, so every request fits `budget` with room for its output.
+    Items dropped on any call are appended to `dropped` (the trace's list) once each.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        build: Callable[[str, Sequence[str]], list[ChatMessage]],
+        task: str,
+        droppable: Sequence[str],
+        *,
+        budget: int,
+        max_output_tokens: int,
+        who: str,
+        tools: Sequence[dict[str, Any]] | None = None,
+        reserve: int = 0,
+        report: dict[str, int] | None = None,
+        dropped: list[str] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.build = build
+        self.task = task
+        self.droppable = list(droppable)
+        self.budget = budget
+        self.max_output_tokens = max_output_tokens
+        self.who = who
+        self.tools = tools
+        self.reserve = reserve
+        self.report = report
+        self.dropped = dropped if dropped is not None else []
+        self._first: list[ChatMessage] | None = None
+
+    async def __call__(self, extra: Sequence[ChatMessage] = ()) -> list[ChatMessage]:
+        pinned = list(extra)
+        if self._first is not None:
+            messages = [*self._first, *pinned]
+            used = await self.backend.count_tokens(messages, self.tools)
+            if used + self.max_output_tokens + SAFETY_MARGIN <= self.budget:
+                return messages
+
+        def build(task_text: str, kept: Sequence[str]) -> list[ChatMessage]:
+            return [*self.build(task_text, kept), *pinned]
+
+        first = self._first is None
+        messages, dropped = await fit_with_task(
+            self.backend,
+            build,
+            self.task,
+            self.droppable,
+            budget=self.budget,
+            max_output_tokens=self.max_output_tokens + (self.reserve if first else 0),
+            who=self.who,
+            tools=self.tools,
+            report=self.report if first else None,
+        )
+        self.dropped.extend(d for d in dropped if d not in self.dropped)
+        if first:
+            self._first = messages[: len(messages) - len(pinned)]
+        return messages
+
+
+async def clip_tokens(backend: Backend, text: str, limit: int) -> str:
+    """The start of `text` in at most about `limit` tokens, as the backend counts them."""
+    empty = await backend.count_tokens([ChatMessage(role="assistant", content="")])
+    # Text averages under 4 characters a token: start there and shrink until it fits.
+    cut = text[: limit * 4]
+    for _ in range(4):
+        if not cut:
+            break
+        used = await backend.count_tokens([ChatMessage(role="assistant", content=cut)]) - empty
+        if used <= limit:
+            return cut if len(cut) == len(text) else f"{cut} [...]"
+        cut = cut[: len(cut) * limit // used * 9 // 10]
+    return ""

@@ -7,15 +7,15 @@ re-ask, return a recorded failure for the caller to handle.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
 from dytopo.backends.base import Backend
-from dytopo.backends.types import ChatMessage, ChatRequest, Usage
-from dytopo.errors import MalformedReply
+from dytopo.backends.types import ChatMessage, ChatRequest, ChatResponse, Usage
+from dytopo.errors import BudgetExceeded, MalformedReply
+from dytopo.prompting import Pack, clip_tokens
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -64,8 +64,18 @@ def _describe(exc: Exception) -> str:
         parts = [
             f"{'.'.join(str(p) for p in e['loc']) or 'reply'}: {e['msg']}" for e in exc.errors()[:5]
         ]
-        return "; ".join(parts)
+        return "; ".join(parts)[:400]
     return f"{type(exc).__name__}: {exc}"[:400]
+
+
+def _judge(model: type[T], reply: ChatResponse, max_tokens: int) -> tuple[T | None, str]:
+    """The validated value, or None and what is wrong with the reply."""
+    if reply.finish_reason == "length":
+        return None, f"reply cut off at max_tokens={max_tokens}; write shorter fields"
+    try:
+        return parse_strict(model, reply.content), ""
+    except ValidationError as exc:  # pydantic reports invalid JSON as a ValidationError too
+        return None, _describe(exc)
 
 
 async def ask_structured(
@@ -75,8 +85,16 @@ async def ask_structured(
     *,
     reasks: int = 2,
     on_attempt: Callable[[Attempt], None] | None = None,
+    pack: Pack | None = None,
 ) -> Structured[T]:
-    """Run the ladder for one structured reply. Only transport failures raise."""
+    """Run the ladder for one structured reply.
+
+    Only a bad reply is re-asked: one that does not validate, was cut off at max_tokens, or
+    that the server itself could not parse (MalformedReply). Anything else `backend.chat`
+    raises (and cancellation) propagates at once. `pack(extra)` returns the prompt with the
+    re-ask messages pinned at its end, fitted to the context budget; without it they are
+    appended to `request.messages`.
+    """
     result: Structured[T] = Structured()
     schema = schema_for(model)
     messages = list(request.messages)
@@ -88,51 +106,71 @@ async def ask_structured(
             update={"messages": messages, "json_schema": schema, "sampling": sampling}
         )
         reply_text, finish = "", ""
+        value: T | None = None
         try:
             reply = await backend.chat(attempt_request)
+        except MalformedReply as exc:
+            error = _describe(exc)
+        else:
             result.usage = result.usage + reply.usage
             reply_text, finish = reply.content, reply.finish_reason
-            if finish == "length":
-                raise ValueError(
-                    f"reply cut off at max_tokens={request.max_tokens}; write shorter fields"
-                )
-            value = parse_strict(model, reply_text)
-        except (ValidationError, ValueError, MalformedReply) as exc:
-            attempt = Attempt(
-                attempt=number,
-                temperature=sampling.temperature,
-                ok=False,
-                error=_describe(exc),
-                finish_reason=finish,
-                reply=reply_text[:300],
-            )
-            result.attempts.append(attempt)
-            result.raw = reply_text
-            if on_attempt:
-                on_attempt(attempt)
-            messages = [*request.messages, *_reask(reply_text, attempt.error, schema)]
-            continue
+            value, error = _judge(model, reply, request.max_tokens)
         attempt = Attempt(
-            attempt=number, temperature=sampling.temperature, ok=True, finish_reason=finish
+            attempt=number,
+            temperature=sampling.temperature,
+            ok=value is not None,
+            error=error,
+            finish_reason=finish,
+            reply=reply_text[:300] if value is None else "",
         )
         result.attempts.append(attempt)
+        result.raw = reply_text
         if on_attempt:
             on_attempt(attempt)
-        result.value, result.raw = value, reply_text
-        return result
+        if value is not None:
+            result.value = value
+            return result
+        if number <= reasks:
+            messages = await _reask_prompt(backend, request, reply_text, error, schema, pack)
     return result
 
 
-def _reask(bad_reply: str, error: str, schema: dict[str, Any]) -> list[ChatMessage]:
-    fields = ", ".join(schema.get("properties", {}))
+REASK_ECHO_TOKENS = 120
+"""How much of a rejected reply a re-ask shows the model: its start is enough to correct."""
+
+
+async def _reask_prompt(
+    backend: Backend,
+    request: ChatRequest,
+    bad_reply: str,
+    error: str,
+    schema: dict[str, Any],
+    pack: Pack | None,
+) -> list[ChatMessage]:
+    echo = await clip_tokens(backend, bad_reply, REASK_ECHO_TOKENS) if bad_reply else ""
+    extra = _reask(echo, error, schema)
+    if pack is None:
+        return [*request.messages, *extra]
+    try:
+        return await pack(extra)
+    except BudgetExceeded:
+        # No room to show the bad reply: the correction alone still helps.
+        return await pack(extra[-1:])
+
+
+def _reask(echo: str, error: str, schema: dict[str, Any]) -> list[ChatMessage]:
+    # The server enforces the schema itself (response_format); the keys and types suffice.
+    fields = ", ".join(
+        f"{name} ({spec.get('type', 'value')})"
+        for name, spec in schema.get("properties", {}).items()
+    )
     return [
-        ChatMessage(role="assistant", content=bad_reply[:1500] or "(empty reply)"),
+        ChatMessage(role="assistant", content=echo or "(empty reply)"),
         ChatMessage(
             role="user",
             content=(
-                f"That reply was not valid: {error}. Answer again with ONLY one JSON object with "
-                f"the keys {fields}, all strings unless the schema says otherwise. "
-                f"Schema: {json.dumps(schema)[:1500]}"
+                f"That reply was not valid: {error}. Answer again with ONLY one JSON object "
+                f"with the keys {fields}."
             ),
         ),
     ]

@@ -63,12 +63,47 @@ class ToolExecutor:
             names = ", ".join(sorted(self.tools)) or "none"
             raise ToolError(f"unknown tool {call.name!r}; available: {names}")
         arguments = parse_arguments(call)
-        tool.validate(arguments)
+        try:
+            tool.validate(arguments)
+        except ToolError:
+            raise
+        except Exception as exc:  # a buggy validator in a tool's parameters refuses the call
+            raise ToolError(
+                f"invalid arguments for {tool.name}: {type(exc).__name__}: {exc}"
+            ) from exc
         return tool, arguments
 
     async def run(self, call: ToolCall, limit_chars: int | None = None) -> ToolOutcome:
         started = time.monotonic()
-        limit = min(limit_chars or self.ctx.max_result_chars, self.ctx.max_result_chars)
+        admitted = self._admit(call)
+        if isinstance(admitted, ToolOutcome):
+            return admitted
+        return await self._execute(*admitted, started, limit_chars)
+
+    async def run_all(self, calls: Sequence[ToolCall], *, parallel: int = 4) -> list[ToolOutcome]:
+        """Run one turn's calls, at most `parallel` at a time; outcomes in call order.
+
+        Calls are admitted (validated, repeats refused) in call order before any runs, so
+        which of two identical calls counts as the repeat does not depend on scheduling.
+        A failing call is an outcome and never cancels its siblings.
+        """
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, got {parallel}")
+        admitted = [self._admit(call) for call in calls]
+        gate = asyncio.Semaphore(parallel)
+
+        async def one(item: ToolOutcome | tuple[Tool, dict[str, Any]]) -> ToolOutcome:
+            if isinstance(item, ToolOutcome):
+                return item
+            async with gate:
+                return await self._execute(*item, time.monotonic(), None)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(item)) for item in admitted]
+        return [task.result() for task in tasks]
+
+    def _admit(self, call: ToolCall) -> ToolOutcome | tuple[Tool, dict[str, Any]]:
+        """The tool and its arguments, or the outcome refusing the call (invalid or a repeat)."""
         try:
             tool, arguments = self.check(call)
         except ToolError as exc:
@@ -94,6 +129,13 @@ class ToolExecutor:
                 error=message,
             )
         self._seen.add(key)
+        return tool, arguments
+
+    async def _execute(
+        self, tool: Tool, arguments: dict[str, Any], started: float, limit_chars: int | None
+    ) -> ToolOutcome:
+        """Run an admitted call; every failure of the tool becomes the outcome's text."""
+        limit = min(limit_chars or self.ctx.max_result_chars, self.ctx.max_result_chars)
         timeout = min(tool.timeout_s or self.ctx.timeout_s, self.ctx.timeout_s)
         try:
             async with asyncio.timeout(timeout):
@@ -110,7 +152,8 @@ class ToolExecutor:
                 result=f"error: {message}",
                 error=message,
             )
-        except Exception as exc:  # a tool's failure is information for the model, not a crash
+        # A tool's failure, even its sys.exit(), is information for the model, not a crash.
+        except (Exception, SystemExit) as exc:
             message = str(exc) if isinstance(exc, ToolError) else f"{type(exc).__name__}: {exc}"
             outcome = ToolOutcome(
                 tool=tool.name,

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling, ToolCall, Usage
-from dytopo.errors import MalformedReply, ToolError
+from dytopo.errors import BudgetExceeded, MalformedReply, ToolError
+from dytopo.prompting import Pack, clip_tokens
 from dytopo.structured import REASK_TEMPERATURE, Attempt
 from dytopo.tools.executor import ToolExecutor, ToolOutcome
 
@@ -27,7 +28,8 @@ class ToolPhase:
     attempts: list[Attempt] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     failed: str = ""
-    """Why the ladder gave up on getting a valid call (empty when it did not)."""
+    """Why the phase stopped short: the ladder gave up on getting a valid call, or the tool
+    turns no longer fit the context budget (empty when neither happened)."""
 
 
 @dataclass
@@ -42,6 +44,8 @@ class ToolPolicy:
     """Tool executions per step."""
     reasks: int = 2
     max_tokens: int = 256
+    max_parallel: int = 4
+    """Calls of one turn that run at the same time."""
     prefill: str | None = "<tool_call>\n"
     """With `required`: an assistant prefix opening the call (Hermes/Qwen template format)."""
 
@@ -55,26 +59,32 @@ async def run_tools(
     *,
     tag: str = "",
     emit: Emit | None = None,
+    pack: Pack | None = None,
 ) -> ToolPhase:
-    """Let the model call tools; return the executed outcomes (for the final prompt)."""
+    """Let the model call tools; return the executed outcomes (for the final prompt).
+
+    `pack(extra)` fits each request (the tool turns so far and any re-ask pinned at the end) to
+    the context budget; without it they are appended to `messages`. When the turns no longer
+    fit, the phase ends with the results it has.
+    """
     phase = ToolPhase()
     definitions = [t.definition() for t in executor.tools.values()]
-    history = list(messages)
+    prompt = pack or _appended(messages)
+    turns: list[ChatMessage] = []
     for turn in range(policy.max_rounds):
         choice: Literal["auto", "required"] = policy.choice if turn == 0 else "auto"
-        calls = await _valid_calls(
-            backend, history, definitions, executor, policy, sampling, choice, tag, phase, emit
-        )
+        ask = _Ask(backend, prompt, definitions, executor, policy, sampling, choice, tag, emit)
+        calls = await ask.valid_calls(turns, phase)
         if not calls:
             break
         calls = calls[: max(0, policy.max_calls - len(phase.outcomes))]
-        outcomes = [await executor.run(call) for call in calls]
+        outcomes = await executor.run_all(calls, parallel=policy.max_parallel)
         for outcome in outcomes:
             phase.outcomes.append(outcome)
             if emit:
                 emit("tool_call", **outcome.model_dump())
-        history.append(ChatMessage(role="assistant", tool_calls=calls))
-        history += [
+        turns.append(ChatMessage(role="assistant", tool_calls=calls))
+        turns += [
             ChatMessage(role="tool", tool_call_id=c.id or c.name, content=o.result)
             for c, o in zip(calls, outcomes, strict=True)
         ]
@@ -83,94 +93,128 @@ async def run_tools(
     return phase
 
 
-async def _valid_calls(
-    backend: Backend,
-    history: list[ChatMessage],
-    definitions: list[dict[str, Any]],
-    executor: ToolExecutor,
-    policy: ToolPolicy,
-    sampling: Sampling,
-    choice: Literal["auto", "required"],
-    tag: str,
-    phase: ToolPhase,
-    emit: Emit | None,
-) -> list[ToolCall]:
-    """The ladder for tool calls: ask, validate, re-ask at 0.1 with the error, or give up."""
-    extra: list[ChatMessage] = []
-    for number in range(1, policy.reasks + 2):
-        temperature = sampling.temperature if number == 1 else REASK_TEMPERATURE
-        prefill = policy.prefill if choice == "required" and policy.prefill else None
-        request = ChatRequest(
-            messages=[
-                *history,
-                *extra,
-                *([ChatMessage(role="assistant", content=prefill)] if prefill else []),
-            ],
-            tools=definitions,
-            tool_choice=choice,
-            max_tokens=policy.max_tokens,
-            sampling=sampling.model_copy(update={"temperature": temperature}),
-            stop=["</tool_call>"] if prefill else None,
-            tag=tag,
-        )
+def _appended(messages: Sequence[ChatMessage]) -> Pack:
+    async def pack(extra: Sequence[ChatMessage]) -> list[ChatMessage]:
+        return [*messages, *extra]
+
+    return pack
+
+
+REASK_ECHO_TOKENS = 120
+"""How much of a rejected tool call a re-ask shows the model."""
+
+
+@dataclass
+class _Ask:
+    """One model turn of the tool phase."""
+
+    backend: Backend
+    prompt: Pack
+    definitions: list[dict[str, Any]]
+    executor: ToolExecutor
+    policy: ToolPolicy
+    sampling: Sampling
+    choice: Literal["auto", "required"]
+    tag: str
+    emit: Emit | None
+
+    async def valid_calls(self, turns: list[ChatMessage], phase: ToolPhase) -> list[ToolCall]:
+        """The ladder for tool calls: ask, validate, re-ask at 0.1 with the error, or give up."""
+        policy = self.policy
+        prefill = policy.prefill if self.choice == "required" and policy.prefill else None
+        tail = [ChatMessage(role="assistant", content=prefill)] if prefill else []
+        extra: list[ChatMessage] = []
+        for number in range(1, policy.reasks + 2):
+            temperature = self.sampling.temperature if number == 1 else REASK_TEMPERATURE
+            try:
+                messages = await self.prompt([*turns, *extra, *tail])
+            except BudgetExceeded as exc:
+                # The tool turns (or a re-ask on top) no longer fit: stop with what was found.
+                phase.failed = str(exc)
+                return []
+            request = ChatRequest(
+                messages=messages,
+                tools=self.definitions,
+                tool_choice=self.choice,
+                max_tokens=policy.max_tokens,
+                sampling=self.sampling.model_copy(update={"temperature": temperature}),
+                stop=["</tool_call>"] if prefill else None,
+                tag=self.tag,
+            )
+            valid, refused, error, shown = await self._judge(request, phase)
+            attempt = Attempt(
+                attempt=number,
+                temperature=temperature,
+                ok=not error,
+                error=error,
+                kind="tool_call",
+                reply=shown[:300] if error else "",
+            )
+            phase.attempts.append(attempt)
+            if self.emit:
+                self.emit("ladder", **attempt.model_dump())
+            if not error:
+                self._record_refused(refused, phase)
+                return valid
+            if number <= policy.reasks:
+                extra = await self._reask(shown, error)
+        phase.failed = phase.attempts[-1].error if phase.attempts else "no attempt"
+        return []
+
+    async def _judge(
+        self, request: ChatRequest, phase: ToolPhase
+    ) -> tuple[list[ToolCall], list[tuple[ToolCall, str]], str, str]:
+        """Valid calls, refused calls with why, the error ("" when usable), the reply shown."""
         error, raw = "", ""
         calls: list[ToolCall] = []
         valid: list[ToolCall] = []
         refused: list[tuple[ToolCall, str]] = []
         try:
-            reply = await backend.chat(request)
+            reply = await self.backend.chat(request)
+        except MalformedReply as exc:
+            error = f"malformed tool call: {exc.body[:300] or exc}"
+        else:
             phase.usage = phase.usage + reply.usage
             raw, calls = reply.content, reply.tool_calls
-            if not calls and choice == "required":
+            if not calls and self.choice == "required":
                 error = "no tool call in the reply; call one of the tools"
             for call in calls:
                 try:
-                    executor.check(call)
+                    self.executor.check(call)
                     valid.append(call)
                 except ToolError as exc:
                     refused.append((call, str(exc)))
             if calls and not valid:
                 error = refused[0][1]
-        except MalformedReply as exc:
-            error = f"malformed tool call: {exc.body[:300] or exc}"
         shown = raw or "; ".join(f"{c.name}({c.arguments})" for c in calls) or "(nothing)"
-        attempt = Attempt(
-            attempt=number,
-            temperature=temperature,
-            ok=not error,
-            error=error,
-            kind="tool_call",
-            reply=shown[:300] if error else "",
-        )
-        phase.attempts.append(attempt)
-        if emit:
-            emit("ladder", **attempt.model_dump())
-        if not error:
-            # A reply mixing valid and invalid calls (small models repeat a call until
-            # max_tokens cuts the last one off) runs the valid ones; the rest are recorded.
-            for call, why in refused:
-                outcome = ToolOutcome(
-                    tool=call.name,
-                    arguments=call.arguments,
-                    ok=False,
-                    result=f"error: {why}",
-                    error=why,
-                )
-                phase.outcomes.append(outcome)
-                if emit:
-                    emit("tool_call", **outcome.model_dump())
-            return valid
-        names = ", ".join(sorted(executor.tools))
-        extra = [
-            ChatMessage(role="assistant", content=shown[:600]),
+        return valid, refused, error, shown
+
+    def _record_refused(self, refused: list[tuple[ToolCall, str]], phase: ToolPhase) -> None:
+        # A reply mixing valid and invalid calls (small models repeat a call until max_tokens
+        # cuts the last one off) runs the valid ones; the rest are recorded.
+        for call, why in refused:
+            outcome = ToolOutcome(
+                tool=call.name,
+                arguments=call.arguments,
+                ok=False,
+                result=f"error: {why}",
+                error=why,
+            )
+            phase.outcomes.append(outcome)
+            if self.emit:
+                self.emit("tool_call", **outcome.model_dump())
+
+    async def _reask(self, shown: str, error: str) -> list[ChatMessage]:
+        echo = await clip_tokens(self.backend, shown, REASK_ECHO_TOKENS)
+        names = ", ".join(sorted(self.executor.tools))
+        return [
+            ChatMessage(role="assistant", content=echo or "(nothing)"),
             ChatMessage(
                 role="user",
-                content=f"That tool call was not valid: {error}. "
+                content=f"That tool call was not valid: {error[:400]}. "
                 f"Call one of: {names}, with arguments matching its schema.",
             ),
         ]
-    phase.failed = phase.attempts[-1].error if phase.attempts else "no attempt"
-    return []
 
 
 def tool_notes(outcomes: Sequence[ToolOutcome]) -> list[str]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import json
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -8,15 +10,18 @@ from typing import Any
 from helpers import card, decision, final, goal, make_swarm, step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from malformed import malformed_steps
 
 from dytopo.agent import StepContext
-from dytopo.backends.types import ChatMessage
+from dytopo.backends.types import ChatMessage, ChatRequest, ToolCall
 from dytopo.budget import plan_budgets
+from dytopo.errors import AgentFailed, BudgetExceeded, MalformedReply
 from dytopo.llm_agent import LLMAgent
 from dytopo.loader import load_topology
 from dytopo.memory import MemoryItem
 from dytopo.prompting import fit_with_task
-from dytopo.testing import ScriptedBackend
+from dytopo.testing import Reply, ScriptedBackend
+from dytopo.tools import tool
 from dytopo.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,3 +177,80 @@ async def test_run_token_budget_stops_gracefully_with_the_final_answer() -> None
     assert result.halt_reason == "budget"
     assert result.final_answer == "BUDGET ANSWER"
     assert len(result.rounds) == 1
+
+
+GOOD_STEP = step("p", "q", "r", "s")
+BAD_REPLIES = st.one_of(
+    st.sampled_from(malformed_steps()),
+    st.integers(min_value=0, max_value=3000).map(lambda n: "{" + "w " * n),
+    st.just(Reply(content=GOOD_STEP, finish_reason="length")),
+    st.just(MalformedReply("Failed to parse input", url="x", status=500)),
+)
+
+
+@tool
+def blob(size: int) -> str:
+    """A block of text.
+
+    Args:
+        size: how many words.
+    """
+    return "word " * size
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=150), max_size=30),
+    task_words=st.integers(min_value=1, max_value=1500),
+    budget=st.integers(min_value=700, max_value=4000),
+    max_output=st.integers(min_value=16, max_value=300),
+    bad=st.lists(BAD_REPLIES, max_size=3),
+    tool_sizes=st.lists(st.integers(min_value=0, max_value=3000), max_size=4),
+    bad_tool_args=st.lists(st.text(max_size=2000), max_size=3),
+)
+async def test_every_request_of_a_step_fits_its_budget_reasks_included(
+    sizes: list[int],
+    task_words: int,
+    budget: int,
+    max_output: int,
+    bad: list[str | Reply | BaseException],
+    tool_sizes: list[int],
+    bad_tool_args: list[str],
+) -> None:
+    structured: deque[str | Reply | BaseException] = deque(bad)
+    tool_turns: deque[Reply] = deque()
+    if tool_sizes:
+        calls = [
+            ToolCall(id=str(k), name="blob", arguments=json.dumps({"size": n}))
+            for k, n in enumerate(tool_sizes)
+        ]
+        tool_turns.append(Reply(tool_calls=calls))
+        tool_turns += [
+            Reply(tool_calls=[ToolCall(name="blob", arguments=a)]) for a in bad_tool_args
+        ]
+
+    def respond(request: ChatRequest) -> str | Reply | BaseException:
+        if request.tools:
+            return tool_turns.popleft() if tool_turns else "done"
+        return structured.popleft() if structured else GOOD_STEP
+
+    backend = ScriptedBackend(responder=respond, n_ctx_per_slot=budget)
+    memory = [
+        MemoryItem(round=k + 1, kind="own", source="a", text=words(n, f"m{k}_"))
+        for k, n in enumerate(sizes)
+    ]
+    agent = LLMAgent(
+        "a",
+        card("a"),
+        backend,
+        max_output_tokens=max_output,
+        reasks=2,
+        tools=[blob] if tool_sizes else [],
+    )
+    ctx = StepContext(task=words(task_words, "t"), goal="g", round=len(sizes) + 1, memory=memory)
+    # A recorded failure, or a budget too small for even the pinned prompt, may end the step.
+    with contextlib.suppress(AgentFailed, BudgetExceeded):
+        await agent.step(ctx)
+    for request in backend.requests:
+        prompt = await backend.count_tokens(request.messages, request.tools)
+        assert prompt + request.max_tokens <= budget, (len(backend.requests), request.tag)
