@@ -26,10 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from dytopo.errors import ConfigError, ToolError
 from dytopo.tools.context import ToolContext
+from dytopo.tools.static import (
+    BUILTIN_TOOLS,
+    ENTRY_POINT_GROUP,
+    check_confined,
+    module_files,
+    target_path,
+)
 
-ENTRY_POINT_GROUP = "dytopo.tools"
-# Tools shipped in the repository, next to the package (like the role cards).
-BUILTIN_TOOLS = Path(__file__).resolve().parents[2] / "tools"
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$")
 
 
@@ -172,11 +176,12 @@ class ToolRegistry:
         return len(found)
 
     def load(self, target: str, base: Path | None = None) -> int:
-        """A module name (`pkg.tools`) or a .py file / folder path (relative to `base`)."""
-        path = Path(target) if Path(target).is_absolute() or base is None else base / target
-        if target.endswith(".py") or path.is_dir():
-            files = sorted(path.glob("*.py")) if path.is_dir() else [path]
-            return sum(self._load_file(f) for f in files if not f.name.startswith("_"))
+        """Import a module name (`pkg.tools`) or a .py file / folder path (relative to `base`).
+
+        This runs the module's code: `discover` checks where it lies first."""
+        path = target_path(target, base)
+        if path is not None:
+            return sum(self._load_file(f) for f in module_files(path))
         try:
             return self.load_module(importlib.import_module(target))
         except ImportError as exc:
@@ -207,8 +212,17 @@ class ToolRegistry:
         return count
 
     @classmethod
-    def discover(cls, extra: Iterable[str] = (), base: Path | None = None) -> ToolRegistry:
-        """Built-in tools/ folder, installed entry points, then the topology's modules."""
+    def discover(
+        cls, extra: Iterable[str] = (), base: Path | None = None, *, trust_topology: bool = False
+    ) -> ToolRegistry:
+        """Built-in tools/ folder, installed entry points, then the topology's modules.
+
+        The topology's modules are code: each must lie in `base`'s folder tree (symlinks
+        followed) or be an installed entry point, unless `trust_topology` is set."""
+        extra = list(extra)
+        if not trust_topology:
+            for target in extra:
+                check_confined(target, base)
         registry = cls()
         if BUILTIN_TOOLS.is_dir():
             registry.load(str(BUILTIN_TOOLS))
