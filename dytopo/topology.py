@@ -1,30 +1,38 @@
-"""Topology files: the YAML format of a swarm, as typed models (`dytopo schema` prints it)."""
+"""Topology files: the YAML format of a swarm, as typed models (`dytopo schema` prints it).
+
+A topology's `tool_modules` are Python code that runs with your rights when a swarm is built from
+it, so treat a topology file from elsewhere like a script from elsewhere. Validating a file never
+runs them (their source is read, not imported), and a run loads them only from inside the
+topology's folder tree or from installed `dytopo.tools` entry points, unless you pass
+`--trust-topology` (`trust_topology=True` in Python). Role cards are confined the same way.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dytopo.backends.settings import BackendSettings
+from dytopo.backends.settings import BackendSettings, check_url
 from dytopo.backends.types import Sampling
 from dytopo.routing import RoutingConfig
 from dytopo.tools.context import ToolContext
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class BudgetSpec(_Strict):
     """Token budgets of one agent (or the manager)."""
 
-    max_output_tokens: int = Field(default=800, ge=16)
+    max_output_tokens: int = Field(default=800, ge=16, le=10_000_000)
     """max_tokens of each reply."""
-    context: int | None = Field(default=None, ge=256)
+    context: int | None = Field(default=None, ge=256, le=100_000_000)
     """Prompt + output tokens this agent may use per request. None: a share of the slot."""
-    weight: float = Field(default=1.0, gt=0)
+    weight: float = Field(default=1.0, gt=0, le=1_000_000)
     """Relative share of the slot context when `context` is not set."""
 
 
@@ -34,7 +42,8 @@ class AgentSpec(_Strict):
     id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
     """Unique name; appears in traces and graphs."""
     card: str | None = None
-    """Role card name in agents/ (or a path to a .md file). Default: the id."""
+    """Role card name in agents/ (or a path to a .md file inside the topology's folder tree).
+    Default: the id."""
     instructions: str = ""
     """Extra instructions appended to the role card for this topology."""
     tools: list[str] = Field(default_factory=list)
@@ -68,6 +77,11 @@ class EmbedderSpec(_Strict):
     api_key: str | None = None
     """Bearer token for the embedding endpoint."""
 
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        return check_url(url)
+
 
 class Topology(_Strict):
     """A swarm: who is in it, how they talk, which server they use."""
@@ -80,31 +94,37 @@ class Topology(_Strict):
     embedder: EmbedderSpec = Field(default_factory=EmbedderSpec)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     max_rounds: int = Field(default=5, ge=1, le=50)
-    min_rounds: int = Field(default=2, ge=1)
+    min_rounds: int = Field(default=2, ge=1, le=50)
     """A manager halt before this round is not accepted (small models halt at once)."""
-    seed: int = 0
-    run_token_budget: int | None = Field(default=None, ge=1000)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    run_token_budget: int | None = Field(default=None, ge=1000, le=10**12)
     """Cap on prompt + generated tokens of the whole run. When the next round would not fit,
     the manager writes the final answer from what it has (halt reason `budget`)."""
     structured_reasks: int = Field(default=2, ge=0, le=5)
     """Re-asks at temperature 0.1 after a malformed structured reply."""
-    agent_timeout_s: float = Field(default=600.0, gt=0)
+    agent_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
     """Each agent's step times out on its own; finished agents keep their results."""
+    queue_timeout_s: float | None = Field(default=1800.0, gt=0)
+    """Each wait of an agent step for a free server slot (not counted in agent_timeout_s)."""
     on_agent_error: Literal["continue", "abort"] = "continue"
     manager: ManagerSpec = Field(default_factory=ManagerSpec)
     agents: list[AgentSpec] = Field(min_length=1)
     tool_modules: list[str] = Field(default_factory=list)
-    """Extra Python modules or .py files whose @tool functions are registered."""
+    """Extra Python modules, .py files or folders whose @tool functions are registered. They are
+    code: a run loads them only from this file's folder tree or installed entry points, unless
+    trusted (--trust-topology); validation reads their source and never runs it."""
     tool_settings: ToolContext = Field(default_factory=lambda: ToolContext(workspace=Path(".")))
     """Where tools may read and fetch, and their limits; paths are relative to this file."""
 
     @model_validator(mode="after")
     def _check(self) -> Topology:
-        ids = [a.id for a in self.agents]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        counts = Counter(a.id for a in self.agents)
+        dupes = sorted(i for i, n in counts.items() if n > 1)
         if dupes:
-            raise ValueError(f"agent ids must be unique; repeated: {', '.join(dupes)}")
-        if self.routing.hub is not None and self.routing.hub not in ids:
+            shown = ", ".join(dupes[:5]) + (f" and {len(dupes) - 5} more" if len(dupes) > 5 else "")
+            raise ValueError(f"agent ids must be unique; repeated: {shown}")
+        if self.routing.hub is not None and self.routing.hub not in counts:
+            ids = ", ".join(list(counts)[:10]) + (", ..." if len(counts) > 10 else "")
             raise ValueError(f"routing.hub {self.routing.hub!r} is not an agent id ({ids})")
         if self.min_rounds > self.max_rounds:
             raise ValueError(f"min_rounds ({self.min_rounds}) > max_rounds ({self.max_rounds})")

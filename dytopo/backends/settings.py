@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+EXAMPLE_URL = "http://127.0.0.1:8080"
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be a server root, with the fix; None when it can.
+
+    Checked before any request: a URL that cannot work never heals, so it must not be retried.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return f"{url!r} is not a valid URL; give a server root like {EXAMPLE_URL}"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return f"{url!r} is not an http(s) URL with a host; give a server root like {EXAMPLE_URL}"
+    if parsed.query or parsed.fragment:
+        return f"{url!r} has a query or fragment; give just the server root like {EXAMPLE_URL}"
+    return None
+
+
+def check_url(url: str | None) -> str | None:
+    """`url` unchanged when valid (or None); ValueError naming the fix otherwise."""
+    problem = None if url is None else url_problem(url)
+    if problem:
+        raise ValueError(problem)
+    return url
 
 
 class BackendSettings(BaseModel):
     """How to reach and treat the LLM server."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base_url: str | None = None
     """Server root, e.g. http://127.0.0.1:8008. None: $DYTOPO_BASE_URL, else the embedded server."""
@@ -16,17 +43,22 @@ class BackendSettings(BaseModel):
     """Bearer token, if the server wants one (llama-server --api-key)."""
     model: str | None = None
     """Model name to send; needed by router-mode and non-llama.cpp servers."""
-    slots: int | None = Field(default=None, ge=1)
+    slots: int | None = Field(default=None, ge=1, le=1024)
     """Concurrent requests to allow. None: the server's slot count from /props."""
-    n_ctx_per_slot: int | None = Field(default=None, ge=256)
+    n_ctx_per_slot: int | None = Field(default=None, ge=256, le=100_000_000)
     """Context per request. None: from /props; required for servers without /props."""
     kv_unified: bool = False
     """True when the server runs with --kv-unified: its context is then one pool shared by all
     slots, so DyTopo plans each request for n_ctx / slots."""
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    read_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
     """Time to wait for a whole reply; CPU generation of long answers is slow."""
-    max_attempts: int = Field(default=6, ge=1)
+    max_attempts: int = Field(default=6, ge=1, le=20)
     """HTTP attempts per request before giving up (connection errors, 429/502/503/504, timeouts)."""
-    backoff_initial_s: float = Field(default=0.5, gt=0)
-    backoff_max_s: float = Field(default=8.0, gt=0)
+    backoff_initial_s: float = Field(default=0.5, gt=0, le=600)
+    backoff_max_s: float = Field(default=8.0, gt=0, le=3600)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        return check_url(url)
