@@ -292,7 +292,14 @@ async def test_run_python_refuses_empty_code(registry: ToolRegistry, tmp_path: P
         await call(registry, "run_python", sandbox_ctx(tmp_path), code="   ")
 
 
-# --- http_get -------------------------------------------------------------------------------
+# --- http_get (more in test_http_get.py) ------------------------------------------------------
+
+PUBLIC_IP = "93.184.216.34"
+
+
+def page(mime: str, body: bytes) -> httpx.Response:
+    # stream=: a content= body is read (and decoded) by httpx on construction; http_get reads raw.
+    return httpx.Response(200, headers={"content-type": mime}, stream=httpx.ByteStream(body))
 
 
 @pytest.fixture
@@ -300,32 +307,34 @@ def web(registry: ToolRegistry, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """A fake web behind httpx.MockTransport; returns the list of URLs requested."""
     seen: list[str] = []
     pages: dict[str, httpx.Response] = {
-        "https://docs.example.org/page": httpx.Response(
-            200,
-            headers={"content-type": "text/html; charset=utf-8"},
-            text="<html><head><title>t</title><script>evil()</script></head>"
-            "<body><h1>Caching</h1><p>LRU evicts the least recently used entry.</p></body></html>",
+        "https://docs.example.org/page": page(
+            "text/html; charset=utf-8",
+            b"<html><head><title>t</title><script>evil()</script></head>"
+            b"<body><h1>Caching</h1><p>LRU evicts the least recently used entry.</p></body></html>",
         ),
         "https://docs.example.org/moved": httpx.Response(301, headers={"location": "/page"}),
         "https://docs.example.org/away": httpx.Response(
             302, headers={"location": "https://evil.com/steal"}
         ),
         "https://docs.example.org/loop": httpx.Response(302, headers={"location": "/loop"}),
-        "https://docs.example.org/image": httpx.Response(
-            200, headers={"content-type": "image/png"}, content=b"\x89PNG"
-        ),
-        "https://docs.example.org/big": httpx.Response(
-            200, headers={"content-type": "text/plain"}, content=b"a" * 5000
-        ),
+        "https://docs.example.org/image": page("image/png", b"\x89PNG"),
+        "https://docs.example.org/big": page("text/plain", b"a" * 5000),
         "https://docs.example.org/missing": httpx.Response(404),
     }
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(str(request.url))
-        return pages.get(str(request.url), httpx.Response(404))
+        # http_get connects to the address it checked and names the host in the Host header.
+        assert request.url.host == PUBLIC_IP
+        named = f"{request.url.scheme}://{request.headers['host']}{request.url.raw_path.decode()}"
+        seen.append(named)
+        return pages.get(named, httpx.Response(404))
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return [PUBLIC_IP]
 
     module = sys.modules[registry.get("http_get").fn.__module__]
-    monkeypatch.setattr(module, "_transport", httpx.MockTransport(handler))
+    network = module.Network(transport=httpx.MockTransport(handler), resolve=resolve)
+    monkeypatch.setattr(module, "_network", network)
     return seen
 
 
