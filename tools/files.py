@@ -43,6 +43,23 @@ def _confine(path: str, root: Path) -> Path:
     return real
 
 
+def _open_inside(path: str, real: Path, root: Path, flags: int) -> int:
+    """Open a confined path and check where the descriptor really points (Linux: /proc).
+
+    `real` was resolved a moment ago, but a folder on the way could since have been swapped for
+    a link leading out; O_NOFOLLOW guards only the last component.
+    """
+    fd = os.open(real, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:  # no /proc (not Linux): the resolution above is all there is
+        return fd
+    if not opened.is_relative_to(root):
+        os.close(fd)
+        raise ToolError(f"{path!r} is outside the workspace (a link changed on the way); {_HINT}")
+    return fd
+
+
 def _read_at_most(fd: int, limit: int) -> bytes:
     """Up to `limit` bytes; one past the size limit, so a file that grew since fstat is caught."""
     chunks: list[bytes] = []
@@ -62,12 +79,11 @@ def read_file(path: str, ctx: ToolContext) -> str:
     Args:
         path: the file, relative to the workspace, e.g. "notes/plan.md".
     """
-    real = _confine(path, _workspace(ctx))
-    # O_NOFOLLOW: the final component was just resolved, a link appearing there now is a race.
-    # O_NONBLOCK: opening a FIFO must not hang the tool; regular files ignore the flag.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    root = _workspace(ctx)
+    real = _confine(path, root)
     try:
-        fd = os.open(real, flags)
+        # O_NONBLOCK: opening a FIFO must not hang the tool; regular files ignore the flag.
+        fd = _open_inside(path, real, root, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ToolError(f"there is no file {path!r}; {_HINT}") from None
     except OSError as exc:
@@ -91,6 +107,17 @@ def read_file(path: str, ctx: ToolContext) -> str:
     return data.decode("utf-8", errors="replace") or "(empty file)"
 
 
+def _link_kind(link: Path, root: Path) -> str:
+    """ "dir" or "file" for a link that stays inside, "outside", or "loop" (nowhere to go)."""
+    try:
+        target = link.resolve(strict=False)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python 3.11)
+        return "loop"
+    if not target.is_relative_to(root):
+        return "outside"
+    return "dir" if target.is_dir() else "file"
+
+
 @tool
 def list_files(path: str = ".", *, ctx: ToolContext) -> str:
     """List a folder of the workspace: one entry per line, folders end with "/".
@@ -103,10 +130,16 @@ def list_files(path: str = ".", *, ctx: ToolContext) -> str:
     if not folder.is_dir():
         raise ToolError(f"{path!r} is not a folder; {_HINT}")
     try:
-        with os.scandir(folder) as entries:
+        fd = _open_inside(path, folder, root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ToolError(f"cannot list {path!r}: {exc.strerror}") from None
+    try:
+        with os.scandir(fd) as entries:
             found = sorted(islice(entries, SCAN_LIMIT), key=lambda e: e.name)
     except OSError as exc:
         raise ToolError(f"cannot list {path!r}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     lines: list[str] = []
     hidden = 0
     for entry in found:
@@ -114,14 +147,13 @@ def list_files(path: str = ".", *, ctx: ToolContext) -> str:
             break
         shown = (folder / entry.name).relative_to(root).as_posix()
         if entry.is_symlink():
-            target = Path(entry.path).resolve()
-            if not target.is_relative_to(root):
+            kind = _link_kind(folder / entry.name, root)
+            if kind == "outside":
                 hidden += 1  # naming the target would already leak what lies outside
                 continue
-            is_dir = target.is_dir()
+            lines.append(shown + {"dir": "/", "file": "", "loop": " (symlink loop)"}[kind])
         else:
-            is_dir = entry.is_dir(follow_symlinks=False)
-        lines.append(shown + "/" if is_dir else shown)
+            lines.append(shown + "/" if entry.is_dir(follow_symlinks=False) else shown)
     rest = len(found) - len(lines) - hidden
     if rest > 0 or len(found) == SCAN_LIMIT:
         more = f"{rest}+" if len(found) == SCAN_LIMIT else str(rest)

@@ -142,6 +142,83 @@ async def test_list_files_caps_the_listing(registry: ToolRegistry, tmp_path: Pat
     assert lines[-1].startswith("... 50 more entries")
 
 
+async def test_list_files_survives_symlink_loops(registry: ToolRegistry, workspace: Path) -> None:
+    (workspace / "loop_a").symlink_to("loop_b")
+    (workspace / "loop_b").symlink_to("loop_a")
+    (workspace / "sub" / "self").symlink_to("self")
+    ctx = ToolContext(workspace=workspace)
+    listing = (await call(registry, "list_files", ctx)).splitlines()
+    assert listing[:5] == [
+        "image.bin",
+        "link_in",
+        "loop_a (symlink loop)",
+        "loop_b (symlink loop)",
+        "notes.md",
+    ]
+    assert await call(registry, "list_files", ctx, path="sub") == (
+        "sub/inner.txt\nsub/self (symlink loop)"
+    )
+    with pytest.raises(ToolError, match="symlink loop"):
+        await call(registry, "read_file", ctx, path="loop_a")
+    with pytest.raises(ToolError, match="symlink loop"):
+        await call(registry, "list_files", ctx, path="sub/self")
+
+
+async def test_links_leading_out_are_never_followed(
+    registry: ToolRegistry, workspace: Path
+) -> None:
+    outside = workspace.parent / "outside"
+    (outside / "deeper").mkdir()
+    (outside / "deeper" / "plans.txt").write_text("TOP SECRET PLANS")
+    (workspace / "hop").symlink_to("link_out")  # inside -> inside -> outside
+    (workspace / "sub" / "up").symlink_to("../../outside")  # relative
+    (workspace / "root").symlink_to("/")  # absolute
+    ctx = ToolContext(workspace=workspace)
+    listing = await call(registry, "list_files", ctx)
+    assert "(4 symlinks leading outside the workspace are not shown)" in listing
+    assert "hop" not in listing
+    assert "root" not in listing
+    assert "secret" not in listing.lower()
+    assert "secret" not in (await call(registry, "list_files", ctx, path="sub")).lower()
+    for path in ["hop", "sub/up/secret.txt", "sub/up/deeper/plans.txt", "root/etc/passwd"]:
+        with pytest.raises(ToolError, match="outside the workspace"):
+            await call(registry, "read_file", ctx, path=path)
+    for path in ["sub/up", "sub/up/deeper", "root", "root/etc"]:
+        with pytest.raises(ToolError, match="outside the workspace"):
+            await call(registry, "list_files", ctx, path=path)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the check reads /proc")
+@pytest.mark.parametrize(
+    ("tool", "path"), [("read_file", "sub/deep/plans.txt"), ("list_files", "sub/deep")]
+)
+async def test_a_folder_swapped_for_a_link_after_the_check_is_caught(
+    registry: ToolRegistry,
+    workspace: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tool: str,
+    path: str,
+) -> None:
+    """The race: `sub` passes the check, then becomes a link out before the file is opened."""
+    (workspace / "sub" / "deep").mkdir()
+    (workspace / "sub" / "deep" / "plans.txt").write_text("public plans")
+    outside = workspace.parent / "outside"
+    (outside / "deep").mkdir()
+    (outside / "deep" / "plans.txt").write_text("STOLEN")
+    module = sys.modules[registry.get(tool).fn.__module__]
+    confine = module._confine
+
+    def confine_then_swap(path: str, root: Path) -> Path:
+        real = confine(path, root)
+        (workspace / "sub").rename(workspace.parent / "old_sub")
+        (workspace / "sub").symlink_to(outside)
+        return real
+
+    monkeypatch.setattr(module, "_confine", confine_then_swap)
+    with pytest.raises(ToolError, match="outside the workspace"):
+        await call(registry, tool, ToolContext(workspace=workspace), path=path)
+
+
 # --- calculator ----------------------------------------------------------------------------
 
 
