@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import threading
+import warnings
 from collections.abc import Callable
 
 from dytopo.errors import ToolError
@@ -23,6 +25,7 @@ MAX_CHARS = 500
 # Python's 4300-digit int-to-str limit so every result can be printed.
 MAX_BITS = 10_000
 MAX_ROUND_DIGITS = 100
+_PARSE_LOCK = threading.Lock()
 
 _BINARY: dict[type[ast.operator], Callable[[Number, Number], Number]] = {
     ast.Add: operator.add,
@@ -142,6 +145,30 @@ def _describe(node: ast.AST) -> str:
     return f"{type(node).__name__} expressions"
 
 
+def _parse(expression: str) -> ast.Expression:
+    try:
+        expression.encode("utf-8")
+    except UnicodeEncodeError as exc:  # ast.parse would fail on it with an unrelated message
+        bad = expression[exc.start]
+        raise ToolError(
+            f"calculator cannot read the character {bad!r} at position {exc.start}: it is not "
+            "valid Unicode (a lone surrogate); write the expression in plain text"
+        ) from None
+    # A tokenizer warning ("invalid decimal literal" for `1if`) would go to stderr; as an error
+    # it becomes the reason for the refusal. The lock: warning filters are process-wide and
+    # sync tools run in threads.
+    with _PARSE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            return ast.parse(expression.strip(), mode="eval")
+        except SyntaxError as exc:
+            raise ToolError(f"calculator cannot parse the expression: {exc.msg}") from None
+        except ValueError as exc:  # NUL bytes, before Python 3.11.4 made them a SyntaxError
+            raise ToolError(f"calculator cannot parse the expression: {exc}") from None
+        except (RecursionError, MemoryError):
+            raise ToolError("calculator cannot parse the expression: too deeply nested") from None
+
+
 def _format(value: Number) -> str:
     if isinstance(value, int):
         return str(value)
@@ -159,13 +186,7 @@ def calculator(expression: str) -> str:
     if len(expression) > MAX_CHARS:
         raise ToolError(f"calculator takes expressions of at most {MAX_CHARS} characters")
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise ToolError(f"calculator cannot parse the expression: {exc.msg}") from None
-    except (ValueError, RecursionError, MemoryError):
-        raise ToolError("calculator cannot parse the expression (too deeply nested?)") from None
-    try:
-        return _format(_evaluate(tree))
+        return _format(_evaluate(_parse(expression)))
     except ZeroDivisionError:
         raise ToolError("division by zero") from None
     except OverflowError:

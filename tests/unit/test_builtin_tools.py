@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dytopo.errors import ToolError
 from dytopo.tools import ToolContext, ToolRegistry
@@ -235,6 +238,7 @@ async def test_a_folder_swapped_for_a_link_after_the_check_is_caught(
         ("floor(pi) + ceil(e) + abs(-1)", "7"),
         ("2 ** 100", str(2**100)),
         ("2 ** -1", "0.5"),
+        ("-" * 490 + "1", "1"),  # deep but legal
     ],
 )
 async def test_calculator_computes(registry: ToolRegistry, expression: str, expected: str) -> None:
@@ -265,6 +269,12 @@ async def test_calculator_computes(registry: ToolRegistry, expression: str, expe
         ("sqrt(-1)", "math domain error"),
         ("(-8) ** (1 / 3)", "complex"),
         ("1 +", "cannot parse"),
+        ("\ud800", "cannot read the character '\\\\ud800' at position 0: .* lone surrogate"),
+        ("2 * \udfff", "at position 4"),
+        ("1\x00", "cannot parse the expression: source code string cannot contain null bytes"),
+        ("1if 1 else 2", "cannot parse the expression: invalid decimal literal"),
+        ("'\\d'", "invalid escape sequence"),
+        ("(" * 201 + "1" + ")" * 201, "cannot parse the expression: too many nested"),
         ("1 + " * 200 + "1", "at most 500 characters"),
     ],
 )
@@ -273,6 +283,36 @@ async def test_calculator_refuses(registry: ToolRegistry, expression: str, messa
     with pytest.raises(ToolError, match=message):
         await call(registry, "calculator", ToolContext(), expression=expression)
     assert time.perf_counter() - start < 1.0  # refused before any heavy work
+
+
+async def test_calculator_parse_warnings_become_the_refusal(registry: ToolRegistry) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ToolError, match="cannot parse the expression: invalid decimal literal"):
+            await call(registry, "calculator", ToolContext(), expression="1if 1 else 2")
+    assert caught == []  # no SyntaxWarning printed to the user's terminal
+
+
+_ARITHMETIC = st.sampled_from(
+    [*"0123456789.+-*/%(), e", "**", "//", "1e308", "2**9999", "sqrt(", "log(", "round(", "max(",
+     "min(", "floor(", "exp(", "pi", "j", "x", "'", "[0]", ".real", "not ", "~", " if ", "\x00",
+     "\ud800", "0x", "1_0", "inf", "True", "lambda:", "\\"]
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.one_of(st.text(max_size=80), st.lists(_ARITHMETIC, max_size=40).map("".join)))
+def test_calculator_answers_or_refuses_every_input(registry: ToolRegistry, expression: str) -> None:
+    calculate = registry.get("calculator").fn
+    try:
+        result = calculate(expression)
+    except ToolError as exc:  # anything else escaping is a bug
+        message = str(exc)
+        assert "\n" not in message
+        message.encode("utf-8")  # printable: no lone surrogate copied from the input
+    else:
+        assert isinstance(result, str)
+        float(result)
 
 
 # --- run_python -----------------------------------------------------------------------------
