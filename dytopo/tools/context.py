@@ -20,7 +20,9 @@ class ToolContext(BaseModel):
     docs_dir: Path | None = None
     """search_docs searches this folder (default: the workspace)."""
     http_allow: list[str] = Field(default_factory=list)
-    """http_get only fetches from these host names (exact match, or `*.example.org`)."""
+    """http_get only fetches from these host names (exact match, or `*.example.org`), on ports
+    80 and 443 unless an entry names its port (`example.org:8080`), and only from public
+    internet addresses."""
     timeout_s: float = Field(default=20.0, gt=0)
     """Per-call time limit (a tool may set a tighter one of its own)."""
     max_result_chars: int = Field(default=4000, ge=100)
