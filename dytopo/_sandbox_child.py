@@ -84,7 +84,8 @@ def run(code: str, mem_mb: int) -> int:
 
 def main(argv: list[str]) -> int:
     code_path, mem_mb, cpu_s, file_bytes, processes, open_files, drop = argv
-    with open(code_path, encoding="utf-8") as handle:
+    # surrogatepass: a lone surrogate becomes the code's own error when it is compiled
+    with open(code_path, encoding="utf-8", errors="surrogatepass") as handle:
         code = handle.read()
     set_limits(int(mem_mb), int(cpu_s), int(file_bytes), int(processes), int(open_files))
     if drop == "1":

@@ -166,6 +166,8 @@ def sandbox_problem() -> str | None:
         result = _run(bwrap, "print(6 * 7)", SandboxLimits(wall_s=SETUP_S), ())
     except SandboxUnavailable as exc:
         return exc.reason
+    except OSError as exc:  # e.g. no memfd_create or pidfd_open in this kernel
+        return f"the kernel refused: {exc}"
     if result.returncode != 0 or result.output != b"42\n":
         text = result.output.decode("utf-8", "replace").strip().splitlines()
         return f"a test run failed: {text[-1] if text else f'status {result.returncode}'}"
@@ -292,8 +294,8 @@ def _argv(
     args += ["--ro-bind-data", str(fds["code"]), CODE_PATH, "--remount-ro", "/"]
     args += ["--clearenv", "--setenv", "HOME", SCRATCH, "--setenv", "TMPDIR", SCRATCH]
     args += ["--setenv", "PATH", f"{PYTHON_DIR}/bin", "--setenv", "LANG", "C.UTF-8"]
-    child = CHILD.read_text(encoding="utf-8")
-    args += [f"{PYTHON_DIR}/bin/python3", "-I", "-S", "-B", "-u", "-X", "utf8", "-c", child]
+    args += [f"{PYTHON_DIR}/bin/python3", "-I", "-S", "-B", "-u", "-X", "utf8"]
+    args += ["-c", _child_source()]
     args += [CODE_PATH, str(limits.memory_mb), str(limits.cpu_limit_s)]
     args += [str(limits.output_bytes), str(limits.processes), str(limits.open_files)]
     args += ["1" if as_root else "0"]
@@ -346,64 +348,72 @@ def _memfd(name: str, data: bytes = b"") -> int:
     return fd
 
 
+class _Channels:
+    """The descriptors one run shares with bwrap: in-memory files and pipes."""
+
+    def __init__(self, code: str) -> None:
+        self.code = _memfd("dytopo-code", code.encode("utf-8", "surrogatepass"))
+        self.seccomp = _memfd("dytopo-seccomp", seccomp_filter() or b"")
+        self.output = _memfd("dytopo-output")  # stdout and stderr, capped by RLIMIT_FSIZE
+        self.info_r, self.info_w = os.pipe()  # bwrap: {"child-pid": ...}
+        self.status_r, self.status_w = os.pipe()  # bwrap: {"exit-code": ...} once the code ran
+        self.block_r, self.block_w = os.pipe()  # bwrap waits here until we let it go
+        self.child_open = True
+
+    def for_child(self) -> dict[str, int]:
+        return {
+            "code": self.code,
+            "seccomp": self.seccomp,
+            "info": self.info_w,
+            "status": self.status_w,
+            "block": self.block_r,
+        }
+
+    def close_child_ends(self) -> None:
+        if self.child_open:
+            self.child_open = False
+            for fd in self.for_child().values():
+                os.close(fd)
+
+    def close(self) -> None:
+        self.close_child_ends()
+        for fd in (self.output, self.info_r, self.status_r, self.block_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@functools.cache
+def _child_source() -> str:
+    return CHILD.read_text(encoding="utf-8")
+
+
 def _run(bwrap: Path, code: str, limits: SandboxLimits, ro_binds: Sequence[Path]) -> SandboxResult:
     as_root = os.geteuid() == 0
-    code_fd = _memfd("dytopo-code", code.encode("utf-8", "surrogatepass"))
-    seccomp_fd = _memfd("dytopo-seccomp", seccomp_filter() or b"")
-    out_fd = _memfd("dytopo-output")
-    info_r, info_w = os.pipe()
-    status_r, status_w = os.pipe()
-    block_r, block_w = os.pipe()
-    fds = {"code": code_fd, "seccomp": seccomp_fd, "info": info_w, "status": status_w}
-    fds["block"] = block_r
-    ours = [out_fd, info_r, status_r, block_w]
-    pidfd = -1
-    timed_out = False
+    channels = _Channels(code)
     start = time.monotonic()
     try:
-        argv = _argv(bwrap, limits, ro_binds, as_root, fds)
+        argv = _argv(bwrap, limits, ro_binds, as_root, channels.for_child())
         try:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
-                stdout=out_fd,
-                stderr=out_fd,
-                pass_fds=tuple(fds.values()),
+                stdout=channels.output,
+                stderr=channels.output,
+                pass_fds=tuple(channels.for_child().values()),
                 env={},
                 start_new_session=True,
             )
         except OSError as exc:
             raise SandboxUnavailable(f"cannot start {bwrap}: {exc.strerror}") from None
         finally:
-            for fd in fds.values():
-                os.close(fd)
-            fds.clear()
-        try:
-            pid1 = _read_json(info_r, start + SETUP_S).get("child-pid")
-            if isinstance(pid1, int):
-                pidfd = os.pidfd_open(pid1)  # pid 1 waits on the block fd: it is alive
-                if as_root:
-                    _map_ids(pid1)
-            with contextlib.suppress(BrokenPipeError):  # bwrap already gave up
-                os.write(block_w, b"1")
-            try:
-                proc.wait(timeout=max(start + limits.wall_s - time.monotonic(), 0))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait()
-            if pidfd >= 0:
-                _wait_gone(pidfd, 5.0)
+            channels.close_child_ends()
+        timed_out = _supervise(proc, channels, start + limits.wall_s, as_root)
         duration = time.monotonic() - start
-        status = _read_json(status_r, time.monotonic() + 0.5) if not timed_out else {}
-        size = os.fstat(out_fd).st_size
-        output = os.pread(out_fd, min(size, limits.output_bytes), 0)
+        status = {} if timed_out else _read_json(channels.status_r, time.monotonic() + 0.5)
+        size = os.fstat(channels.output).st_size
+        output = os.pread(channels.output, min(size, limits.output_bytes), 0)
     finally:
-        for fd in [*ours, *fds.values(), *([pidfd] if pidfd >= 0 else [])]:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        channels.close()
     exit_code = status.get("exit-code")
     if not timed_out and not isinstance(exit_code, int):
         # bwrap failed before the code started; its own message is the output.
@@ -419,3 +429,37 @@ def _run(bwrap: Path, code: str, limits: SandboxLimits, ro_binds: Sequence[Path]
         output_truncated=size >= limits.output_bytes,
         duration_s=duration,
     )
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes], channels: _Channels, deadline: float, as_root: bool
+) -> bool:
+    """Let bwrap start the code, wait for it until `deadline`; True if it timed out.
+
+    However it ends, bwrap is killed and reaped, and so is the sandbox's pid 1 (which takes
+    every process of its pid namespace with it) before this returns.
+    """
+    pidfd = -1
+    try:
+        pid1 = _read_json(channels.info_r, time.monotonic() + SETUP_S).get("child-pid")
+        if isinstance(pid1, int):
+            try:
+                pidfd = os.pidfd_open(pid1)  # pid 1 waits on the block fd: it is alive
+                if as_root:
+                    _map_ids(pid1)
+            except OSError as exc:
+                raise SandboxUnavailable(f"cannot set up the sandbox: {exc}") from None
+        with contextlib.suppress(BrokenPipeError):  # bwrap already gave up
+            os.write(channels.block_w, b"1")
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        if pidfd >= 0:
+            _wait_gone(pidfd, 5.0)
+            os.close(pidfd)
