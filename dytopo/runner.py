@@ -45,11 +45,15 @@ async def run_topology(
     trace_path: str | Path | None = None,
     observers: Sequence[Observer] = (),
     base_dir: Path | None = None,
+    trust_topology: bool = False,
 ) -> RunResult:
-    """Run a topology on its configured server, or on an embedded one started for this run."""
+    """Run a topology on its configured server, or on an embedded one started for this run.
+
+    Its tool modules (code) and role cards must lie in its folder tree (`base_dir`) or be
+    installed entry points, unless `trust_topology`."""
     if not isinstance(topology, Topology):
         base_dir = base_dir or Path(topology).parent
-        topology = load_topology(topology)
+        topology = load_topology(topology, trust_topology=trust_topology)
     task = task or topology.task
     if not task:
         raise ConfigError(f"no task: pass --task, or set `task:` in the {topology.name} topology")
@@ -69,7 +73,14 @@ async def run_topology(
             )
             if not plan.fits:
                 raise BudgetExceeded("\n".join(f"{topology.name}: {p}" for p in plan.problems))
-            swarm = build_swarm(topology, backend, embedder, base_dir=base_dir, plan=plan)
+            swarm = build_swarm(
+                topology,
+                backend,
+                embedder,
+                base_dir=base_dir,
+                plan=plan,
+                trust_topology=trust_topology,
+            )
             return await swarm.run(task, trace_path=trace, observers=observers)
         finally:
             await embedder.aclose()

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from dytopo.cli import backend, doctor, plan, run, tools
-from dytopo.cli._common import State, err, setup
+from dytopo.cli._common import State, error_line, setup
 from dytopo.errors import ConfigError, DyTopoError
 
 app = typer.Typer(
@@ -51,5 +51,11 @@ def main() -> None:
         if State.debug:
             raise
         for line in str(exc).splitlines() or [type(exc).__name__]:
-            err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+            error_line(line)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    except Exception as exc:  # a bug: still one line; --debug shows the traceback
+        if State.debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0][:300]
+        error_line(f"unexpected {type(exc).__name__}: {first} (rerun with --debug and report it)")
+        sys.exit(1)

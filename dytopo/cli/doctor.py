@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from dytopo.cli._common import out, run_async
+from dytopo.cli._common import check_urls, out, run_async
 from dytopo.doctor import DoctorReport, run_doctor
 from dytopo.managed.resolve import endpoints
 
@@ -29,6 +29,7 @@ def doctor(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Check a llama.cpp server (or the embedded one) and measure it."""
+    check_urls(backend_url, embed_url)
     report = run_async(_doctor(backend_url, embed_url))
     if as_json:
         print(report.model_dump_json(indent=2))

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.budget import BudgetPlan, plan_budgets, server_context
-from dytopo.cli._common import err, out, run_async
+from dytopo.cli._common import TRUST_HELP, check_urls, error_line, out, run_async
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import endpoints
 from dytopo.topology import Topology
@@ -33,17 +33,19 @@ def plan(
     kv_unified: bool = typer.Option(False, "--kv-unified", help="...started with --kv-unified."),
     backend_url: str | None = typer.Option(None, "--backend-url", help="Read a running server."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
 ) -> None:
     """Show each agent's budgets; exit 2 naming the budget to lower when they do not fit."""
-    loaded = load_topology(topology)
+    loaded = load_topology(topology, trust_topology=trust_topology)
     if (n_ctx is None) != (slots is None):
-        err.print("error: give both --n-ctx and --slots, or neither (to ask the server)")
+        error_line("give both --n-ctx and --slots, or neither (to ask the server)")
         raise typer.Exit(2)
     if n_ctx is not None and slots is not None:
         result = plan_budgets(
             loaded, n_ctx=n_ctx, slots=slots, kv_unified=kv_unified or loaded.backend.kv_unified
         )
     else:
+        check_urls(backend_url or loaded.backend.base_url)
         result = run_async(_from_server(loaded, backend_url))
     if as_json:
         print(result.model_dump_json(indent=2))
@@ -67,6 +69,6 @@ def plan(
             )
         out.print(table)
     for problem in result.problems:
-        err.print(f"[bold red]error:[/] {topology}: {problem}", highlight=False, soft_wrap=True)
+        error_line(f"{topology}: {problem}")
     if not result.fits:
         raise typer.Exit(2)

@@ -7,15 +7,25 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
-from dytopo.cli._common import err, fail, out, run_async
+from dytopo.cli._common import TRUST_HELP, check_urls, err, fail, out, run_async
 from dytopo.cli.progress import RoundProgress, summary
 from dytopo.errors import ConfigError, RunError
-from dytopo.loader import load_topology, problems_in
+from dytopo.loader import load_topology, problems_in, shown
 from dytopo.result import RunResult
 from dytopo.routing import Mode
 from dytopo.runner import run_topology
 from dytopo.topology import Topology
+
+# Where an overridden field came from, to name the flag in the error.
+_FLAGS: dict[tuple[str | int, ...], str] = {
+    ("routing", "mode"): "--mode",
+    ("routing", "tau"): "--tau",
+    ("max_rounds",): "--rounds",
+    ("min_rounds",): "--rounds",
+    ("seed",): "--seed",
+}
 
 
 def _override(
@@ -33,12 +43,20 @@ def _override(
     if seed is not None:
         update["seed"] = seed
     # Validate the overridden values like the file's own.
-    return Topology.model_validate(
-        {
-            **topology.model_dump(),
-            **{k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in update.items()},
-        }
-    )
+    try:
+        return Topology.model_validate(
+            {
+                **topology.model_dump(),
+                **{k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in update.items()},
+            }
+        )
+    except ValidationError as exc:
+        lines = []
+        for e in exc.errors(include_url=False):
+            loc = tuple(e["loc"])
+            where = _FLAGS.get(loc) or ".".join(str(p) for p in loc) or "options"
+            lines.append(f"{where} {e.get('input')!r}: {e['msg']}")
+        raise ConfigError("\n".join(lines)) from None
 
 
 def run(
@@ -61,14 +79,15 @@ def run(
         "embedded MiniLM server, else the LLM server).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, no progress."),
+    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
 ) -> None:
     """Run a swarm on a task and print the final answer."""
     if mode is not None and mode not in Mode.__args__:  # type: ignore[attr-defined]
         fail(f"--mode {mode!r} is not one of {', '.join(Mode.__args__)}", 2)  # type: ignore[attr-defined]
-    try:
-        loaded = _override(load_topology(topology), mode, tau, rounds, seed)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    loaded = _override(
+        load_topology(topology, trust_topology=trust_topology), mode, tau, rounds, seed
+    )
+    check_urls(backend_url or loaded.backend.base_url, embed_url or loaded.embedder.base_url)
     progress = None if as_json else RoundProgress(err)
     try:
         result = run_async(
@@ -80,6 +99,7 @@ def run(
                 trace_path=trace,
                 observers=[progress] if progress else [],
                 base_dir=topology.parent,
+                trust_topology=trust_topology,
             )
         )
     finally:
@@ -114,17 +134,21 @@ def _json(result: RunResult) -> dict[str, Any]:
     }
 
 
-def validate(files: list[Path] = typer.Argument(..., help="Topology files to check.")) -> None:
-    """Check topology files: prints OK, or one line per problem (FILE:LINE: field: what to do)."""
+def validate(
+    files: list[Path] = typer.Argument(..., help="Topology files to check."),
+    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
+) -> None:
+    """Check topology files without running any of their code: prints OK, or one line per
+    problem (FILE:LINE: field: what to do), at most 20 per file."""
     bad = False
     for path in files:
-        _, problems = problems_in(path)
-        for line in problems:
-            out.print(line, highlight=False, soft_wrap=True)
+        _, problems = problems_in(path, trust_topology=trust_topology)
+        for line in shown(path, problems):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
         if problems:
             bad = True
         else:
-            out.print(f"{path}: OK", highlight=False)
+            out.print(f"{path}: OK", markup=False, highlight=False)
     if bad:
         raise typer.Exit(2)
 

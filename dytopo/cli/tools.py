@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from dytopo.backends.types import ToolCall
-from dytopo.cli._common import fail, out, run_async
+from dytopo.cli._common import check_seconds, fail, out, run_async
+from dytopo.errors import ConfigError
 from dytopo.tools.context import ToolContext
 from dytopo.tools.executor import ToolExecutor
 from dytopo.tools.registry import ToolRegistry
@@ -18,7 +19,22 @@ app = typer.Typer(help="List the registered tools or call one directly.", no_arg
 
 
 def _registry(modules: list[str] | None) -> ToolRegistry:
-    return ToolRegistry.discover(modules or [], Path.cwd())
+    # The user names these modules on the command line: that is the trust a topology lacks.
+    return ToolRegistry.discover(modules or [], Path.cwd(), trust_topology=True)
+
+
+def _arguments(args: str) -> str:
+    """`--args` as compact JSON of one object; ConfigError naming the fix otherwise."""
+    example = """give one JSON object, e.g. --args '{"expression": "2 + 2"}'"""
+    try:
+        value = json.loads(args)
+    except RecursionError:
+        raise ConfigError(f"--args is nested too deeply; {example}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--args is not JSON ({exc}); {example}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--args must be a JSON object, not {type(value).__name__}; {example}")
+    return json.dumps(value)
 
 
 @app.command("list")
@@ -58,6 +74,8 @@ def call_tool(
     module: list[str] | None = typer.Option(None, "--module", "-m", help="Extra tool module/file."),
 ) -> None:
     """Run one tool exactly as an agent would (validation, limits, errors as text)."""
+    check_seconds("--timeout", timeout)
+    arguments = _arguments(args)
     registry = _registry(module)
     tool = registry.get(name)
     ctx = ToolContext(
@@ -66,7 +84,7 @@ def call_tool(
         http_allow=allow or [],
         timeout_s=timeout,
     )
-    outcome = run_async(ToolExecutor([tool], ctx).run(ToolCall(name=name, arguments=args)))
+    outcome = run_async(ToolExecutor([tool], ctx).run(ToolCall(name=name, arguments=arguments)))
     if not outcome.ok:
         fail(outcome.error)
     print(outcome.result)
