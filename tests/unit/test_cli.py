@@ -12,9 +12,10 @@ runner = CliRunner()
 
 def test_validate_ok_for_shipped_topologies() -> None:
     files = sorted(str(p) for p in (ROOT / "topologies").glob("*.yaml"))
+    assert {Path(f).name for f in files} >= {"research.yaml", "code.yaml", "math.yaml"}
     result = runner.invoke(app, ["validate", *files])
     assert result.exit_code == 0, result.output
-    assert result.output.count(": OK") == len(files)
+    assert result.output.splitlines() == [f"{f}: OK" for f in files]
 
 
 def test_validate_reports_file_line_field_and_fix(tmp_path: Path) -> None:
@@ -88,9 +89,21 @@ def test_tools_list_json_has_schemas() -> None:
     result = runner.invoke(app, ["tools", "list", "--json"])
     assert result.exit_code == 0, result.output
     tools = json.loads(result.output)
+    names = {entry["function"]["name"] for entry in tools}
+    assert {"calculator", "read_file", "list_files", "search_docs", "http_get"} <= names
     for entry in tools:
         assert entry["type"] == "function"
         assert entry["function"]["parameters"]["type"] == "object"
+    calculator = next(e for e in tools if e["function"]["name"] == "calculator")
+    assert calculator["function"]["parameters"]["required"] == ["expression"]
+
+
+def test_tools_call_runs_a_tool_with_json_arguments() -> None:
+    result = runner.invoke(
+        app, ["tools", "call", "calculator", "--args", '{"expression": "2 * (3 + 4)"}']
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "14"
 
 
 def test_progress_shows_rounds_graph_and_failures() -> None:
