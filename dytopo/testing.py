@@ -5,13 +5,24 @@
     ...
     backend.assert_complete()
 
-A call with nothing scripted for it fails loudly (AssertionError naming the request's tag),
-unless a `responder` function was given to answer the rest.
+It is strict, so that a test cannot pass by accident:
+
+- A request whose prompt (counted by `count_tokens`, as the library's packing counts it) plus its
+  `max_tokens` exceeds `n_ctx_per_slot` is refused with `ContextOverflow`, the error the real
+  client raises when llama-server refuses it. No scripted reply is used up by it.
+- A request with nothing scripted for it (and no `responder`) raises `UnexpectedCall`.
+- Both are recorded (`overflows`, `unexpected`) even when the code under test swallows the error
+  (the scheduler records a failing agent step and carries on), and `assert_complete()` fails if
+  any happened, or if scripted replies were never asked for.
+
+Script a `ContextOverflow(...)` item to test how the library handles an overflow on purpose: a
+scripted error is expected, not recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -19,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dytopo.backends.base import Backend, estimate_tokens
+from dytopo.backends.http import error_for
 from dytopo.backends.limiter import SlotLimiter
 from dytopo.backends.types import (
     ChatMessage,
@@ -28,8 +40,12 @@ from dytopo.backends.types import (
     ToolCall,
     Usage,
 )
+from dytopo.errors import ContextOverflow
+from dytopo.meter import admit, settle
 
-__all__ = ["Reply", "ScriptedBackend"]
+__all__ = ["Reply", "ScriptedBackend", "UnexpectedCall"]
+
+URL = "scripted://v1/chat/completions"
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,19 @@ ScriptItem = str | Reply | BaseException
 Responder = Callable[[ChatRequest], ScriptItem]
 
 
+class UnexpectedCall(AssertionError):
+    """A request arrived with nothing scripted for it: the script and the code disagree."""
+
+    def __init__(self, message: str, request: ChatRequest) -> None:
+        super().__init__(message)
+        self.request = request
+
+
+def _describe(number: int, request: ChatRequest) -> str:
+    last = request.messages[-1].content if request.messages else ""
+    return f"request #{number} (tag={request.tag!r}, last message {str(last)[:120]!r})"
+
+
 @dataclass
 class ScriptedBackend(Backend):
     """A Backend that answers from a script instead of a server."""
@@ -58,7 +87,11 @@ class ScriptedBackend(Backend):
     slots: int = 2
     n_ctx_per_slot: int = 4096
     requests: list[ChatRequest] = field(default_factory=list, init=False)
-    """Every request received, in arrival order."""
+    """Every request received, in arrival order (refused ones included)."""
+    unexpected: list[str] = field(default_factory=list, init=False)
+    """Requests that had nothing scripted for them, described."""
+    overflows: list[str] = field(default_factory=list, init=False)
+    """Requests refused for not fitting `n_ctx_per_slot`, described with their token counts."""
 
     def __post_init__(self) -> None:
         self._queue: deque[ScriptItem] = deque(self.script)
@@ -95,14 +128,36 @@ class ScriptedBackend(Backend):
             return self._queue.popleft()
         if self.responder is not None:
             return self.responder(request)
-        last = request.messages[-1].content if request.messages else ""
-        raise AssertionError(
-            f"ScriptedBackend: unexpected request #{len(self.requests)} (tag={request.tag!r}); "
-            f"nothing scripted for it. Last message: {str(last)[:200]!r}"
+        where = _describe(len(self.requests), request)
+        self.unexpected.append(where)
+        raise UnexpectedCall(f"ScriptedBackend: unexpected {where}; nothing scripted", request)
+
+    async def _check_fits(self, request: ChatRequest) -> None:
+        prompt = await self.count_tokens(request.messages, request.tools)
+        if prompt + request.max_tokens <= self.n_ctx_per_slot:
+            return
+        needed = f"{prompt} prompt + {request.max_tokens} max_tokens > {self.n_ctx_per_slot}"
+        self.overflows.append(f"{_describe(len(self.requests), request)}: {needed}")
+        # The body llama-server sends, so the error is built exactly as the real client builds it.
+        body = json.dumps(
+            {
+                "error": {
+                    "code": 400,
+                    "message": f"the request exceeds the available context size ({needed})",
+                    "type": "exceed_context_size_error",
+                    "n_prompt_tokens": prompt,
+                    "n_ctx": self.n_ctx_per_slot,
+                }
+            }
         )
+        error = error_for(400, body, URL)
+        assert isinstance(error, ContextOverflow)
+        raise error
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
+        await admit(self, request)  # the run's token cap, as the real client checks it
         self.requests.append(request)
+        await self._check_fits(request)
         item = self._next(request)
         reply = (
             item
@@ -115,11 +170,12 @@ class ScriptedBackend(Backend):
             if reply.error is not None:
                 raise reply.error
         usage = Usage(
-            prompt_tokens=estimate_tokens(request.messages, request.tools),
+            prompt_tokens=await self.count_tokens(request.messages, request.tools),
             completion_tokens=reply.completion_tokens or max(1, len(reply.content) // 4),
             requests=1,
         )
         self._usage = self._usage + usage
+        settle(usage)
         return ChatResponse(
             content=reply.content,
             tool_calls=list(reply.tool_calls),
@@ -147,10 +203,16 @@ class ScriptedBackend(Backend):
         return len(self._queue) + sum(len(q) for q in self._tagged.values())
 
     def assert_complete(self) -> None:
-        """Fail if scripted replies were never asked for."""
+        """Fail if scripted replies were never asked for, or any request was unexpected or did
+        not fit the context, even if the code under test swallowed that error."""
+        problems = []
         if self.remaining:
             left = {t: len(q) for t, q in self._tagged.items() if q}
-            raise AssertionError(
-                f"ScriptedBackend: {self.remaining} scripted replies unused "
+            problems.append(
+                f"{self.remaining} scripted replies unused "
                 f"(shared queue: {len(self._queue)}, by tag: {left})"
             )
+        problems += [f"unexpected {u}" for u in self.unexpected]
+        problems += [f"context overflow on {o}" for o in self.overflows]
+        if problems:
+            raise AssertionError("ScriptedBackend: " + "; ".join(problems))
