@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 from helpers import decision, final, goal, make_swarm, step
-from trace_checks import check_routing_invariants
+from trace_checks import check_trace
 
 from dytopo.agent import AgentOutput, FunctionAgent, StepContext
 from dytopo.embedders import HashEmbedder
@@ -18,6 +18,14 @@ from dytopo.trace import read_trace
 @pytest.fixture
 def trace_file(tmp_path: Path) -> Path:
     return tmp_path / "trace.jsonl"
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("\n".join(lines), encoding="utf-8")
 
 
 FACTS = "sourced facts about cache eviction"
@@ -76,7 +84,7 @@ async def test_run_routes_delivers_and_halts_after_min_rounds(trace_file: Path) 
     ):
         assert needed in kinds
     assert all(e["run_id"] == result.run_id for e in events)
-    assert check_routing_invariants(events) == 2
+    check_trace(events, rounds=2)
     rejected = next(e for e in events if e["event"] == "manager_decision")
     assert rejected["halt"] is True
     assert rejected["accepted"] is False
@@ -97,12 +105,17 @@ async def test_max_rounds_asks_the_manager_for_the_final_answer() -> None:
     assert result.usage_by_agent["manager"].requests == 4
 
 
-async def test_a_failing_agent_is_recorded_and_the_round_goes_on() -> None:
+async def test_a_failing_agent_is_recorded_and_the_round_goes_on(trace_file: Path) -> None:
     script = two_agent_script(1)
     script["writer"] = ["not json", "{'still': 'bad'}"]  # reasks=1: two attempts, both bad
     script["manager"] = [goal("go"), decision(True, "done")]
     backend = ScriptedBackend(by_tag=script)
-    result = await make_swarm(backend, ["researcher", "writer"], min_rounds=1).run("task")
+    swarm = make_swarm(backend, ["researcher", "writer"], min_rounds=1)
+    result = await swarm.run("task", trace_path=trace_file)
+    backend.assert_complete()
+    events = read_trace(trace_file)
+    check_trace(events, rounds=1)
+    assert next(e for e in events if e["event"] == "round_end")["failed"] == ["writer"]
     steps = {s.agent: s for s in result.rounds[0].steps}
     assert steps["researcher"].ok
     assert not steps["writer"].ok
@@ -121,6 +134,7 @@ async def test_a_timed_out_agent_does_not_throw_away_finished_ones() -> None:
     backend = ScriptedBackend(by_tag=script)
     swarm = make_swarm(backend, ["researcher", "writer"], min_rounds=1, agent_timeout_s=0.2)
     result = await swarm.run("task")
+    backend.assert_complete()
     steps = {s.agent: s for s in result.rounds[0].steps}
     assert steps["researcher"].ok
     assert steps["researcher"].output is not None
@@ -142,6 +156,7 @@ async def test_custom_python_agents_mix_with_llm_agents() -> None:
     backend = ScriptedBackend(by_tag=script)
     swarm = make_swarm(backend, ["researcher"], extra=[FunctionAgent("collector", collector)])
     result = await swarm.run("task")
+    backend.assert_complete()
     assert not result.rounds[0].steps[1].ok
     assert "RuntimeError: flaky plug-in" in result.rounds[0].steps[1].error
     assert result.rounds[1].steps[1].ok
@@ -153,6 +168,7 @@ async def test_manager_failures_fall_back_instead_of_crashing() -> None:
     script["manager"] = ["garbage", "garbage", "bad", "bad", decision(True, "late answer")]
     backend = ScriptedBackend(by_tag=script)
     result = await make_swarm(backend, ["researcher", "writer"], min_rounds=1).run("the task")
+    backend.assert_complete()
     assert result.rounds[0].goal.startswith("Make concrete progress on the task")
     assert result.rounds[0].decision is None
     assert result.final_answer == "late answer"
@@ -165,26 +181,34 @@ async def test_dead_backend_mid_run_keeps_the_completed_rounds(trace_file: Path)
     backend = ScriptedBackend(by_tag=script)
     with pytest.raises(RunError) as info:
         await make_swarm(backend, ["researcher", "writer"]).run("task", trace_path=trace_file)
+    backend.assert_complete()
     partial = info.value.partial
     assert len(partial.rounds) == 1
     assert "stopped after 1 complete round" in str(info.value)
     assert str(trace_file) in str(info.value)
-    end = read_trace(trace_file)[-1]
-    assert end["event"] == "run_end"
-    assert "server gone" in end["error"]
+    events = read_trace(trace_file)
+    check_trace(events, rounds=1)
+    assert "server gone" in events[-1]["error"]
 
 
 @pytest.mark.parametrize(
     ("mode", "edges"), [("broadcast", 6), ("chain", 2), ("star", 4), ("single", 0)]
 )
-async def test_baseline_modes_through_the_scheduler(mode: str, edges: int) -> None:
+async def test_baseline_modes_through_the_scheduler(
+    mode: str, edges: int, trace_file: Path
+) -> None:
     ids = ["a", "b", "c"]
-    script: dict[str, list[str]] = {i: [step(f"{i} public", f"{i} private", "x", "y")] for i in ids}
+    active = ids[:1] if mode == "single" else ids  # single mode runs only the first agent
+    script: dict[str, list[str]] = {
+        i: [step(f"{i} public", f"{i} private", "x", "y")] for i in active
+    }
     script["manager"] = [goal("go"), decision(True, "done")]
     backend = ScriptedBackend(by_tag=script)
     swarm = make_swarm(backend, ids, min_rounds=1, routing=RoutingConfig(mode=mode))  # type: ignore[arg-type]
-    result = await swarm.run("task")
+    result = await swarm.run("task", trace_path=trace_file)
+    backend.assert_complete()
     assert len(result.rounds[0].routing.edges) == edges
+    check_trace(read_trace(trace_file), rounds=1)
     if mode == "single":
         assert [s.agent for s in result.rounds[0].steps] == ["a"]
 
@@ -197,6 +221,7 @@ async def test_tiered_execution_delivers_within_the_round() -> None:
         backend, ["researcher", "writer"], routing=RoutingConfig(tau=0.5, execution="tiered")
     )
     result = await swarm.run("task")
+    backend.assert_complete()
     # Round 2 runs in tiers of round 1's graph: the writer reads FACTS-2 in round 2 itself.
     writer_round2 = [r for r in backend.requests if r.tag == "writer"][1]
     assert "FACTS-2" in (writer_round2.messages[-1].content or "")
@@ -212,13 +237,70 @@ async def test_agents_run_concurrently_within_the_slot_limit() -> None:
     script["manager"] = [goal("go"), decision(True, "done")]
     backend = ScriptedBackend(by_tag=script, slots=2)  # type: ignore[arg-type]
     await make_swarm(backend, ids, min_rounds=1).run("task")
+    backend.assert_complete()
     assert backend.limiter.max_in_use == 2
 
 
-def test_trace_lines_are_plain_json(trace_file: Path) -> None:
-    trace_file.write_text('{"event": "run_start"}\n{"event": "round_st')  # torn last line
-    assert [e["event"] for e in read_trace(trace_file)] == ["run_start"]
-    json.dumps(read_trace(trace_file))
+async def test_the_trace_records_the_run_event_by_event(trace_file: Path) -> None:
+    script = two_agent_script(2)
+    script["writer"].insert(0, "not json")  # one re-ask in round 1
+    script["manager"] = [goal("gather facts"), decision(False), decision(True, "DONE")]
+    backend = ScriptedBackend(by_tag=script)
+    result = await make_swarm(backend, ["researcher", "writer"], min_rounds=1).run(
+        "compare LRU and LFU", trace_path=trace_file
+    )
+    backend.assert_complete()
+    lines = read_lines(trace_file)
+    events = [json.loads(line) for line in lines]  # one JSON object per line, nothing else
+    check_trace(events, rounds=2)
+
+    round_shape = ["round_start", "agent_output", "agent_output", "routing", "delivery"]
+    round_shape += ["manager_decision", "round_end"]
+    assert [e["event"] for e in events if e["event"] != "ladder"] == [
+        "run_start",
+        "manager_goal",
+        *round_shape,
+        *round_shape,
+        "run_end",
+    ]
+    start, end = events[0], events[-1]
+    assert start["task"] == "compare LRU and LFU"
+    assert start["agents"] == ["researcher", "writer"]
+    assert (start["mode"], start["tau"], start["min_rounds"]) == ("dynamic", 0.5, 1)
+    assert start["embedder"] == HashEmbedder().name
+    assert start["run_id"] == result.run_id
+    assert (end["final_answer"], end["halt_reason"], end["rounds"]) == ("DONE", "manager", 2)
+    assert end["usage"] == result.usage.model_dump()
+    assert end["reasks"] == result.reasks == 1
+
+    writer_rungs = [
+        (e["round"], e["ok"], e["temperature"])
+        for e in events
+        if e["event"] == "ladder" and e["agent"] == "writer"
+    ]
+    assert writer_rungs == [(1, False, 0.7), (1, True, 0.1), (2, True, 0.7)]
+    outputs = [e for e in events if e["event"] == "agent_output"]
+    steps = [(r.round, st) for r in result.rounds for st in r.steps]
+    for e, (t, st) in zip(outputs, steps, strict=True):
+        assert (e["round"], e["agent"], e["ok"]) == (t, st.agent, st.ok)
+        assert st.output is not None
+        assert (e["private"], e["query"], e["key"]) == (
+            st.output.private,
+            st.output.query,
+            st.output.key,
+        )
+    routings = [e for e in events if e["event"] == "routing"]
+    assert [r["edges"] for r in routings] == [
+        [e.model_dump() for e in r.routing.edges] for r in result.rounds
+    ]
+    deliveries = [(e["round"], e["from"], e["to"]) for e in events if e["event"] == "delivery"]
+    assert deliveries == [(1, "researcher", "writer"), (2, "researcher", "writer")]
+    decisions = [(e["halt"], e["accepted"]) for e in events if e["event"] == "manager_decision"]
+    assert decisions == [(False, False), (True, True)]
+
+    # A crash mid-write tears the last line: everything before it still reads.
+    write_lines(trace_file, [*lines[:-1], lines[-1][:20]])
+    assert read_trace(trace_file) == events[:-1]
 
 
 def test_swarm_from_yaml_builds_the_topologys_agents() -> None:
