@@ -11,9 +11,9 @@ from malformed import VALID_STEP, malformed_steps, malformed_tool_calls
 from dytopo.agent import AgentOutput, StepContext
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling, ToolCall
 from dytopo.cards import RoleCard
-from dytopo.errors import AgentFailed, MalformedReply
+from dytopo.errors import AgentFailed, MalformedReply, ToolError
 from dytopo.llm_agent import LLMAgent
-from dytopo.structured import ask_structured
+from dytopo.structured import ask_structured, parse_strict
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import ToolContext, tool
 from dytopo.tools.executor import ToolExecutor
@@ -34,8 +34,16 @@ def echo(text: str, times: int = 1) -> str:
     return " ".join([text] * times)
 
 
-def test_corpus_is_large() -> None:
-    assert len(malformed_steps()) + len(malformed_tool_calls()) >= 150
+@pytest.mark.parametrize("bad", malformed_steps())
+def test_the_strict_parser_refuses_every_malformed_step(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"\S"):  # pydantic's ValidationError is a ValueError
+        parse_strict(AgentOutput, bad)
+
+
+@pytest.mark.parametrize(("name", "arguments"), malformed_tool_calls())
+def test_validation_refuses_every_malformed_tool_call(name: str, arguments: str) -> None:
+    with pytest.raises(ToolError, match=r"unknown tool|arguments (of|for) echo"):
+        executor().check(ToolCall(name=name, arguments=arguments))
 
 
 @pytest.mark.parametrize("bad", malformed_steps())
