@@ -11,14 +11,24 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dytopo.backends.settings import BackendSettings, check_url
 from dytopo.backends.types import Sampling
 from dytopo.routing import RoutingConfig
 from dytopo.tools.context import ToolContext
+
+
+def _module_name(value: str) -> str:
+    if not value or len(value) > 1000 or not value.isprintable():
+        raise ValueError("give a module name or a .py path of printable characters")
+    return value
+
+
+ModuleName = Annotated[str, AfterValidator(_module_name)]
+"""A tool module: a dotted module name, or a .py file or folder relative to the topology."""
 
 
 class _Strict(BaseModel):
@@ -109,7 +119,7 @@ class Topology(_Strict):
     on_agent_error: Literal["continue", "abort"] = "continue"
     manager: ManagerSpec = Field(default_factory=ManagerSpec)
     agents: list[AgentSpec] = Field(min_length=1)
-    tool_modules: list[str] = Field(default_factory=list)
+    tool_modules: list[ModuleName] = Field(default_factory=list)
     """Extra Python modules, .py files or folders whose @tool functions are registered. They are
     code: a run loads them only from this file's folder tree or installed entry points, unless
     trusted (--trust-topology); validation reads their source and never runs it."""

@@ -24,19 +24,22 @@ MAX_SOURCE_BYTES = 2_000_000
 TRUST_HINT = "pass --trust-topology (trust_topology=True in Python) if you trust it"
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long, or with a NUL byte, is no folder
+        return False
+
+
 def target_path(target: str, base: Path | None) -> Path | None:
     """The file or folder a `tool_modules` entry names, or None when it is a module name."""
     path = Path(target) if Path(target).is_absolute() or base is None else base / target
-    try:
-        is_dir = path.is_dir()
-    except (OSError, ValueError):
-        is_dir = False
-    return path if target.endswith(".py") or is_dir else None
+    return path if target.endswith(".py") or _is_dir(path) else None
 
 
 def module_files(path: Path) -> list[Path]:
     """The .py files a file or folder entry loads (a folder's files not starting with `_`)."""
-    if path.is_dir():
+    if _is_dir(path):
         return sorted(f for f in path.glob("*.py") if not f.name.startswith("_"))
     return [path]
 
@@ -138,6 +141,13 @@ def entry_point_modules() -> list[tuple[str, str]]:
     return out
 
 
+def _inside(file: Path, root: Path) -> bool:
+    try:
+        return file.resolve().is_relative_to(root)
+    except (OSError, ValueError, RuntimeError):  # too long, a NUL byte, a symlink loop
+        return False
+
+
 def check_confined(target: str, base: Path | None) -> None:
     """ConfigError unless `target` lies in `base`'s folder tree (symlinks followed) or is an
     installed entry point: a topology may only name code that the user already placed or
@@ -155,10 +165,10 @@ def check_confined(target: str, base: Path | None) -> None:
             )
         where = f"tool module {target!r} ({files[-1]})"
     else:
-        files = [path, *(module_files(path) if path.is_dir() else [])]
+        files = [path, *(module_files(path) if _is_dir(path) else [])]
         where = f"tool module {target}"
     for file in files:
-        if not file.resolve().is_relative_to(root):
+        if not _inside(file, root):
             raise ConfigError(
                 f"{where} is outside the topology's folder {root} and is not an installed "
                 f"`{ENTRY_POINT_GROUP}` entry point; a tool module is code that runs with your "

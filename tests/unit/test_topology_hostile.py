@@ -98,6 +98,8 @@ HOSTILE_FILES: dict[str, tuple[bytes, int, str]] = {
         "embedder.base_url",
     ),
     "backend_url_broken_ipv6": (after("backend: {base_url: 'http://[::1'}\n"), 4, "backend."),
+    "tool_module_with_nul": (after('tool_modules: ["a\\0.py"]\n'), 4, "tool_modules.0"),
+    "tool_module_name_too_long": (after(f"tool_modules: [{'a' * 900}.py]\n"), 4, "tool_modules.0"),
     "markup_in_a_key": (after("'[/bold]': 1\n"), 4, "[/bold]"),
     "escape_sequence_in_a_key": (after('"\\e]0;pwned\\a": 1\n'), 4, "\\x1b]0;pwned\\x07"),
 }
