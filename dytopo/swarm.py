@@ -12,20 +12,29 @@ from typing import Any, Literal
 
 import structlog
 
-from dytopo.agent import Agent, StepContext
+from dytopo.agent import Agent, StepContext, checked_output
 from dytopo.backends.base import Backend
 from dytopo.backends.types import Usage
 from dytopo.budget import BudgetPlan
 from dytopo.cards import load_card
 from dytopo.embedders.base import Embedder
-from dytopo.errors import AgentFailed, BudgetExceeded, DyTopoError, RunError
+from dytopo.errors import (
+    AgentFailed,
+    BackendError,
+    BackendUnavailable,
+    BudgetExceeded,
+    DyTopoError,
+    RunError,
+)
 from dytopo.llm_agent import LLMAgent
 from dytopo.loader import load_topology
 from dytopo.manager import LLMManager, Manager, ManagerDecision, PublicMessage
 from dytopo.memory import MemoryItem
-from dytopo.result import AgentStep, Delivery, RoundRecord, RunResult
+from dytopo.meter import TokenCapReached, TokenMeter, run_meter
+from dytopo.result import AgentStep, Delivery, RoundRecord, RunResult, UnfinishedRound
 from dytopo.router import Routing, route, tiers
 from dytopo.routing import RoutingConfig
+from dytopo.step_timer import StepTimeout, StepTimer
 from dytopo.tools.context import ToolContext
 from dytopo.tools.loop import ToolPolicy
 from dytopo.tools.registry import ToolRegistry
@@ -44,6 +53,28 @@ def fallback_goal(task: str) -> str:
     return f"Make concrete progress on the task: {task[:300]}"
 
 
+class AgentAborted(AgentFailed):
+    """An agent step failed and `on_agent_error` is `abort`; the cause is the agent's error."""
+
+    def __init__(self, agent: str, message: str) -> None:
+        super().__init__(message)
+        self.agent = agent
+
+
+def _manager_can_fall_back(exc: Exception) -> bool:
+    """A manager duty that failed this way gets a fallback; a dead server ends the run."""
+    if isinstance(exc, BackendUnavailable):
+        return False
+    return isinstance(exc, AgentFailed | BudgetExceeded | BackendError)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 class Swarm:
     """Agents + manager + embedder + routing rule. `await swarm.run(task)` runs it once."""
 
@@ -58,6 +89,7 @@ class Swarm:
         min_rounds: int = 2,
         seed: int = 0,
         agent_timeout_s: float = 600.0,
+        queue_timeout_s: float | None = 1800.0,
         on_agent_error: Literal["continue", "abort"] = "continue",
         name: str = "swarm",
         config: dict[str, Any] | None = None,
@@ -75,18 +107,38 @@ class Swarm:
         self.min_rounds = min(min_rounds, max_rounds)
         self.seed = seed
         self.agent_timeout_s = agent_timeout_s
+        """Each agent step's own work (time waiting for a server slot not included)."""
+        self.queue_timeout_s = queue_timeout_s
+        """Each wait of an agent step for a free server slot; None: no limit."""
         self.on_agent_error = on_agent_error
+        """continue: a failed step is recorded and the round goes on; abort: RunError."""
         self.name = name
         self.config = config or {}
         self.run_token_budget = run_token_budget
         """Cap on prompt + generated tokens of the whole run; None: no cap."""
         self.final_answer_reserve = final_answer_reserve
-        """Tokens kept for the manager's final answer when the cap stops the run."""
+        """Tokens kept for the manager's final answer (at most half the cap): agent and decision
+        requests are admitted only up to run_token_budget minus this."""
 
     @classmethod
-    def from_yaml(cls, path: str | Path, *, backend: Backend, embedder: Embedder) -> Swarm:
-        """A swarm from a topology file, on the given backend and embedder."""
-        return build_swarm(load_topology(path), backend, embedder, base_dir=Path(path).parent)
+    def from_yaml(
+        cls,
+        path: str | Path,
+        *,
+        backend: Backend,
+        embedder: Embedder,
+        trust_topology: bool = False,
+    ) -> Swarm:
+        """A swarm from a topology file, on the given backend and embedder. Its tool modules
+        (code) and role cards must lie in its folder tree unless `trust_topology`."""
+        topology = load_topology(path, trust_topology=trust_topology)
+        return build_swarm(
+            topology,
+            backend,
+            embedder,
+            base_dir=Path(path).parent,
+            trust_topology=trust_topology,
+        )
 
     async def run(
         self,
@@ -124,13 +176,26 @@ class _Run:
         self.started = time.monotonic()
         self.prev_routing: Routing | None = None
         self.last_round_tokens = 0
+        cap = swarm.run_token_budget
+        self.meter = (
+            TokenMeter(cap=cap, reserve=min(swarm.final_answer_reserve, cap // 2))
+            if cap is not None
+            else None
+        )
+        self.current: UnfinishedRound | None = None
+        """The round in progress (kept in the result if the run stops during it)."""
+        self.current_traced = False
+        """Whether the current round's agent_output events were written."""
 
     def _account(self, who: str, acct: StepContext) -> None:
         self.result.usage = self.result.usage + acct.usage
         by = self.result.usage_by_agent
         by[who] = by.get(who, Usage()) + acct.usage
-        if len(acct.attempts) > 1:
+        # Tool-call attempts are not re-asks of the structured reply.
+        if sum(1 for a in acct.attempts if a.kind == "structured") > 1:
             self.result.reasks += 1
+        if self.meter is not None:
+            self.meter.release()
 
     def _count(self, event: str, fields: dict[str, Any]) -> None:
         stats = self.result.stats
@@ -172,33 +237,74 @@ class _Run:
             min_rounds=s.min_rounds,
             embedder=s.embedder.name,
         )
+        meter_token = run_meter.set(self.meter)
         try:
             await self._rounds()
-        except BaseException as exc:
+        except Exception as exc:
             self.result.halt_reason = "error"
-            stopped = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
-            self._finish(error="interrupted" if stopped else f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, DyTopoError):
-                where = f" (trace: {self.trace.path})" if self.trace.path else ""
-                raise RunError(
-                    f"run {self.run_id} stopped after {len(self.result.rounds)} complete "
-                    f"round(s): {exc}{where}",
-                    partial=self.result,
-                ) from exc
+            self._keep_unfinished()
+            error = _leaf(exc)
+            self._finish(error=f"{type(error).__name__}: {error}")
+            raise self._run_error(error) from (
+                error.__cause__ if isinstance(error, AgentAborted) else error
+            )
+        except BaseException:  # cancelled, Ctrl-C: stop at once, keep what the trace has
+            self.result.halt_reason = "error"
+            self._keep_unfinished()
+            self._finish(error="interrupted")
             raise
         finally:
+            run_meter.reset(meter_token)
             self.trace.close()
         return self.result
+
+    def _run_error(self, error: BaseException) -> RunError:
+        """One line: where the run stopped, why, what was kept, where the trace is."""
+        what = str(error) if isinstance(error, DyTopoError) else f"{type(error).__name__}: {error}"
+        kept = ""
+        if self.result.unfinished is not None:
+            u = self.result.unfinished
+            kept = (
+                f"; round {u.round} stopped with {len(u.steps)} agent step(s) finished "
+                "(kept in .partial.unfinished)"
+            )
+        where = f" (trace: {self.trace.path})" if self.trace.path else ""
+        return RunError(
+            f"run {self.run_id} stopped after {len(self.result.rounds)} complete round(s): "
+            f"{what}{kept}{where}",
+            partial=self.result,
+        )
+
+    def _keep_unfinished(self) -> None:
+        """Put the round in progress, with its finished agent steps, into the result and trace."""
+        current, self.current = self.current, None
+        if current is None:
+            return
+        position = {a.id: k for k, a in enumerate(self.s.agents)}
+        current.steps.sort(key=lambda st: position[st.agent])
+        self.result.unfinished = current
+        if not self.current_traced:
+            self._trace_steps(current.round, current.steps)
 
     async def _rounds(self) -> None:
         s = self.s
         acct = self._acct(1)
         try:
             goal = await s.manager.open(self.task, acct)
-        except (AgentFailed, BudgetExceeded) as exc:
+        except Exception as exc:
+            if not _manager_can_fall_back(exc):
+                raise
             goal = fallback_goal(self.task)
             self.result.failures += 1
-            self.trace.emit("manager_fallback", round=1, duty="open", error=str(exc), goal=goal)
+            self.trace.emit(
+                "manager_fallback",
+                round=1,
+                agent="manager",
+                duty="open",
+                error=str(exc),
+                error_type=type(exc).__name__,
+                goal=goal,
+            )
         self._account("manager", acct)
         self.trace.emit(
             "manager_goal",
@@ -208,7 +314,7 @@ class _Run:
             **acct.accounting(),
         )
         for t in range(1, s.max_rounds + 1):
-            if t > 1 and self._over_budget(t):
+            if self._over_budget(t):
                 self.result.halt_reason = "budget"
                 self.result.final_answer = await self._final_answer()
                 break
@@ -223,27 +329,30 @@ class _Run:
             if record.decision is not None and record.decision.goal_next.strip():
                 goal = record.decision.goal_next
         else:
-            self.result.halt_reason = "max_rounds"
+            stopped = self._over_budget(s.max_rounds, ahead=False)
+            self.result.halt_reason = "budget" if stopped else "max_rounds"
             self.result.final_answer = await self._final_answer()
         self._finish()
 
-    def _over_budget(self, t: int) -> bool:
-        """Would the next round, plus the final answer, overrun the run's token budget?"""
-        cap = self.s.run_token_budget
-        if cap is None:
+    def _over_budget(self, t: int, *, ahead: bool = True) -> bool:
+        """Did the token cap refuse a request, or (`ahead`) would round t not fit before the
+        final answer's reserve? (The meter enforces the cap; this only avoids a cut-off round.)"""
+        meter = self.meter
+        if meter is None:
             return False
         used = _tokens(self.result.usage)
-        # The last round is the best forecast of the next; the final answer needs a manager call.
-        needed = self.last_round_tokens + self.s.final_answer_reserve
-        if used + needed <= cap:
+        # The last round is the best forecast of the next.
+        forecast = ahead and t > 1 and used + self.last_round_tokens + meter.reserve > meter.cap
+        if not meter.refused and not forecast:
             return False
         self.trace.emit(
             "budget_stop",
             round=t,
-            run_token_budget=cap,
+            run_token_budget=meter.cap,
             used=used,
             next_round_estimate=self.last_round_tokens,
-            final_answer_reserve=self.s.final_answer_reserve,
+            final_answer_reserve=meter.reserve,
+            refused=meter.refused,
         )
         return True
 
@@ -251,19 +360,15 @@ class _Run:
         s = self.s
         started = time.monotonic()
         self.trace.emit("round_start", round=t, goal=goal)
+        self.current, self.current_traced = UnfinishedRound(round=t, goal=goal), False
         active = s.agents[:1] if s.routing.mode == "single" else s.agents
         same_round: dict[str, list[MemoryItem]] = {a.id: [] for a in active}
         if s.routing.execution == "tiered" and self.prev_routing is not None:
             steps = await self._tiered(t, goal, active, same_round)
         else:
             steps = await self._steps(t, goal, active, same_round)
-        for step in steps:
-            self.trace.emit(
-                "agent_output",
-                round=t,
-                **step.model_dump(exclude={"output"}),
-                **(step.output.model_dump() if step.output else {}),
-            )
+        self._trace_steps(t, steps)
+        self.current_traced = True
         ok = [st for st in steps if st.ok and st.output is not None]
         outputs = {st.agent: st.output for st in ok if st.output is not None}
         ids = [st.agent for st in ok]
@@ -276,6 +381,8 @@ class _Run:
             rng=self.rng,
         )
         self.trace.emit("routing", round=t, **routing.model_dump())
+        if routing.hub is not None and s.routing.hub not in (None, routing.hub):
+            log.warning("star.hub_replaced", round=t, hub=s.routing.hub, replaced_by=routing.hub)
         deliveries = self._deliver(t, routing, outputs, same_round)
         for d in deliveries:
             self.trace.emit(
@@ -286,7 +393,14 @@ class _Run:
                 **{"from": d.source, "to": d.target},
             )
         self.prev_routing = routing
-        decision, accepted, manager_usage = await self._decide(t)
+        assert self.current is not None
+        self.current.routing, self.current.deliveries = routing, deliveries
+        if self.meter is not None and self.meter.refused:
+            # The cap already refused a request: the run halts now, and the final answer is
+            # what the remaining tokens are for.
+            decision, accepted, manager_usage = None, False, Usage()
+        else:
+            decision, accepted, manager_usage = await self._decide(t)
         usage = sum((st.usage for st in steps), manager_usage)
         record = RoundRecord(
             round=t,
@@ -307,47 +421,76 @@ class _Run:
             failed=[st.agent for st in steps if not st.ok],
             wall_s=record.wall_s,
         )
+        self.current = None
         return record
+
+    def _trace_steps(self, t: int, steps: Sequence[AgentStep]) -> None:
+        for step in steps:
+            self.trace.emit(
+                "agent_output",
+                round=t,
+                **step.model_dump(exclude={"output"}),
+                **(step.output.model_dump() if step.output else {}),
+            )
 
     async def _steps(
         self, t: int, goal: str, agents: Sequence[Agent], same_round: dict[str, list[MemoryItem]]
     ) -> list[AgentStep]:
         """Run agents concurrently; each times out on its own and keeps its result."""
         results: dict[str, AgentStep] = {}
-        async with asyncio.TaskGroup() as group:
-            for agent in agents:
-                ctx = StepContext(
-                    task=self.task,
-                    goal=goal,
-                    round=t,
-                    memory=list(self.memory[agent.id]),
-                    same_round=list(same_round.get(agent.id, [])),
-                    emit=self._emitter(t, agent.id),
-                )
-                group.create_task(self._step(agent, ctx, results))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for agent in agents:
+                    ctx = StepContext(
+                        task=self.task,
+                        goal=goal,
+                        round=t,
+                        memory=list(self.memory[agent.id]),
+                        same_round=list(same_round.get(agent.id, [])),
+                        emit=self._emitter(t, agent.id),
+                    )
+                    group.create_task(self._step(agent, ctx, results))
+        except BaseExceptionGroup as group:
+            # on_agent_error=abort: the first failed agent (in agent order) ends the run.
+            aborted = [e for e in group.exceptions if isinstance(e, AgentAborted)]
+            if len(aborted) != len(group.exceptions):
+                raise
+            position = {a.id: k for k, a in enumerate(agents)}
+            first = min(aborted, key=lambda e: position[e.agent])
+            raise first from first.__cause__
         return [results[a.id] for a in agents]
 
     async def _step(self, agent: Agent, ctx: StepContext, results: dict[str, AgentStep]) -> None:
         started = time.monotonic()
         step = AgentStep(agent=agent.id, ok=False)
+        timer = StepTimer(self.s.agent_timeout_s, self.s.queue_timeout_s)
+        error: Exception | None = None
         try:
-            async with asyncio.timeout(self.s.agent_timeout_s):
-                step.output = await agent.step(ctx)
+            step.output = checked_output(agent.id, await timer.run(lambda: agent.step(ctx)))
             step.ok = True
-        except TimeoutError:
-            step.error = f"timed out after {self.s.agent_timeout_s:.0f}s (agent_timeout_s)"
+        except StepTimeout as exc:
+            step.error, error = str(exc), exc
         except Exception as exc:  # a custom agent's bug must not kill the round
-            step.error = f"{type(exc).__name__}: {exc}"
-            if self.s.on_agent_error == "abort":
-                raise
+            step.error, error = f"{type(exc).__name__}: {exc}", exc
         step.usage, step.attempts, step.dropped = ctx.usage, ctx.attempts, ctx.dropped
         step.packing = ctx.packing
         step.wall_s = round(time.monotonic() - started, 3)
+        step.queued_s = round(timer.queued_s, 3)
         if not step.ok:
             self.result.failures += 1
             log.warning("agent.failed", agent=agent.id, round=ctx.round, error=step.error)
         self._account(agent.id, ctx)
         results[agent.id] = step
+        if self.current is not None:
+            self.current.steps.append(step)
+        # A step the token cap refused is the run's limit, not the agent's fault: no abort.
+        abort = self.s.on_agent_error == "abort" and not isinstance(error, TokenCapReached)
+        if error is not None and abort:
+            raise AgentAborted(
+                agent.id,
+                f"agent {agent.id} failed in round {ctx.round} and on_agent_error is abort: "
+                f"{step.error}",
+            ) from error
 
     async def _tiered(
         self, t: int, goal: str, agents: Sequence[Agent], same_round: dict[str, list[MemoryItem]]
@@ -424,10 +567,19 @@ class _Run:
         acct = self._acct(t)
         try:
             decision = await s.manager.decide(self.task, t, s.max_rounds, self.transcript, acct)
-        except (AgentFailed, BudgetExceeded) as exc:
+        except Exception as exc:
+            if not _manager_can_fall_back(exc):
+                raise
             self.result.failures += 1
             self._account("manager", acct)
-            self.trace.emit("manager_fallback", round=t, duty="decide", error=str(exc))
+            self.trace.emit(
+                "manager_fallback",
+                round=t,
+                agent="manager",
+                duty="decide",
+                error=str(exc),
+                error_type=type(exc).__name__,
+            )
             return None, False, acct.usage
         self._account("manager", acct)
         accepted = decision.halt and t >= s.min_rounds and bool(decision.final_answer.strip())
@@ -460,12 +612,22 @@ class _Run:
             for st in (latest.steps if latest else [])
             if st.output is not None
         ]
+        if self.meter is not None:
+            self.meter.final = True  # the reserve was kept for this request
         try:
             answer = await self.s.manager.final(self.task, self.transcript, work, acct)
-        except (AgentFailed, BudgetExceeded) as exc:
+        except Exception as exc:
+            if not _manager_can_fall_back(exc):
+                raise
             self.result.failures += 1
             answer = "\n".join(work) or "(no answer: every agent and the manager failed)"
-            self.trace.emit("manager_fallback", duty="final", error=str(exc))
+            self.trace.emit(
+                "manager_fallback",
+                agent="manager",
+                duty="final",
+                error=str(exc),
+                error_type=type(exc).__name__,
+            )
         self._account("manager", acct)
         self.trace.emit("final_answer", agent="manager", final_answer=answer, **acct.accounting())
         return answer
@@ -482,6 +644,7 @@ class _Run:
             final_answer=r.final_answer,
             halt_reason=r.halt_reason,
             rounds=len(r.rounds),
+            unfinished_round=r.unfinished.round if r.unfinished else None,
             usage=r.usage,
             usage_by_agent=r.usage_by_agent,
             reasks=r.reasks,
@@ -498,17 +661,19 @@ def build_swarm(
     *,
     base_dir: Path | None = None,
     plan: BudgetPlan | None = None,
+    trust_topology: bool = False,
 ) -> Swarm:
     """Instantiate a topology's agents and manager on one backend, within `plan`'s budgets."""
 
     def context(agent: str, explicit: int | None) -> int | None:
         return plan.budget(agent).context_budget if plan is not None else explicit
 
-    registry = ToolRegistry.discover(topology.tool_modules, base_dir)
+    # Tool modules are code: only from base_dir's tree or entry points unless trusted.
+    registry = ToolRegistry.discover(topology.tool_modules, base_dir, trust_topology=trust_topology)
     tool_context = resolve_paths(topology.tool_settings, base_dir or Path.cwd())
     agents: list[Agent] = []
     for spec in topology.agents:
-        card = load_card(spec.card or spec.id, base_dir)
+        card = load_card(spec.card or spec.id, base_dir, trust_topology=trust_topology)
         policy = ToolPolicy(
             choice=spec.tool_choice,
             max_rounds=spec.max_tool_rounds,
@@ -531,7 +696,7 @@ def build_swarm(
         )
     m = topology.manager
     manager = LLMManager(
-        load_card(m.card, base_dir),
+        load_card(m.card, base_dir, trust_topology=trust_topology),
         backend,
         instructions=m.instructions,
         max_output_tokens=m.budget.max_output_tokens,
@@ -548,6 +713,7 @@ def build_swarm(
         min_rounds=topology.min_rounds,
         seed=topology.seed,
         agent_timeout_s=topology.agent_timeout_s,
+        queue_timeout_s=topology.queue_timeout_s,
         on_agent_error=topology.on_agent_error,
         name=topology.name,
         run_token_budget=topology.run_token_budget,

@@ -1,0 +1,62 @@
+"""`run_token_budget` against the real server's own token counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dytopo.loader import load_topology
+from dytopo.managed import ManagedStack
+from dytopo.runner import run_topology
+from dytopo.trace import read_trace
+
+ROOT = Path(__file__).resolve().parents[2]
+CAP = 4000
+
+
+async def test_the_token_cap_holds_as_the_server_counts(
+    stack: ManagedStack, tmp_path: Path
+) -> None:
+    research = load_topology(ROOT / "topologies" / "research.yaml")
+    # A short final answer keeps the test quick on CPU; the reserve (half the cap) leaves room
+    # for the opening goal and one agent step: the other agent, asking at once, is refused.
+    manager = research.manager.model_copy(
+        update={"budget": research.manager.budget.model_copy(update={"max_output_tokens": 400})}
+    )
+    topology = research.model_copy(
+        update={
+            "agents": research.agents[:2],
+            "manager": manager,
+            "run_token_budget": CAP,
+            "max_rounds": 3,
+            "min_rounds": 3,
+        }
+    )
+    trace = tmp_path / "trace.jsonl"
+    result = await run_topology(
+        topology,
+        "Compare B-trees and LSM-trees for a write-heavy key-value store.",
+        backend_url=stack.chat_url,
+        embed_url=stack.embed_url,
+        trace_path=trace,
+        base_dir=ROOT / "topologies",
+    )
+    biggest = max(
+        [a.budget.max_output_tokens for a in topology.agents]
+        + [topology.manager.budget.max_output_tokens]
+    )
+    used = result.usage.prompt_tokens + result.usage.completion_tokens
+    # The server's own counts (usage comes from its replies): at most one request over the cap.
+    print(f"cap {CAP}: used {used}, largest max_tokens {biggest}, rounds {len(result.rounds)}")
+    assert used <= CAP + biggest, (used, CAP, biggest)
+    assert result.halt_reason == "budget"
+    assert result.final_answer.strip()
+    steps = result.rounds[0].steps if result.rounds else []
+    refused = [st.agent for st in steps if "run_token_budget" in st.error]
+    assert refused, "the cap refused no agent request"
+    assert len(refused) < len(steps), "the cap refused every agent request"
+    events = read_trace(trace)
+    stop = next(e for e in events if e["event"] == "budget_stop")
+    assert stop["run_token_budget"] == CAP
+    end = events[-1]
+    assert end["event"] == "run_end"
+    assert end["halt_reason"] == "budget"
