@@ -1,0 +1,283 @@
+"""`dytopo runs`: runs listed from the traces the library writes, and hostile files in one row."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import decision, final, goal, make_swarm, step
+from typer.testing import CliRunner
+
+from dytopo.agent import AgentOutput, FunctionAgent, StepContext
+from dytopo.cli import app, main
+from dytopo.cli import runs as runs_cli
+from dytopo.errors import BackendUnavailable, RunError
+from dytopo.result import RunResult
+from dytopo.testing import ScriptedBackend
+
+runner = CliRunner()
+
+
+def _script(rounds: int) -> dict[str, list[Any]]:
+    return {
+        "researcher": [step(f"facts {r}", f"F{r}", "draft", "facts") for r in range(rounds)],
+        "writer": [step(f"draft {r}", f"D{r}", "facts", "zebra") for r in range(rounds)],
+    }
+
+
+async def _complete(trace: Path, task: str = "compare LRU and LFU") -> RunResult:
+    script = _script(2)
+    script["manager"] = [goal("go"), decision(False), decision(True, "ANSWER"), final("ANSWER")]
+    swarm = make_swarm(ScriptedBackend(by_tag=script), ["researcher", "writer"], max_rounds=2)
+    return await swarm.run(task, trace_path=trace)
+
+
+async def _failed(trace: Path) -> RunResult:
+    script = _script(2)
+    script["manager"] = [goal("go"), decision(False), BackendUnavailable("gone", url="x")]
+    swarm = make_swarm(ScriptedBackend(by_tag=script), ["researcher", "writer"])
+    with pytest.raises(RunError) as info:
+        await swarm.run("a failing task", trace_path=trace)
+    partial: RunResult = info.value.partial
+    return partial
+
+
+async def _interrupted(trace: Path) -> None:
+    """Cancelled (what Ctrl-C does to the run) while an agent is busy in round 2."""
+    busy = asyncio.Event()
+
+    async def slow(ctx: StepContext) -> AgentOutput:
+        if ctx.round == 2:
+            busy.set()
+            await asyncio.Event().wait()
+        return AgentOutput(public="p", private="q", query="facts", key="facts")
+
+    script = _script(1)
+    script["manager"] = [goal("go"), decision(False)]
+    swarm = make_swarm(
+        ScriptedBackend(by_tag=script),
+        ["researcher", "writer"],
+        extra=[FunctionAgent("slow", slow)],
+        max_rounds=3,
+    )
+    task = asyncio.create_task(swarm.run("an interrupted task", trace_path=trace))
+    await busy.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def _listed(folder: Path) -> list[dict[str, Any]]:
+    result = runner.invoke(app, ["runs", "--json", "--dir", str(folder)])
+    assert result.exit_code == 0, result.output
+    rows: list[dict[str, Any]] = json.loads(result.output)
+    return rows
+
+
+def _age(trace: Path, seconds: float) -> None:
+    """Make a trace look written `seconds` ago (its events and the file)."""
+    lines = trace.read_text(encoding="utf-8").splitlines()
+    shifted = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            shifted.append(line)
+            continue
+        event["ts"] -= seconds
+        shifted.append(json.dumps(event))
+    trace.write_text("\n".join(shifted) + "\n", encoding="utf-8")
+    then = time.time() - seconds
+    os.utime(trace, (then, then))
+
+
+async def test_lists_library_traces_newest_first_with_status_rounds_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "160")
+    done = await _complete(tmp_path / "a-complete.jsonl", task="x" * 100)
+    failed = await _failed(tmp_path / "b-failed.jsonl")
+    await _interrupted(tmp_path / "c-interrupted.jsonl")
+    _age(tmp_path / "a-complete.jsonl", 300)  # oldest
+    _age(tmp_path / "b-failed.jsonl", 200)
+
+    rows = _listed(tmp_path)
+
+    assert [r["status"] for r in rows] == ["interrupted", "failed", "complete"]
+    interrupted, fail_row, complete = rows
+    assert complete["run_id"] == done.run_id
+    assert complete["rounds"] == len(done.rounds) == 2
+    assert complete["prompt_tokens"] == done.usage.prompt_tokens > 0
+    assert complete["tokens"] == done.usage.prompt_tokens + done.usage.completion_tokens
+    assert complete["task"] == "x" * 100
+    assert fail_row["run_id"] == failed.run_id
+    assert fail_row["rounds"] == len(failed.rounds) == 1
+    assert interrupted["rounds"] == 1
+    assert interrupted["task"] == "an interrupted task"
+    assert all(r["wall_s"] >= 0 and r["started_at"] for r in rows)
+
+    table = runner.invoke(app, ["runs", "--dir", str(tmp_path)])
+    assert table.exit_code == 0
+    lines = table.output.splitlines()
+    assert lines[0].split()[:4] == ["id", "topology", "task", "status"]
+    assert done.run_id in lines[3]
+    assert "complete" in lines[3]
+    assert "x" * 59 + "…" in lines[3]
+    assert "x" * 61 not in lines[3]
+
+
+async def test_killed_run_is_running_while_recent_then_interrupted(tmp_path: Path) -> None:
+    trace = tmp_path / "killed.jsonl"
+    await _complete(trace)
+    # SIGKILL after round 1: no run_end, and a torn last line.
+    lines = trace.read_text(encoding="utf-8").splitlines()
+    cut = next(k for k, line in enumerate(lines) if json.loads(line)["event"] == "round_end")
+    trace.write_text("\n".join(lines[: cut + 1]) + '\n{"event": "round_st', encoding="utf-8")
+    last_ts = json.loads(lines[cut])["ts"]
+
+    fresh = runs_cli.list_runs(tmp_path, now=last_ts + 60)
+    stale = runs_cli.list_runs(tmp_path, now=last_ts + runs_cli.RUNNING_WINDOW_S + 1)
+
+    assert [(r.status, r.rounds) for r in fresh] == [("running", 1)]
+    assert [(r.status, r.rounds) for r in stale] == [("interrupted", 1)]
+    assert fresh[0].problem == "1 unreadable line(s) skipped"
+
+
+async def test_checkpoint_status_decides_a_run_without_run_end(tmp_path: Path) -> None:
+    trace = tmp_path / "r.jsonl"
+    await _complete(trace)
+    lines = trace.read_text(encoding="utf-8").splitlines()
+    trace.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # drop run_end
+    run_id = json.loads(lines[0])["run_id"]
+    now = json.loads(lines[-2])["ts"] + 5
+    checkpoint = tmp_path / "r.checkpoint.json"
+    checkpoint.write_text(json.dumps({"run_id": run_id, "status": "failed", "updated_at": now}))
+
+    (row,) = runs_cli.list_runs(tmp_path, now=now)
+    assert row.status == "interrupted"  # recent, but the checkpoint says it is not running
+    assert row.checkpoint == str(checkpoint)
+
+    checkpoint.write_text(json.dumps({"run_id": run_id, "status": "running", "updated_at": now}))
+    assert [r.status for r in runs_cli.list_runs(tmp_path, now=now)] == ["running"]
+
+
+def test_checkpoint_without_its_trace_is_listed(tmp_path: Path) -> None:
+    (tmp_path / "gone.checkpoint.json").write_text(
+        json.dumps(
+            {
+                "run_id": "abc",
+                "status": "running",
+                "task": "t",
+                "topology_path": "/x/research.yaml",
+                "updated_at": 1000.0,
+                "started_at": 900.0,
+                "state": {"round": 3},
+            }
+        )
+    )
+    (row,) = _listed(tmp_path)
+    assert (row["run_id"], row["status"], row["rounds"], row["topology"]) == (
+        "abc",
+        "interrupted",
+        3,
+        "research",
+    )
+
+
+HOSTILE: dict[str, bytes] = {
+    "garbage.jsonl": bytes(range(256)) * 40,
+    "latin1.jsonl": '{"event": "run_start", "run_id": "é", "task": "café"}\n'.encode("latin-1"),
+    "empty.jsonl": b"",
+    "nested.jsonl": b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    "not-events.jsonl": b'[1, 2]\n"text"\n{"no": "event"}\n',
+    "bad.checkpoint.json": b"\xff\xfe{",
+}
+
+
+def test_hostile_files_are_one_unreadable_row_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, data in HOSTILE.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "folder.jsonl").mkdir()
+    os.mkfifo(tmp_path / "fifo.jsonl")  # opening it would block forever
+    monkeypatch.setattr(runs_cli, "MAX_FILE_BYTES", 300_000)
+    (tmp_path / "huge.jsonl").write_bytes(b"{}\n" * 200_000)
+
+    rows = _listed(tmp_path)
+    problems = {Path(r["trace"] or r["checkpoint"]).name: r["problem"] for r in rows}
+    assert all(r["status"] == "unreadable" for r in rows)
+    assert problems == {
+        "garbage.jsonl": "not UTF-8 text",
+        "latin1.jsonl": "not UTF-8 text",
+        "empty.jsonl": "empty",
+        "nested.jsonl": "no DyTopo trace events",
+        "not-events.jsonl": "no DyTopo trace events",
+        "bad.checkpoint.json": "not UTF-8 text",
+        "folder.jsonl": "not a regular file",
+        "fifo.jsonl": "not a regular file",
+        "huge.jsonl": "too large to list (0.6 MB)",
+    }
+    monkeypatch.setattr("sys.argv", ["dytopo", "runs", "--dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert captured.out.count("unreadable") == len(HOSTILE) + 3
+
+
+def test_overlong_line_is_skipped_without_losing_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs_cli, "MAX_LINE_BYTES", 64)
+    (tmp_path / "t.jsonl").write_text(
+        '{"event": "run_start", "run_id": "r1"}\n'
+        + "x" * 1000
+        + '\n{"event": "round_end", "run_id": "r1", "round": 1}\n'
+    )
+    (row,) = runs_cli.list_runs(tmp_path, now=1e9)
+    assert (row.run_id, row.rounds, row.problem) == ("r1", 1, "1 unreadable line(s) skipped")
+
+
+def test_hostile_fields_are_shown_as_text(tmp_path: Path) -> None:
+    events = [
+        {
+            "event": "run_start",
+            "run_id": "r\x1b[31m1",
+            "ts": float("nan"),
+            "name": ["not", "a", "name"],
+            "task": "[bold red]markup[/] \x1b]0;title\x07 \u202eevil\ud800",
+        },
+        {"event": "round_end", "run_id": "r\x1b[31m1", "round": "two", "usage": None},
+        {"event": "round_end", "run_id": "r\x1b[31m1", "round": 1, "usage": {"prompt_tokens": -5}},
+        {"event": "run_end", "run_id": "r\x1b[31m1", "usage": [], "error": 7},
+    ]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+
+    (row,) = _listed(tmp_path)
+    assert (row["rounds"], row["tokens"], row["started_at"], row["topology"]) == (1, 0, None, None)
+    assert row["status"] == "complete"
+    table = runner.invoke(app, ["runs", "--dir", str(tmp_path)])
+    assert table.exit_code == 0
+    assert "[bold red]markup[/]" in table.output
+    assert not any(c in table.output for c in "\x1b\x07\u202e")
+
+
+def test_empty_missing_and_non_folder(tmp_path: Path) -> None:
+    empty = runner.invoke(app, ["runs", "--dir", str(tmp_path)])
+    assert empty.exit_code == 0
+    assert empty.output.strip().splitlines() == [
+        f"no runs in {tmp_path}/ (`dytopo run TOPOLOGY` writes its trace there)"
+    ]
+    missing = runner.invoke(app, ["runs", "--dir", str(tmp_path / "nope"), "--json"])
+    assert (missing.exit_code, missing.output.strip()) == (0, "[]")
+    (tmp_path / "file").write_text("x")
+    not_folder = runner.invoke(app, ["runs", "--dir", str(tmp_path / "file")])
+    assert not_folder.exit_code == 2
+    assert len(not_folder.output.strip().splitlines()) == 1
