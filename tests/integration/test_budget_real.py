@@ -6,12 +6,18 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from cli_runs import dytopo_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dytopo.backends import ChatMessage, ChatRequest, LlamaCppBackend, Sampling
+from dytopo.agent import StepContext
+from dytopo.backends import ChatMessage, ChatRequest, ChatResponse, LlamaCppBackend, Sampling
+from dytopo.cards import load_card
+from dytopo.errors import AgentFailed
+from dytopo.llm_agent import LLMAgent
 from dytopo.managed import ManagedStack
+from dytopo.memory import MemoryItem
 from dytopo.prompting import fit_with_task
 
 WORDS = st.text(
@@ -66,3 +72,42 @@ def test_research_run_in_a_small_context_never_overflows(
     assert dropped, "a 2,048-token slot cannot hold this task: the trace must show what was cut"
     assert any("task truncated" in d for e in dropped for d in e["dropped"])
     assert result["final_answer"].strip()
+
+
+async def test_reasks_fit_the_budget_as_the_server_counts(stack: ManagedStack) -> None:
+    budget = 2048  # the session server's per-slot context
+    replies: list[tuple[ChatRequest, ChatResponse]] = []
+    async with LlamaCppBackend(stack.chat_url) as backend:
+        chat = backend.chat
+
+        async def recording(request: ChatRequest) -> ChatResponse:
+            reply = await chat(request)
+            replies.append((request, reply))
+            return reply
+
+        backend.chat = recording  # type: ignore[method-assign]
+        # A tiny max_tokens cuts every reply off (finish_reason length), so each attempt is
+        # re-asked; the memory fills the first prompt right up to the budget.
+        agent = LLMAgent(
+            "writer",
+            load_card("writer"),
+            backend,
+            max_output_tokens=24,
+            context_budget=budget,
+            sampling=Sampling(temperature=0.0),
+        )
+        memory = [
+            MemoryItem(
+                round=r, kind="own", source="writer", text=f"Note {r}: " + "cache line " * 30
+            )
+            for r in range(1, 60)
+        ]
+        ctx = StepContext(task="Summarise the notes.", goal="Summarise.", round=60, memory=memory)
+        with pytest.raises(AgentFailed):
+            await agent.step(ctx)
+    assert len(replies) == 3
+    assert all("cut off" in a.error for a in ctx.attempts)
+    first_prompt = replies[0][1].usage.prompt_tokens
+    assert first_prompt + 24 > budget - 200, "the first prompt must be packed near the limit"
+    for request, reply in replies:
+        assert reply.usage.prompt_tokens + request.max_tokens <= budget
