@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import pytest
 from helpers import card, decision
 from malformed import VALID_STEP
+from pydantic import BaseModel, field_validator
 
 from dytopo.agent import AgentOutput, StepContext
 from dytopo.backends.types import ChatMessage, ChatRequest, ChatResponse, Sampling, ToolCall
@@ -311,3 +312,39 @@ async def test_identical_calls_in_one_turn_refuse_the_later_one() -> None:
     executor = ToolExecutor([nap], ToolContext())
     outcomes = await executor.run_all(calls(("nap", "x"), ("nap", "x")))
     assert [o.repeated for o in outcomes] == [False, True]
+
+
+class Spec(BaseModel):
+    n: int
+
+    @field_validator("n")
+    @classmethod
+    def buggy(cls, value: int) -> int:
+        raise TypeError("validator bug")  # pydantic passes a TypeError through unwrapped
+
+
+@tool
+def picky(spec: Spec) -> str:
+    """Take a spec.
+
+    Args:
+        spec: the spec.
+    """
+    return "never"
+
+
+async def test_a_buggy_argument_validator_refuses_the_call_instead_of_crashing() -> None:
+    call = ToolCall(id="p", name="picky", arguments='{"spec": {"n": 1}}')
+    backend = ScriptedBackend([Reply(tool_calls=[call])])
+    executor = ToolExecutor([picky], ToolContext())
+    phase = await run_tools(
+        backend,
+        [ChatMessage(role="user", content="go")],
+        executor,
+        ToolPolicy(reasks=0),
+        Sampling(),
+    )
+    assert "TypeError: validator bug" in phase.failed
+    (outcome,) = await executor.run_all([call])
+    assert not outcome.ok
+    assert "TypeError: validator bug" in outcome.error
