@@ -11,6 +11,7 @@ from pathlib import Path
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
 from dytopo.budget import plan_budgets, server_context
+from dytopo.build import build_swarm
 from dytopo.embedders.base import Embedder
 from dytopo.embedders.hashing import HashEmbedder
 from dytopo.embedders.http import HttpEmbedder
@@ -18,7 +19,6 @@ from dytopo.errors import BudgetExceeded, ConfigError
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import Endpoints, endpoints
 from dytopo.result import RunResult
-from dytopo.swarm import build_swarm
 from dytopo.topology import EmbedderSpec, Topology
 from dytopo.trace import Observer
 

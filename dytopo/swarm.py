@@ -1,78 +1,39 @@
-"""The round loop: goal, concurrent agent steps, routing, delivery in sigma order, decision."""
+"""The swarm and its round loop, as ALGORITHM.md tells it.
+
+Each job of a run lives in its own module: the state a run continues from (state.py), the
+agent steps (steps.py), the manager's duties (manager_calls.py), delivery (delivery.py),
+routing (router.py), costs and events (recorder.py).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import structlog
 
-from dytopo.agent import Agent, StepContext, checked_output
+from dytopo.agent import Agent, AgentOutput
 from dytopo.backends.base import Backend
-from dytopo.backends.types import Usage
-from dytopo.budget import BudgetPlan
-from dytopo.cards import load_card
+from dytopo.delivery import deliver
 from dytopo.embedders.base import Embedder
-from dytopo.errors import (
-    AgentFailed,
-    BackendError,
-    BackendUnavailable,
-    BudgetExceeded,
-    DyTopoError,
-    RunError,
-)
-from dytopo.llm_agent import LLMAgent
-from dytopo.loader import load_topology
-from dytopo.manager import LLMManager, Manager, ManagerDecision, PublicMessage
+from dytopo.errors import DyTopoError, RunError
+from dytopo.manager import Manager
+from dytopo.manager_calls import ManagerCalls, Verdict
 from dytopo.memory import MemoryItem
-from dytopo.meter import TokenCapReached, TokenMeter, run_meter
-from dytopo.result import AgentStep, Delivery, RoundRecord, RunResult, UnfinishedRound
-from dytopo.router import Routing, route, tiers
+from dytopo.meter import TokenMeter, run_meter
+from dytopo.recorder import Recorder
+from dytopo.result import AgentStep, HaltReason, RoundRecord, RunResult, UnfinishedRound
+from dytopo.router import Routing, route
 from dytopo.routing import RoutingConfig
-from dytopo.step_timer import StepTimeout, StepTimer
-from dytopo.tools.context import ToolContext
-from dytopo.tools.loop import ToolPolicy
-from dytopo.tools.registry import ToolRegistry
-from dytopo.topology import Topology
+from dytopo.state import MeterState, RunState, dump_rng, load_rng
+from dytopo.steps import AgentAborted, Scheduler
 from dytopo.trace import Observer, Trace
 from dytopo.versions import versions
 
 log = structlog.get_logger("dytopo.swarm")
-
-
-def _tokens(usage: Usage) -> int:
-    return usage.prompt_tokens + usage.completion_tokens
-
-
-def fallback_goal(task: str) -> str:
-    return f"Make concrete progress on the task: {task[:300]}"
-
-
-class AgentAborted(AgentFailed):
-    """An agent step failed and `on_agent_error` is `abort`; the cause is the agent's error."""
-
-    def __init__(self, agent: str, message: str) -> None:
-        super().__init__(message)
-        self.agent = agent
-
-
-def _manager_can_fall_back(exc: Exception) -> bool:
-    """A manager duty that failed this way gets a fallback; a dead server ends the run."""
-    if isinstance(exc, BackendUnavailable):
-        return False
-    return isinstance(exc, AgentFailed | BudgetExceeded | BackendError)
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 class Swarm:
@@ -131,6 +92,9 @@ class Swarm:
     ) -> Swarm:
         """A swarm from a topology file, on the given backend and embedder. Its tool modules
         (code) and role cards must lie in its folder tree unless `trust_topology`."""
+        from dytopo.build import build_swarm  # build.py imports this module
+        from dytopo.loader import load_topology
+
         topology = load_topology(path, trust_topology=trust_topology)
         return build_swarm(
             topology,
@@ -148,191 +112,181 @@ class Swarm:
         observers: Sequence[Observer] = (),
     ) -> RunResult:
         """Run the swarm on `task`. Raises RunError (with `.partial`) only when it cannot go on."""
-        run = _Run(self, task, Path(trace_path) if trace_path else None, observers)
-        return await run.execute()
-
-
-class _Run:
-    """State of one run; kept apart from Swarm so a swarm can run many tasks."""
-
-    def __init__(
-        self, swarm: Swarm, task: str, trace_path: Path | None, observers: Sequence[Observer]
-    ) -> None:
-        self.s = swarm
-        self.task = task
-        self.run_id = uuid.uuid4().hex[:12]
-        self.trace = Trace(self.run_id, trace_path)
-        self.trace.observers.extend(observers)
-        self.memory: dict[str, list[MemoryItem]] = {a.id: [] for a in swarm.agents}
-        self.transcript: list[PublicMessage] = []
-        self.rng = random.Random(swarm.seed)
-        self.result = RunResult(
-            run_id=self.run_id,
+        state = RunState.begin(uuid.uuid4().hex[:12], task, [a.id for a in self.agents], self.seed)
+        trace = Trace(state.run_id, Path(trace_path) if trace_path else None)
+        trace.observers.extend(observers)
+        trace.emit(
+            "run_start",
+            name=self.name,
             task=task,
-            final_answer="",
-            halt_reason="error",
-            trace_path=str(trace_path) if trace_path else None,
+            seed=self.seed,
+            config=self.config,
+            versions=versions(),
+            agents=state.agents,
+            mode=self.routing.mode,
+            execution=self.routing.execution,
+            tau=self.routing.tau,
+            max_rounds=self.max_rounds,
+            min_rounds=self.min_rounds,
+            embedder=self.embedder.name,
         )
+        return await RoundLoop(self, state, trace).execute()
+
+    def _meter(self, saved: MeterState | None) -> TokenMeter | None:
+        cap = self.run_token_budget
+        if cap is None:
+            return None
+        meter = TokenMeter(cap=cap, reserve=min(self.final_answer_reserve, cap // 2))
+        if saved is not None:
+            meter.used, meter.refused = saved.used, saved.refused
+        return meter
+
+
+class RoundLoop:
+    """One run of a swarm from its state: open, rounds until a halt or max_rounds, final answer.
+
+    Every job is delegated; what stays here is the order of ALGORITHM.md and what to keep when
+    the run stops part-way."""
+
+    def __init__(self, swarm: Swarm, state: RunState, trace: Trace) -> None:
+        self.swarm, self.state, self.trace = swarm, state, trace
+        self.recorder = Recorder(trace, state.ledger, state.task)
+        self.calls = ManagerCalls(swarm.manager, self.recorder, swarm.max_rounds, swarm.min_rounds)
+        self.scheduler = Scheduler(
+            self.recorder,
+            swarm.agent_timeout_s,
+            swarm.queue_timeout_s,
+            swarm.on_agent_error,
+            on_step=self._keep_step,
+        )
+        self.rng = load_rng(state.rng)
+        self.meter = swarm._meter(state.meter)
         self.started = time.monotonic()
-        self.prev_routing: Routing | None = None
-        self.last_round_tokens = 0
-        cap = swarm.run_token_budget
-        self.meter = (
-            TokenMeter(cap=cap, reserve=min(swarm.final_answer_reserve, cap // 2))
-            if cap is not None
-            else None
-        )
-        self.current: UnfinishedRound | None = None
+        self.halt: tuple[HaltReason, str] = ("error", "")
+        self.unfinished: UnfinishedRound | None = None
         """The round in progress (kept in the result if the run stops during it)."""
-        self.current_traced = False
-        """Whether the current round's agent_output events were written."""
-
-    def _account(self, who: str, acct: StepContext) -> None:
-        self.result.usage = self.result.usage + acct.usage
-        by = self.result.usage_by_agent
-        by[who] = by.get(who, Usage()) + acct.usage
-        # Tool-call attempts are not re-asks of the structured reply.
-        if sum(1 for a in acct.attempts if a.kind == "structured") > 1:
-            self.result.reasks += 1
-        if self.meter is not None:
-            self.meter.release()
-
-    def _count(self, event: str, fields: dict[str, Any]) -> None:
-        stats = self.result.stats
-        if event == "tool_call":
-            stats["tool_calls"] += 1
-            stats["tool_errors"] += 0 if fields.get("ok") else 1
-        elif event == "ladder":
-            kind = fields.get("kind", "structured")
-            stats[f"{kind}_attempts"] += 1
-            if not fields.get("ok"):
-                stats[f"{kind}_malformed"] += 1
-
-    def _acct(self, round: int) -> StepContext:
-        return StepContext(
-            task=self.task, goal="", round=round, memory=[], emit=self._emitter(round, "manager")
-        )
-
-    def _emitter(self, round: int, who: str) -> Callable[..., None]:
-        def emit(event: str, **fields: Any) -> None:
-            self._count(event, fields)
-            self.trace.emit(event, round=round, agent=who, **fields)
-
-        return emit
+        self.unfinished_traced = False
+        """Whether its agent_output events are in the trace."""
 
     async def execute(self) -> RunResult:
-        s = self.s
-        self.trace.emit(
-            "run_start",
-            name=s.name,
-            task=self.task,
-            seed=s.seed,
-            config=s.config,
-            versions=versions(),
-            agents=[a.id for a in s.agents],
-            mode=s.routing.mode,
-            execution=s.routing.execution,
-            tau=s.routing.tau,
-            max_rounds=s.max_rounds,
-            min_rounds=s.min_rounds,
-            embedder=s.embedder.name,
-        )
         meter_token = run_meter.set(self.meter)
         try:
             await self._rounds()
+            return self._end()
         except Exception as exc:
-            self.result.halt_reason = "error"
-            self._keep_unfinished()
             error = _leaf(exc)
-            self._finish(error=f"{type(error).__name__}: {error}")
-            raise self._run_error(error) from (
-                error.__cause__ if isinstance(error, AgentAborted) else error
-            )
+            partial = self._stopped(f"{type(error).__name__}: {error}")
+            cause = error.__cause__ if isinstance(error, AgentAborted) else error
+            raise self._run_error(error, partial) from cause
         except BaseException:  # cancelled, Ctrl-C: stop at once, keep what the trace has
-            self.result.halt_reason = "error"
-            self._keep_unfinished()
-            self._finish(error="interrupted")
+            self._stopped("interrupted")
             raise
         finally:
             run_meter.reset(meter_token)
             self.trace.close()
-        return self.result
-
-    def _run_error(self, error: BaseException) -> RunError:
-        """One line: where the run stopped, why, what was kept, where the trace is."""
-        what = str(error) if isinstance(error, DyTopoError) else f"{type(error).__name__}: {error}"
-        kept = ""
-        if self.result.unfinished is not None:
-            u = self.result.unfinished
-            kept = (
-                f"; round {u.round} stopped with {len(u.steps)} agent step(s) finished "
-                "(kept in .partial.unfinished)"
-            )
-        where = f" (trace: {self.trace.path})" if self.trace.path else ""
-        return RunError(
-            f"run {self.run_id} stopped after {len(self.result.rounds)} complete round(s): "
-            f"{what}{kept}{where}",
-            partial=self.result,
-        )
-
-    def _keep_unfinished(self) -> None:
-        """Put the round in progress, with its finished agent steps, into the result and trace."""
-        current, self.current = self.current, None
-        if current is None:
-            return
-        position = {a.id: k for k, a in enumerate(self.s.agents)}
-        current.steps.sort(key=lambda st: position[st.agent])
-        self.result.unfinished = current
-        if not self.current_traced:
-            self._trace_steps(current.round, current.steps)
 
     async def _rounds(self) -> None:
-        s = self.s
-        acct = self._acct(1)
-        try:
-            goal = await s.manager.open(self.task, acct)
-        except Exception as exc:
-            if not _manager_can_fall_back(exc):
-                raise
-            goal = fallback_goal(self.task)
-            self.result.failures += 1
-            self.trace.emit(
-                "manager_fallback",
-                round=1,
-                agent="manager",
-                duty="open",
-                error=str(exc),
-                error_type=type(exc).__name__,
-                goal=goal,
-            )
-        self._account("manager", acct)
-        self.trace.emit(
-            "manager_goal",
-            round=1,
-            agent="manager",
-            goal=goal,
-            **acct.accounting(),
-        )
-        for t in range(1, s.max_rounds + 1):
+        # self.state is replaced by each delivery: never hold on to an old one.
+        swarm = self.swarm
+        if self.state.goal is None:
+            self.state.goal = await self.calls.open()
+        if (halted := self.state.halted) is not None and halted.decision is not None:
+            self.halt = ("manager", halted.decision.final_answer)
+            return
+        for t in range(self.state.round + 1, swarm.max_rounds + 1):
             if self._over_budget(t):
-                self.result.halt_reason = "budget"
-                self.result.final_answer = await self._final_answer()
-                break
-            used_before = _tokens(self.result.usage)
-            record = await self._round(t, goal)
-            self.result.rounds.append(record)
-            self.last_round_tokens = _tokens(self.result.usage) - used_before
+                self.halt = ("budget", await self._final_answer())
+                return
+            record = await self._round(t, self.state.goal)
             if record.halt_accepted and record.decision is not None:
-                self.result.final_answer = record.decision.final_answer
-                self.result.halt_reason = "manager"
-                break
-            if record.decision is not None and record.decision.goal_next.strip():
-                goal = record.decision.goal_next
-        else:
-            stopped = self._over_budget(s.max_rounds, ahead=False)
-            self.result.halt_reason = "budget" if stopped else "max_rounds"
-            self.result.final_answer = await self._final_answer()
-        self._finish()
+                self.halt = ("manager", record.decision.final_answer)
+                return
+        stopped = self._over_budget(swarm.max_rounds, ahead=False)
+        self.halt = ("budget" if stopped else "max_rounds", await self._final_answer())
+
+    async def _round(self, t: int, goal: str) -> RoundRecord:
+        """Agent steps, matching and graph, delivery in sigma order, the manager's decision."""
+        started, tokens_before = time.monotonic(), self.state.ledger.tokens
+        self.trace.emit("round_start", round=t, goal=goal)
+        self.unfinished, self.unfinished_traced = UnfinishedRound(round=t, goal=goal), False
+        steps, same_round = await self._steps(t, goal)
+        self._trace_steps(t, steps)
+        self.unfinished_traced = True
+        outputs = {st.agent: st.output for st in steps if st.ok and st.output is not None}
+        routing = await self._route(t, outputs)
+        self.state, deliveries = deliver(self.state, t, routing, outputs, same_round)
+        for d in deliveries:
+            fields = {"from": d.source, "to": d.target}
+            self.trace.emit("delivery", round=t, score=d.score, phase=d.phase, **fields)
+        self.unfinished.routing, self.unfinished.deliveries = routing, deliveries
+        verdict = await self._decide(t)
+        record = RoundRecord(
+            round=t,
+            goal=goal,
+            steps=steps,
+            routing=routing,
+            deliveries=deliveries,
+            decision=verdict.decision,
+            halt_accepted=verdict.accepted,
+            usage=sum((st.usage for st in steps), verdict.usage),
+            wall_s=round(time.monotonic() - started, 3),
+        )
+        self.trace.emit(
+            "round_end",
+            round=t,
+            edges=len(routing.edges),
+            usage=record.usage,
+            failed=[st.agent for st in steps if not st.ok],
+            wall_s=record.wall_s,
+        )
+        self._complete(record, self.state.ledger.tokens - tokens_before)
+        return record
+
+    async def _steps(
+        self, t: int, goal: str
+    ) -> tuple[list[AgentStep], dict[str, list[MemoryItem]]]:
+        """Every active agent steps once: all at once, or in tiers of last round's graph."""
+        swarm, memory = self.swarm, self.state.memory
+        active = swarm.agents[:1] if swarm.routing.mode == "single" else swarm.agents
+        history = self.state.routing_history
+        if swarm.routing.execution == "tiered" and history:
+            return await self.scheduler.tiered(t, goal, active, memory, history[-1].edges)
+        return await self.scheduler.barrier(t, goal, active, memory), {}
+
+    async def _route(self, t: int, outputs: dict[str, AgentOutput]) -> Routing:
+        """Embed needs and offers, induce the graph and sigma (ALGORITHM.md steps 3-4)."""
+        swarm, ids = self.swarm, list(outputs)
+        queries, keys = [outputs[i].query for i in ids], [outputs[i].key for i in ids]
+        routing = await route(ids, queries, keys, swarm.embedder, swarm.routing, rng=self.rng)
+        self.trace.emit("routing", round=t, **routing.model_dump())
+        if routing.hub is not None and swarm.routing.hub not in (None, routing.hub):
+            log.warning(
+                "star.hub_replaced", round=t, hub=swarm.routing.hub, replaced_by=routing.hub
+            )
+        return routing
+
+    async def _decide(self, t: int) -> Verdict:
+        if self.meter is not None and self.meter.refused:
+            # The cap already refused a request: the run halts now, and the final answer is
+            # what the remaining tokens are for.
+            return Verdict()
+        return await self.calls.decide(t, self.state.transcript)
+
+    async def _final_answer(self) -> str:
+        return await self.calls.final(self.state.rounds, self.state.transcript)
+
+    def _complete(self, record: RoundRecord, tokens: int) -> None:
+        """Round t is done: it joins the state, which now holds everything to continue from."""
+        state = self.state
+        state.rounds.append(record)
+        state.round = record.round
+        if record.decision is not None and record.decision.goal_next.strip():
+            state.goal = record.decision.goal_next
+        state.last_round_tokens = tokens
+        state.rng = dump_rng(self.rng)
+        if self.meter is not None:
+            state.meter = MeterState(used=self.meter.used, refused=self.meter.refused)
+        self.unfinished = None
 
     def _over_budget(self, t: int, *, ahead: bool = True) -> bool:
         """Did the token cap refuse a request, or (`ahead`) would round t not fit before the
@@ -340,9 +294,9 @@ class _Run:
         meter = self.meter
         if meter is None:
             return False
-        used = _tokens(self.result.usage)
+        used, last = self.state.ledger.tokens, self.state.last_round_tokens
         # The last round is the best forecast of the next.
-        forecast = ahead and t > 1 and used + self.last_round_tokens + meter.reserve > meter.cap
+        forecast = ahead and t > 1 and used + last + meter.reserve > meter.cap
         if not meter.refused and not forecast:
             return False
         self.trace.emit(
@@ -350,79 +304,27 @@ class _Run:
             round=t,
             run_token_budget=meter.cap,
             used=used,
-            next_round_estimate=self.last_round_tokens,
+            next_round_estimate=last,
             final_answer_reserve=meter.reserve,
             refused=meter.refused,
         )
         return True
 
-    async def _round(self, t: int, goal: str) -> RoundRecord:
-        s = self.s
-        started = time.monotonic()
-        self.trace.emit("round_start", round=t, goal=goal)
-        self.current, self.current_traced = UnfinishedRound(round=t, goal=goal), False
-        active = s.agents[:1] if s.routing.mode == "single" else s.agents
-        same_round: dict[str, list[MemoryItem]] = {a.id: [] for a in active}
-        if s.routing.execution == "tiered" and self.prev_routing is not None:
-            steps = await self._tiered(t, goal, active, same_round)
-        else:
-            steps = await self._steps(t, goal, active, same_round)
-        self._trace_steps(t, steps)
-        self.current_traced = True
-        ok = [st for st in steps if st.ok and st.output is not None]
-        outputs = {st.agent: st.output for st in ok if st.output is not None}
-        ids = [st.agent for st in ok]
-        routing = await route(
-            ids,
-            [outputs[i].query for i in ids],
-            [outputs[i].key for i in ids],
-            s.embedder,
-            s.routing,
-            rng=self.rng,
-        )
-        self.trace.emit("routing", round=t, **routing.model_dump())
-        if routing.hub is not None and s.routing.hub not in (None, routing.hub):
-            log.warning("star.hub_replaced", round=t, hub=s.routing.hub, replaced_by=routing.hub)
-        deliveries = self._deliver(t, routing, outputs, same_round)
-        for d in deliveries:
-            self.trace.emit(
-                "delivery",
-                round=t,
-                score=d.score,
-                phase=d.phase,
-                **{"from": d.source, "to": d.target},
-            )
-        self.prev_routing = routing
-        assert self.current is not None
-        self.current.routing, self.current.deliveries = routing, deliveries
-        if self.meter is not None and self.meter.refused:
-            # The cap already refused a request: the run halts now, and the final answer is
-            # what the remaining tokens are for.
-            decision, accepted, manager_usage = None, False, Usage()
-        else:
-            decision, accepted, manager_usage = await self._decide(t)
-        usage = sum((st.usage for st in steps), manager_usage)
-        record = RoundRecord(
-            round=t,
-            goal=goal,
-            steps=steps,
-            routing=routing,
-            deliveries=deliveries,
-            decision=decision,
-            halt_accepted=accepted,
-            usage=usage,
-            wall_s=round(time.monotonic() - started, 3),
-        )
-        self.trace.emit(
-            "round_end",
-            round=t,
-            edges=len(routing.edges),
-            usage=usage,
-            failed=[st.agent for st in steps if not st.ok],
-            wall_s=record.wall_s,
-        )
-        self.current = None
-        return record
+    def _keep_step(self, step: AgentStep) -> None:
+        if self.unfinished is not None:
+            self.unfinished.steps.append(step)
+
+    def _stopped(self, error: str) -> RunResult:
+        """End a run that cannot go on: the round in progress, with its finished agent steps,
+        goes into the result and the trace."""
+        self.halt = ("error", self.halt[1])
+        current = self.unfinished
+        if current is not None:
+            position = {a.id: k for k, a in enumerate(self.swarm.agents)}
+            current.steps.sort(key=lambda st: position[st.agent])
+            if not self.unfinished_traced:
+                self._trace_steps(current.round, current.steps)
+        return self._end(error)
 
     def _trace_steps(self, t: int, steps: Sequence[AgentStep]) -> None:
         for step in steps:
@@ -433,211 +335,32 @@ class _Run:
                 **(step.output.model_dump() if step.output else {}),
             )
 
-    async def _steps(
-        self, t: int, goal: str, agents: Sequence[Agent], same_round: dict[str, list[MemoryItem]]
-    ) -> list[AgentStep]:
-        """Run agents concurrently; each times out on its own and keeps its result."""
-        results: dict[str, AgentStep] = {}
-        try:
-            async with asyncio.TaskGroup() as group:
-                for agent in agents:
-                    ctx = StepContext(
-                        task=self.task,
-                        goal=goal,
-                        round=t,
-                        memory=list(self.memory[agent.id]),
-                        same_round=list(same_round.get(agent.id, [])),
-                        emit=self._emitter(t, agent.id),
-                    )
-                    group.create_task(self._step(agent, ctx, results))
-        except BaseExceptionGroup as group:
-            # on_agent_error=abort: the first failed agent (in agent order) ends the run.
-            aborted = [e for e in group.exceptions if isinstance(e, AgentAborted)]
-            if len(aborted) != len(group.exceptions):
-                raise
-            position = {a.id: k for k, a in enumerate(agents)}
-            first = min(aborted, key=lambda e: position[e.agent])
-            raise first from first.__cause__
-        return [results[a.id] for a in agents]
-
-    async def _step(self, agent: Agent, ctx: StepContext, results: dict[str, AgentStep]) -> None:
-        started = time.monotonic()
-        step = AgentStep(agent=agent.id, ok=False)
-        timer = StepTimer(self.s.agent_timeout_s, self.s.queue_timeout_s)
-        error: Exception | None = None
-        try:
-            step.output = checked_output(agent.id, await timer.run(lambda: agent.step(ctx)))
-            step.ok = True
-        except StepTimeout as exc:
-            step.error, error = str(exc), exc
-        except Exception as exc:  # a custom agent's bug must not kill the round
-            step.error, error = f"{type(exc).__name__}: {exc}", exc
-        step.usage, step.attempts, step.dropped = ctx.usage, ctx.attempts, ctx.dropped
-        step.packing = ctx.packing
-        step.wall_s = round(time.monotonic() - started, 3)
-        step.queued_s = round(timer.queued_s, 3)
-        if not step.ok:
-            self.result.failures += 1
-            log.warning("agent.failed", agent=agent.id, round=ctx.round, error=step.error)
-        self._account(agent.id, ctx)
-        results[agent.id] = step
-        if self.current is not None:
-            self.current.steps.append(step)
-        # A step the token cap refused is the run's limit, not the agent's fault: no abort.
-        abort = self.s.on_agent_error == "abort" and not isinstance(error, TokenCapReached)
-        if error is not None and abort:
-            raise AgentAborted(
-                agent.id,
-                f"agent {agent.id} failed in round {ctx.round} and on_agent_error is abort: "
-                f"{step.error}",
-            ) from error
-
-    async def _tiered(
-        self, t: int, goal: str, agents: Sequence[Agent], same_round: dict[str, list[MemoryItem]]
-    ) -> list[AgentStep]:
-        """Tiers of last round's graph; a tier reads this round's messages of earlier tiers."""
-        assert self.prev_routing is not None
-        by_id = {a.id: a for a in agents}
-        order = [a.id for a in agents]
-        edges = [e for e in self.prev_routing.edges if e.source in by_id and e.target in by_id]
-        steps: dict[str, AgentStep] = {}
-        for tier in tiers(order, edges):
-            for step in await self._steps(t, goal, [by_id[i] for i in tier], same_round):
-                steps[step.agent] = step
-                if step.output is None:
-                    continue
-                for e in edges:
-                    if e.source == step.agent:
-                        same_round[e.target].append(
-                            MemoryItem(
-                                round=t,
-                                kind="private",
-                                source=step.agent,
-                                text=step.output.private,
-                                score=e.score,
-                            )
-                        )
-        return [steps[i] for i in order]
-
-    def _deliver(
-        self,
-        t: int,
-        routing: Routing,
-        outputs: dict[str, Any],
-        same_round: dict[str, list[MemoryItem]],
-    ) -> list[Delivery]:
-        """H_i += own public, then incoming private messages in sigma order."""
-        position = {a: k for k, a in enumerate(routing.order)}
-        incoming: dict[str, list[Delivery]] = {a: [] for a in routing.order}
-        for e in routing.edges:
-            incoming[e.target].append(Delivery(source=e.source, target=e.target, score=e.score))
-        deliveries: list[Delivery] = []
-        for agent in routing.order:
-            out = outputs[agent]
-            self.memory[agent].append(
-                MemoryItem(round=t, kind="own", source=agent, text=out.public)
-            )
-            self.transcript.append(PublicMessage(round=t, agent=agent, text=out.public))
-            already = {m.source for m in same_round.get(agent, [])}
-            for m in same_round.get(agent, []):
-                self.memory[agent].append(m)
-                deliveries.append(
-                    Delivery(
-                        source=m.source, target=agent, score=m.score or 0.0, phase="same_round"
-                    )
-                )
-            for d in sorted(incoming[agent], key=lambda d: position[d.source]):
-                if d.source in already:
-                    continue
-                self.memory[agent].append(
-                    MemoryItem(
-                        round=t,
-                        kind="private",
-                        source=d.source,
-                        text=outputs[d.source].private,
-                        score=d.score,
-                    )
-                )
-                deliveries.append(d)
-        return deliveries
-
-    async def _decide(self, t: int) -> tuple[ManagerDecision | None, bool, Usage]:
-        """The manager's decision, whether its halt is accepted, and what the call cost."""
-        s = self.s
-        acct = self._acct(t)
-        try:
-            decision = await s.manager.decide(self.task, t, s.max_rounds, self.transcript, acct)
-        except Exception as exc:
-            if not _manager_can_fall_back(exc):
-                raise
-            self.result.failures += 1
-            self._account("manager", acct)
-            self.trace.emit(
-                "manager_fallback",
-                round=t,
-                agent="manager",
-                duty="decide",
-                error=str(exc),
-                error_type=type(exc).__name__,
-            )
-            return None, False, acct.usage
-        self._account("manager", acct)
-        accepted = decision.halt and t >= s.min_rounds and bool(decision.final_answer.strip())
-        why_not = ""
-        if decision.halt and not accepted:
-            why_not = (
-                f"halt before min_rounds={s.min_rounds}"
-                if t < s.min_rounds
-                else "halt without a final answer"
-            )
-        self.trace.emit(
-            "manager_decision",
-            round=t,
-            agent="manager",
-            halt=decision.halt,
-            accepted=accepted,
-            rejected_because=why_not,
-            reason=decision.reason,
-            goal_next=decision.goal_next,
-            final_answer=decision.final_answer,
-            **acct.accounting(),
+    def _result(self) -> RunResult:
+        state, ledger = self.state, self.state.ledger
+        halt_reason, final_answer = self.halt
+        return RunResult(
+            run_id=state.run_id,
+            task=state.task,
+            final_answer=final_answer,
+            halt_reason=halt_reason,
+            rounds=state.rounds,
+            unfinished=self.unfinished,
+            usage=ledger.usage,
+            usage_by_agent=ledger.by_agent,
+            wall_s=self._wall_s(),
+            trace_path=str(self.trace.path) if self.trace.path else None,
+            reasks=ledger.reasks,
+            failures=ledger.failures,
+            stats=ledger.stats,
         )
-        return decision, accepted, acct.usage
 
-    async def _final_answer(self) -> str:
-        acct = self._acct(len(self.result.rounds))
-        latest = self.result.rounds[-1] if self.result.rounds else None
-        work = [
-            f"{st.agent}: {st.output.private}"
-            for st in (latest.steps if latest else [])
-            if st.output is not None
-        ]
-        if self.meter is not None:
-            self.meter.final = True  # the reserve was kept for this request
-        try:
-            answer = await self.s.manager.final(self.task, self.transcript, work, acct)
-        except Exception as exc:
-            if not _manager_can_fall_back(exc):
-                raise
-            self.result.failures += 1
-            answer = "\n".join(work) or "(no answer: every agent and the manager failed)"
-            self.trace.emit(
-                "manager_fallback",
-                agent="manager",
-                duty="final",
-                error=str(exc),
-                error_type=type(exc).__name__,
-            )
-        self._account("manager", acct)
-        self.trace.emit("final_answer", agent="manager", final_answer=answer, **acct.accounting())
-        return answer
+    def _wall_s(self) -> float:
+        return round(self.state.wall_s + time.monotonic() - self.started, 3)
 
-    def _finish(self, error: str = "") -> None:
-        r = self.result
-        r.wall_s = round(time.monotonic() - self.started, 3)
-        fields: dict[str, Any] = {}
-        if error:
-            fields["error"] = error
+    def _end(self, error: str = "") -> RunResult:
+        """The run's result, also written as the trace's run_end."""
+        r = self._result()
+        fields: dict[str, Any] = {"error": error} if error else {}
         self.trace.emit(
             "run_end",
             stats=dict(r.stats),
@@ -652,84 +375,27 @@ class _Run:
             wall_s=r.wall_s,
             **fields,
         )
+        return r
 
-
-def build_swarm(
-    topology: Topology,
-    backend: Backend,
-    embedder: Embedder,
-    *,
-    base_dir: Path | None = None,
-    plan: BudgetPlan | None = None,
-    trust_topology: bool = False,
-) -> Swarm:
-    """Instantiate a topology's agents and manager on one backend, within `plan`'s budgets."""
-
-    def context(agent: str, explicit: int | None) -> int | None:
-        return plan.budget(agent).context_budget if plan is not None else explicit
-
-    # Tool modules are code: only from base_dir's tree or entry points unless trusted.
-    registry = ToolRegistry.discover(topology.tool_modules, base_dir, trust_topology=trust_topology)
-    tool_context = resolve_paths(topology.tool_settings, base_dir or Path.cwd())
-    agents: list[Agent] = []
-    for spec in topology.agents:
-        card = load_card(spec.card or spec.id, base_dir, trust_topology=trust_topology)
-        policy = ToolPolicy(
-            choice=spec.tool_choice,
-            max_rounds=spec.max_tool_rounds,
-            reasks=topology.structured_reasks,
-        )
-        agents.append(
-            LLMAgent(
-                spec.id,
-                card,
-                backend,
-                instructions=spec.instructions,
-                max_output_tokens=spec.budget.max_output_tokens,
-                context_budget=context(spec.id, spec.budget.context),
-                sampling=spec.sampling,
-                reasks=topology.structured_reasks,
-                tools=registry.subset(spec.tools),
-                tool_context=tool_context,
-                tool_policy=policy,
+    def _run_error(self, error: BaseException, partial: RunResult) -> RunError:
+        """One line: where the run stopped, why, what was kept, where the trace is."""
+        what = str(error) if isinstance(error, DyTopoError) else f"{type(error).__name__}: {error}"
+        kept = ""
+        if (u := self.unfinished) is not None:
+            kept = (
+                f"; round {u.round} stopped with {len(u.steps)} agent step(s) finished "
+                "(kept in .partial.unfinished)"
             )
+        where = f" (trace: {self.trace.path})" if self.trace.path else ""
+        return RunError(
+            f"run {self.state.run_id} stopped after {len(self.state.rounds)} complete round(s): "
+            f"{what}{kept}{where}",
+            partial=partial,
         )
-    m = topology.manager
-    manager = LLMManager(
-        load_card(m.card, base_dir, trust_topology=trust_topology),
-        backend,
-        instructions=m.instructions,
-        max_output_tokens=m.budget.max_output_tokens,
-        context_budget=context("manager", m.budget.context),
-        sampling=m.sampling,
-        reasks=topology.structured_reasks,
-    )
-    return Swarm(
-        agents,
-        manager,
-        embedder,
-        routing=topology.routing,
-        max_rounds=topology.max_rounds,
-        min_rounds=topology.min_rounds,
-        seed=topology.seed,
-        agent_timeout_s=topology.agent_timeout_s,
-        queue_timeout_s=topology.queue_timeout_s,
-        on_agent_error=topology.on_agent_error,
-        name=topology.name,
-        run_token_budget=topology.run_token_budget,
-        config={
-            **topology.model_dump(mode="json"),
-            "budget_plan": plan.model_dump() if plan is not None else None,
-        },
-    )
 
 
-def resolve_paths(settings: ToolContext, base: Path) -> ToolContext:
-    """Tool folders in a topology are relative to the topology file."""
-    docs = settings.docs_dir
-    return settings.model_copy(
-        update={
-            "workspace": (base / settings.workspace).resolve(),
-            "docs_dir": (base / docs).resolve() if docs is not None else None,
-        }
-    )
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

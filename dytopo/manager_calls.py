@@ -1,0 +1,155 @@
+"""The manager's three duties (open, decide, final), each through one helper with one fallback
+path and one accounting path.
+
+A duty that fails the way a retry or a smaller request could not fix (a malformed reply after
+the whole ladder, the token cap, an HTTP error, a context overflow) gets a fallback and counts
+as a failure; a server that stays down ends the run, since every later call would fail too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from dytopo.agent import StepContext
+from dytopo.backends.types import Usage
+from dytopo.errors import AgentFailed, BackendError, BackendUnavailable, BudgetExceeded
+from dytopo.manager import Manager, ManagerDecision, PublicMessage
+from dytopo.meter import run_meter
+from dytopo.recorder import Recorder
+from dytopo.result import RoundRecord
+
+T = TypeVar("T")
+Duty = Literal["open", "decide", "final"]
+
+
+def fallback_goal(task: str) -> str:
+    return f"Make concrete progress on the task: {task[:300]}"
+
+
+def can_fall_back(exc: Exception) -> bool:
+    """A manager duty that failed this way gets a fallback; a dead server ends the run."""
+    if isinstance(exc, BackendUnavailable):
+        return False
+    return isinstance(exc, AgentFailed | BudgetExceeded | BackendError)
+
+
+@dataclass
+class Verdict:
+    """The manager's decision after a round (None: it failed and the fallback applied)."""
+
+    decision: ManagerDecision | None = None
+    accepted: bool = False
+    """Whether its halt ends the run (min_rounds reached, a final answer given)."""
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class ManagerCalls:
+    """One run's calls to its manager."""
+
+    manager: Manager
+    recorder: Recorder
+    max_rounds: int
+    min_rounds: int
+
+    async def open(self) -> str:
+        """The first round's goal (fallback: work on the task)."""
+        task = self.recorder.task
+        goal, acct, _ = await self._call(
+            "open", 1, 1, lambda acct: self.manager.open(task, acct), lambda: fallback_goal(task)
+        )
+        self.recorder.trace.emit(
+            "manager_goal", round=1, agent="manager", goal=goal, **acct.accounting()
+        )
+        return goal
+
+    async def decide(self, round: int, transcript: Sequence[PublicMessage]) -> Verdict:
+        """Next goal and halt (fallback: no decision, the run goes on with the same goal)."""
+        task, t = self.recorder.task, round
+        decision, acct, failed = await self._call(
+            "decide",
+            t,
+            t,
+            lambda acct: self.manager.decide(task, t, self.max_rounds, transcript, acct),
+            lambda: None,
+        )
+        if failed or decision is None:
+            return Verdict(usage=acct.usage)
+        accepted = decision.halt and t >= self.min_rounds and bool(decision.final_answer.strip())
+        why_not = ""
+        if decision.halt and not accepted:
+            too_early = t < self.min_rounds
+            why_not = (
+                f"halt before min_rounds={self.min_rounds}"
+                if too_early
+                else "halt without a final answer"
+            )
+        self.recorder.trace.emit(
+            "manager_decision",
+            round=t,
+            agent="manager",
+            halt=decision.halt,
+            accepted=accepted,
+            rejected_because=why_not,
+            reason=decision.reason,
+            goal_next=decision.goal_next,
+            final_answer=decision.final_answer,
+            **acct.accounting(),
+        )
+        return Verdict(decision, accepted, acct.usage)
+
+    async def final(
+        self, rounds: Sequence[RoundRecord], transcript: Sequence[PublicMessage]
+    ) -> str:
+        """The final answer when the run stops without a halt (fallback: the agents' latest
+        private work)."""
+        task = self.recorder.task
+        latest = rounds[-1].steps if rounds else []
+        work = [f"{st.agent}: {st.output.private}" for st in latest if st.output is not None]
+        meter = run_meter.get()
+        if meter is not None:
+            meter.final = True  # the reserve was kept for this request
+        answer, acct, _ = await self._call(
+            "final",
+            len(rounds),
+            None,
+            lambda acct: self.manager.final(task, transcript, work, acct),
+            lambda: "\n".join(work) or "(no answer: every agent and the manager failed)",
+        )
+        self.recorder.trace.emit(
+            "final_answer", agent="manager", final_answer=answer, **acct.accounting()
+        )
+        return answer
+
+    async def _call(
+        self,
+        duty: Duty,
+        round: int,
+        trace_round: int | None,
+        call: Callable[[StepContext], Awaitable[T]],
+        fallback: Callable[[], T],
+    ) -> tuple[T, StepContext, bool]:
+        """Run one duty: its value, its accounting, and whether the fallback replaced it."""
+        acct = self.recorder.context(round, "manager")
+        try:
+            return await call(acct), acct, False
+        except Exception as exc:
+            if not can_fall_back(exc):
+                raise
+            value = fallback()
+            self.recorder.failed()
+            shown: dict[str, Any] = {"goal": value} if duty == "open" else {}
+            self.recorder.trace.emit(
+                "manager_fallback",
+                round=trace_round,
+                agent="manager",
+                duty=duty,
+                error=str(exc),
+                error_type=type(exc).__name__,
+                **shown,
+            )
+            return value, acct, True
+        finally:
+            self.recorder.charge("manager", acct)
