@@ -20,6 +20,12 @@ SCAN_LIMIT = 10_000
 _HINT = "use a path relative to the workspace, e.g. 'notes.md' (list_files shows what is there)"
 
 
+def _shown_name(name: str) -> str:
+    """A file name as text a prompt can carry: bytes that are not UTF-8 appear as \\xNN (the
+    name as read holds lone surrogates instead, which no request to the server can encode)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _workspace(ctx: ToolContext) -> Path:
     try:
         return ctx.workspace.resolve(strict=True)
@@ -31,6 +37,12 @@ def _confine(path: str, root: Path) -> Path:
     """The real path of `path`, or ToolError if it is anywhere but inside `root`."""
     if "\x00" in path:
         raise ToolError("the path contains a NUL character")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file name is spelt that way
+        raise ToolError(
+            f"the path has a character that is not valid Unicode at position {exc.start}"
+        ) from None
     candidate = Path(path)
     if not candidate.is_absolute():
         candidate = root / candidate
@@ -127,7 +139,11 @@ def list_files(path: str = ".", *, ctx: ToolContext) -> str:
     """
     root = _workspace(ctx)
     folder = _confine(path, root)
-    if not folder.is_dir():
+    try:
+        is_folder = folder.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ToolError(f"cannot list {path!r}: {exc.strerror}") from None
+    if not is_folder:
         raise ToolError(f"{path!r} is not a folder; {_HINT}")
     try:
         fd = _open_inside(path, folder, root, os.O_RDONLY | os.O_DIRECTORY)
@@ -145,7 +161,7 @@ def list_files(path: str = ".", *, ctx: ToolContext) -> str:
     for entry in found:
         if len(lines) == MAX_ENTRIES:
             break
-        shown = (folder / entry.name).relative_to(root).as_posix()
+        shown = _shown_name((folder / entry.name).relative_to(root).as_posix())
         if entry.is_symlink():
             kind = _link_kind(folder / entry.name, root)
             if kind == "outside":

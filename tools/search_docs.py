@@ -95,7 +95,9 @@ def _files(root: Path, max_bytes: int) -> list[tuple[str, Path, int, int]]:
                 continue
             if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
                 continue
-            found.append((path.relative_to(root).as_posix(), real, info.st_mtime_ns, info.st_size))
+            # A name that is not UTF-8 is shown with \xNN escapes: a prompt cannot carry it raw.
+            rel = os.fsencode(path.relative_to(root).as_posix()).decode("utf-8", "backslashreplace")
+            found.append((rel, real, info.st_mtime_ns, info.st_size))
             if len(found) == MAX_FILES:
                 return found
     return found
@@ -190,7 +192,8 @@ def search_docs(query: str, k: int = 3, *, ctx: ToolContext) -> str:
         if s > 0
     ]
     if not hits:
-        return f"no passage matches {query!r}; try other or fewer words"
+        shown = query if len(query) <= 100 else query[:100] + "..."  # a huge query, not echoed
+        return f"no passage matches {shown!r}; try other or fewer words"
     # Share the result budget so that the caller's truncation never drops a whole hit.
     budget = max(ctx.max_result_chars // len(hits) - 80, 200)
     return "\n\n".join(

@@ -29,17 +29,58 @@ class ToolOutcome(BaseModel):
     wall_s: float = 0.0
 
 
+MAX_ARGUMENT_DEPTH = 32
+"""Nesting allowed in a call's arguments: real ones nest a few levels. Deeper values would
+reach recursive code (validation, the repeat check, the trace) near Python's recursion limit."""
+
+
 def parse_arguments(call: ToolCall) -> dict[str, Any]:
     """Arguments must be one JSON object; nothing is repaired silently."""
+    too_deep = ToolError(
+        f"arguments of {call.name} are nested more than {MAX_ARGUMENT_DEPTH} levels deep; "
+        "pass a flat JSON object"
+    )
     try:
         value = json.loads(call.arguments or "{}")
     except json.JSONDecodeError as exc:
         raise ToolError(f"arguments of {call.name} are not valid JSON: {exc.msg}") from exc
+    except RecursionError:  # a model looping on "[[[[...": the decoder recurses per level
+        raise too_deep from None
+    if _deeper_than(value, MAX_ARGUMENT_DEPTH):
+        raise too_deep
     if not isinstance(value, dict):
         raise ToolError(
             f"arguments of {call.name} must be a JSON object, got {type(value).__name__}"
         )
     return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than `limit` levels; iterative, so never recursing."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+MAX_ERROR_CHARS = 500
+"""Longest `ToolOutcome.error`: it goes into the trace, logs and a CLI error line."""
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """An error as one line (at most `limit` characters): it ends up in a CLI error line, a
+    log field and the trace."""
+    line = " ".join(text.split())
+    if limit is None or len(line) <= limit:
+        return line
+    return line[: max(0, limit - 6)] + " [...]"
 
 
 def truncate(text: str, limit: int) -> str:
@@ -57,7 +98,15 @@ class ToolExecutor:
         self._seen: set[tuple[str, str]] = set()
 
     def check(self, call: ToolCall) -> tuple[Tool, dict[str, Any]]:
-        """Validate a call without running it; raises ToolError saying what is wrong."""
+        """Validate a call without running it; raises ToolError saying what is wrong, in one
+        line that fits a tool result (a model's call can quote a huge name or key)."""
+        try:
+            return self._check(call)
+        except ToolError as exc:
+            room = self.ctx.max_result_chars - len("error: ")
+            raise ToolError(one_line(str(exc), min(MAX_ERROR_CHARS, room))) from exc
+
+    def _check(self, call: ToolCall) -> tuple[Tool, dict[str, Any]]:
         tool = self.tools.get(call.name)
         if tool is None:
             names = ", ".join(sorted(self.tools)) or "none"
@@ -159,8 +208,8 @@ class ToolExecutor:
                 tool=tool.name,
                 arguments=arguments,
                 ok=False,
-                result=truncate(f"error: {message}", limit),
-                error=message,
+                result=truncate(f"error: {one_line(message)}", limit),
+                error=one_line(message, MAX_ERROR_CHARS),
             )
         outcome.wall_s = round(time.monotonic() - started, 3)
         return outcome
