@@ -14,6 +14,7 @@ from dytopo.backends import (
     Usage,
 )
 from dytopo.cards import RoleCard, load_card
+from dytopo.checkpoint import Checkpoint
 from dytopo.embedders import Embedder, HashEmbedder, HttpEmbedder
 from dytopo.errors import (
     AgentFailed,
@@ -35,7 +36,8 @@ from dytopo.managed import ManagedStack
 from dytopo.manager import LLMManager, Manager, ManagerDecision
 from dytopo.result import RoundRecord, RunResult
 from dytopo.routing import RoutingConfig
-from dytopo.runner import connect, run, run_topology
+from dytopo.runner import connect, resume, resume_run, run, run_topology
+from dytopo.state import RunState
 from dytopo.swarm import Swarm
 from dytopo.topology import Topology
 
@@ -53,6 +55,7 @@ __all__ = [
     "ChatMessage",
     "ChatRequest",
     "ChatResponse",
+    "Checkpoint",
     "ConfigError",
     "ContextOverflow",
     "DyTopoError",
@@ -73,6 +76,7 @@ __all__ = [
     "RoutingConfig",
     "RunError",
     "RunResult",
+    "RunState",
     "Sampling",
     "ServerInfo",
     "SlotLimiter",
@@ -86,6 +90,8 @@ __all__ = [
     "connect",
     "load_card",
     "load_topology",
+    "resume",
+    "resume_run",
     "run",
     "run_topology",
 ]

@@ -8,6 +8,7 @@ from dytopo.agent import Agent
 from dytopo.backends.base import Backend
 from dytopo.budget import BudgetPlan
 from dytopo.cards import load_card
+from dytopo.checkpoint import origin_of
 from dytopo.embedders.base import Embedder
 from dytopo.llm_agent import LLMAgent
 from dytopo.manager import LLMManager
@@ -26,8 +27,12 @@ def build_swarm(
     base_dir: Path | None = None,
     plan: BudgetPlan | None = None,
     trust_topology: bool = False,
+    source: str | Path | None = None,
 ) -> Swarm:
-    """Instantiate a topology's agents and manager on one backend, within `plan`'s budgets."""
+    """Instantiate a topology's agents and manager on one backend, within `plan`'s budgets.
+
+    `source`: the file the topology was loaded from; the run's checkpoints name it, so that
+    `dytopo resume` can rebuild the swarm (and refuse if the file changed)."""
 
     def context(agent: str, explicit: int | None) -> int | None:
         return plan.budget(agent).context_budget if plan is not None else explicit
@@ -68,7 +73,7 @@ def build_swarm(
         sampling=m.sampling,
         reasks=topology.structured_reasks,
     )
-    return Swarm(
+    swarm = Swarm(
         agents,
         manager,
         embedder,
@@ -86,6 +91,8 @@ def build_swarm(
             "budget_plan": plan.model_dump() if plan is not None else None,
         },
     )
+    swarm.origin = origin_of(source, topology) if source is not None else None
+    return swarm
 
 
 def resolve_paths(settings: ToolContext, base: Path) -> ToolContext:

@@ -12,6 +12,13 @@ from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
 from dytopo.budget import plan_budgets, server_context
 from dytopo.build import build_swarm
+from dytopo.checkpoint import (
+    Checkpoint,
+    changed_fields,
+    file_sha256,
+    find_checkpoint,
+    read_checkpoint,
+)
 from dytopo.embedders.base import Embedder
 from dytopo.embedders.hashing import HashEmbedder
 from dytopo.embedders.http import HttpEmbedder
@@ -19,6 +26,7 @@ from dytopo.errors import BudgetExceeded, ConfigError
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import Endpoints, endpoints
 from dytopo.result import RunResult
+from dytopo.swarm import Swarm
 from dytopo.topology import EmbedderSpec, Topology
 from dytopo.trace import Observer
 
@@ -46,18 +54,91 @@ async def run_topology(
     observers: Sequence[Observer] = (),
     base_dir: Path | None = None,
     trust_topology: bool = False,
+    source: str | Path | None = None,
 ) -> RunResult:
     """Run a topology on its configured server, or on an embedded one started for this run.
 
     Its tool modules (code) and role cards must lie in its folder tree (`base_dir`) or be
-    installed entry points, unless `trust_topology`."""
+    installed entry points, unless `trust_topology`. `source`: the file a Topology object was
+    loaded from (given a path, that path), named in the run's checkpoints so `resume` can
+    rebuild the swarm."""
     if not isinstance(topology, Topology):
+        source = source or topology
         base_dir = base_dir or Path(topology).parent
         topology = load_topology(topology, trust_topology=trust_topology)
     task = task or topology.task
     if not task:
         raise ConfigError(f"no task: pass --task, or set `task:` in the {topology.name} topology")
     trace = Path(trace_path) if trace_path else default_trace_path(topology)
+    built = _built(topology, backend_url, embed_url, base_dir, trust_topology, source)
+    async with built as swarm:
+        return await swarm.run(task, trace_path=trace, observers=observers)
+
+
+async def resume_run(
+    source: str | Path,
+    *,
+    backend_url: str | None = None,
+    embed_url: str | None = None,
+    force: bool = False,
+    observers: Sequence[Observer] = (),
+    runs_dir: Path = Path("runs"),
+    trust_topology: bool = False,
+) -> RunResult:
+    """Continue a stopped run (a run id in `runs_dir`, a trace path or a checkpoint path) from
+    its last complete round, on a swarm rebuilt from its topology file.
+
+    A topology file that changed since the run started is refused, naming the changed fields,
+    unless `force` (the run then goes on with the file as it is now)."""
+    cp = read_checkpoint(find_checkpoint(source, runs_dir))
+    if cp.status == "complete":
+        raise ConfigError(
+            f"run {cp.run_id} is complete: nothing to resume (its trace: {cp.trace_path})"
+        )
+    topology, file = _topology_of(cp, force=force, trust_topology=trust_topology)
+    built = _built(topology, backend_url, embed_url, file.parent, trust_topology, file)
+    async with built as swarm:
+        changed = cp.topology_sha256 != file_sha256(file)
+        return await swarm.resume(cp, observers=observers, forced=force and changed)
+
+
+def _topology_of(cp: Checkpoint, *, force: bool, trust_topology: bool) -> tuple[Topology, Path]:
+    """The topology a run continues with: the one it ran with (overrides included) while its
+    file is unchanged; the file's current one when it changed and `force`."""
+    if cp.topology_path is None or cp.topology is None:
+        raise ConfigError(
+            f"run {cp.run_id} was not built from a topology file: resume it in Python with "
+            "swarm.resume(checkpoint) on the swarm it ran on"
+        )
+    file = Path(cp.topology_path)
+    current = load_topology(file, trust_topology=trust_topology)
+    if cp.topology_sha256 == file_sha256(file):
+        return Topology.model_validate(cp.topology), file
+    changed = changed_fields(cp.topology, current.model_dump(mode="json"))
+    if not changed:  # comments or layout only
+        return Topology.model_validate(cp.topology), file
+    if not force:
+        shown = ", ".join(changed[:8]) + (
+            f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        )
+        raise ConfigError(
+            f"{file} changed since run {cp.run_id} started: {shown}; restore it, or resume "
+            "with --force to continue with the file as it is now"
+        )
+    return current, file
+
+
+@asynccontextmanager
+async def _built(
+    topology: Topology,
+    backend_url: str | None,
+    embed_url: str | None,
+    base_dir: Path | None,
+    trust_topology: bool,
+    source: str | Path | None,
+) -> AsyncIterator[Swarm]:
+    """The topology's swarm on its servers (embedded ones started for the duration), with
+    budgets planned from the server's real context."""
     url = backend_url or topology.backend.base_url
     async with endpoints(url, embed_url or topology.embedder.base_url) as ends:
         settings = topology.backend.model_copy(update={"base_url": ends.chat_url})
@@ -73,15 +154,15 @@ async def run_topology(
             )
             if not plan.fits:
                 raise BudgetExceeded("\n".join(f"{topology.name}: {p}" for p in plan.problems))
-            swarm = build_swarm(
+            yield build_swarm(
                 topology,
                 backend,
                 embedder,
                 base_dir=base_dir,
                 plan=plan,
                 trust_topology=trust_topology,
+                source=source,
             )
-            return await swarm.run(task, trace_path=trace, observers=observers)
         finally:
             await embedder.aclose()
             await backend.aclose()
@@ -99,6 +180,28 @@ def run(
     return asyncio.run(
         run_topology(
             topology, task, backend_url=backend_url, embed_url=embed_url, trace_path=trace_path
+        )
+    )
+
+
+def resume(
+    source: str | Path,
+    *,
+    backend_url: str | None = None,
+    embed_url: str | None = None,
+    force: bool = False,
+    observers: Sequence[Observer] = (),
+    runs_dir: Path = Path("runs"),
+) -> RunResult:
+    """Blocking `resume_run` for scripts: `dytopo.resume("3f2a9c81d0b4")`."""
+    return asyncio.run(
+        resume_run(
+            source,
+            backend_url=backend_url,
+            embed_url=embed_url,
+            force=force,
+            observers=observers,
+            runs_dir=runs_dir,
         )
     )
 

@@ -17,9 +17,19 @@ import structlog
 
 from dytopo.agent import Agent, AgentOutput
 from dytopo.backends.base import Backend
+from dytopo.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    Status,
+    TopologyOrigin,
+    checkpoint_path,
+    find_checkpoint,
+    read_checkpoint,
+    resume_command,
+)
 from dytopo.delivery import deliver
 from dytopo.embedders.base import Embedder
-from dytopo.errors import DyTopoError, RunError
+from dytopo.errors import ConfigError, DyTopoError, RunError
 from dytopo.manager import Manager
 from dytopo.manager_calls import ManagerCalls, Verdict
 from dytopo.memory import MemoryItem
@@ -28,7 +38,7 @@ from dytopo.recorder import Recorder
 from dytopo.result import AgentStep, HaltReason, RoundRecord, RunResult, UnfinishedRound
 from dytopo.router import Routing, route
 from dytopo.routing import RoutingConfig
-from dytopo.state import MeterState, RunState, dump_rng, load_rng
+from dytopo.state import MeterState, RunState, StatefulManager, dump_rng, load_rng
 from dytopo.steps import AgentAborted, Scheduler
 from dytopo.trace import Observer, Trace
 from dytopo.versions import versions
@@ -80,6 +90,8 @@ class Swarm:
         self.final_answer_reserve = final_answer_reserve
         """Tokens kept for the manager's final answer (at most half the cap): agent and decision
         requests are admitted only up to run_token_budget minus this."""
+        self.origin: TopologyOrigin | None = None
+        """The topology file this swarm was built from (checkpoints name it, for resume)."""
 
     @classmethod
     def from_yaml(
@@ -102,6 +114,7 @@ class Swarm:
             embedder,
             base_dir=Path(path).parent,
             trust_topology=trust_topology,
+            source=path,
         )
 
     async def run(
@@ -111,7 +124,10 @@ class Swarm:
         trace_path: str | Path | None = None,
         observers: Sequence[Observer] = (),
     ) -> RunResult:
-        """Run the swarm on `task`. Raises RunError (with `.partial`) only when it cannot go on."""
+        """Run the swarm on `task`. Raises RunError (with `.partial`) only when it cannot go on.
+
+        With a `trace_path`, a checkpoint beside it after every round lets `resume` continue
+        the run if it stops."""
         state = RunState.begin(uuid.uuid4().hex[:12], task, [a.id for a in self.agents], self.seed)
         trace = Trace(state.run_id, Path(trace_path) if trace_path else None)
         trace.observers.extend(observers)
@@ -130,7 +146,70 @@ class Swarm:
             min_rounds=self.min_rounds,
             embedder=self.embedder.name,
         )
-        return await RoundLoop(self, state, trace).execute()
+        saver = self._checkpointer(state, trace.path)
+        if saver is not None:
+            saver.save(state)
+        return await RoundLoop(self, state, trace, saver).execute()
+
+    async def resume(
+        self,
+        checkpoint: Checkpoint | str | Path,
+        *,
+        trace_path: str | Path | None = None,
+        observers: Sequence[Observer] = (),
+        forced: bool = False,
+    ) -> RunResult:
+        """Continue a run from its checkpoint (or a run id, trace or checkpoint path): the
+        rounds it completed are not run again, and its trace goes on in the same file.
+
+        The swarm must be the one the run was built from (`dytopo.resume` rebuilds it from the
+        topology file and checks that the file did not change)."""
+        cp = checkpoint
+        if not isinstance(cp, Checkpoint):
+            cp = read_checkpoint(find_checkpoint(cp))
+        state = self._resumable(cp)
+        path = trace_path or cp.trace_path
+        trace = Trace(state.run_id, Path(path) if path else None)
+        trace.observers.extend(observers)
+        saver = self._checkpointer(state, trace.path, started_at=cp.started_at)
+        trace.emit(
+            "run_resumed",
+            from_round=state.round + 1,
+            completed_rounds=state.round,
+            checkpoint=str(saver.path) if saver else None,
+            status=cp.status,
+            forced=forced,
+            versions=versions(),
+        )
+        if isinstance(self.manager, StatefulManager):
+            self.manager.load_state(state.manager)
+        return await RoundLoop(self, state, trace, saver).execute()
+
+    def _resumable(self, cp: Checkpoint) -> RunState:
+        if cp.status == "complete":
+            raise ConfigError(
+                f"run {cp.run_id} is complete: nothing to resume (its trace: {cp.trace_path})"
+            )
+        ids = [a.id for a in self.agents]
+        if cp.state.agents != ids:
+            raise ConfigError(
+                f"run {cp.run_id} ran agents {cp.state.agents}, this swarm has {ids}: resume "
+                "it on the swarm it ran on"
+            )
+        return cp.state.model_copy(deep=True)
+
+    def _checkpointer(
+        self, state: RunState, trace_path: Path | None, started_at: float | None = None
+    ) -> Checkpointer | None:
+        if trace_path is None:
+            return None  # a checkpoint lives beside its trace
+        return Checkpointer(
+            checkpoint_path(trace_path),
+            state,
+            origin=self.origin,
+            trace_path=trace_path,
+            started_at=started_at,
+        )
 
     def _meter(self, saved: MeterState | None) -> TokenMeter | None:
         cap = self.run_token_budget
@@ -148,8 +227,10 @@ class RoundLoop:
     Every job is delegated; what stays here is the order of ALGORITHM.md and what to keep when
     the run stops part-way."""
 
-    def __init__(self, swarm: Swarm, state: RunState, trace: Trace) -> None:
-        self.swarm, self.state, self.trace = swarm, state, trace
+    def __init__(
+        self, swarm: Swarm, state: RunState, trace: Trace, saver: Checkpointer | None = None
+    ) -> None:
+        self.swarm, self.state, self.trace, self.saver = swarm, state, trace, saver
         self.recorder = Recorder(trace, state.ledger, state.task)
         self.calls = ManagerCalls(swarm.manager, self.recorder, swarm.max_rounds, swarm.min_rounds)
         self.scheduler = Scheduler(
@@ -161,7 +242,7 @@ class RoundLoop:
         )
         self.rng = load_rng(state.rng)
         self.meter = swarm._meter(state.meter)
-        self.started = time.monotonic()
+        self.started, self.earlier_s = time.monotonic(), state.wall_s
         self.halt: tuple[HaltReason, str] = ("error", "")
         self.unfinished: UnfinishedRound | None = None
         """The round in progress (kept in the result if the run stops during it)."""
@@ -172,14 +253,18 @@ class RoundLoop:
         meter_token = run_meter.set(self.meter)
         try:
             await self._rounds()
-            return self._end()
+            result = self._end()
+            self._checkpoint("complete")
+            return result
         except Exception as exc:
             error = _leaf(exc)
             partial = self._stopped(f"{type(error).__name__}: {error}")
+            self._checkpoint("failed")
             cause = error.__cause__ if isinstance(error, AgentAborted) else error
             raise self._run_error(error, partial) from cause
-        except BaseException:  # cancelled, Ctrl-C: stop at once, keep what the trace has
+        except BaseException:  # cancelled, Ctrl-C: stop at once, keep the last complete round
             self._stopped("interrupted")
+            self._checkpoint("interrupted")
             raise
         finally:
             run_meter.reset(meter_token)
@@ -190,6 +275,7 @@ class RoundLoop:
         swarm = self.swarm
         if self.state.goal is None:
             self.state.goal = await self.calls.open()
+            self._checkpoint()
         if (halted := self.state.halted) is not None and halted.decision is not None:
             self.halt = ("manager", halted.decision.final_answer)
             return
@@ -286,7 +372,21 @@ class RoundLoop:
         state.rng = dump_rng(self.rng)
         if self.meter is not None:
             state.meter = MeterState(used=self.meter.used, refused=self.meter.refused)
+        if isinstance(self.swarm.manager, StatefulManager):
+            state.manager = self.swarm.manager.dump_state()
         self.unfinished = None
+        self._checkpoint()
+
+    def _checkpoint(self, status: Status = "running") -> None:
+        """Save the state a resume continues from; at the end, record how the run ended (a
+        failed or interrupted run keeps its last complete round's state)."""
+        if self.saver is None:
+            return
+        self.state.wall_s = self._wall_s()
+        if status == "running":
+            self.saver.save(self.state)
+        else:
+            self.saver.finish(status, self.state if status == "complete" else None)
 
     def _over_budget(self, t: int, *, ahead: bool = True) -> bool:
         """Did the token cap refuse a request, or (`ahead`) would round t not fit before the
@@ -355,7 +455,7 @@ class RoundLoop:
         )
 
     def _wall_s(self) -> float:
-        return round(self.state.wall_s + time.monotonic() - self.started, 3)
+        return round(self.earlier_s + time.monotonic() - self.started, 3)
 
     def _end(self, error: str = "") -> RunResult:
         """The run's result, also written as the trace's run_end."""
@@ -387,9 +487,12 @@ class RoundLoop:
                 "(kept in .partial.unfinished)"
             )
         where = f" (trace: {self.trace.path})" if self.trace.path else ""
+        again = ""
+        if self.saver is not None and self.saver.written and self.trace.path is not None:
+            again = f"; continue it with: {resume_command(self.state.run_id, self.trace.path)}"
         return RunError(
             f"run {self.state.run_id} stopped after {len(self.state.rounds)} complete round(s): "
-            f"{what}{kept}{where}",
+            f"{what}{kept}{where}{again}",
             partial=partial,
         )
 

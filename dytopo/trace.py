@@ -3,6 +3,11 @@
 Every event has `event`, `run_id`, `ts` and, where it applies, `round`. Event names and their
 documented fields are a public interface (reports, resume and outside tools read them): add
 fields freely, never rename.
+
+A resumed run appends to the same file: `run_resumed` (from_round, completed_rounds, checkpoint,
+status, forced, versions), then the remaining rounds and a second `run_end`. Rounds before
+`from_round` are never repeated; a round the stopped attempt left unfinished appears twice, and
+the later one (after `run_resumed`) is the one the result holds.
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ class Trace:
         self._file: IO[str] | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            torn = _torn(path)
             self._file = path.open("a", encoding="utf-8")
+            if torn:
+                # A resumed run appends: keep its first event off a line a crash cut short.
+                self._file.write("\n")
 
     def emit(self, event: str, round: int | None = None, **fields: Any) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -72,6 +81,18 @@ class Trace:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _torn(path: Path) -> bool:
+    """Does the file end in the middle of a line?"""
+    try:
+        with path.open("rb") as handle:
+            if handle.seek(0, 2) == 0:
+                return False
+            handle.seek(-1, 2)
+            return handle.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def round_ts(ts: float) -> float:

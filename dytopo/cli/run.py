@@ -100,6 +100,7 @@ def run(
                 observers=[progress] if progress else [],
                 base_dir=topology.parent,
                 trust_topology=trust_topology,
+                source=topology,
             )
         )
     finally:

@@ -1,0 +1,241 @@
+"""Checkpoints: a run's state after its last complete round, on disk next to its trace.
+
+`runs/20261123-062800-research.jsonl` -> `runs/20261123-062800-research.checkpoint.json`,
+written atomically (temp file, fsync, rename, fsync folder) after the opening, after every
+complete round, and once more with the run's status when it ends. A crash at any moment
+leaves either the previous checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shlex
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from dytopo.errors import ConfigError
+from dytopo.state import RunState
+from dytopo.topology import Topology
+from dytopo.versions import versions
+
+log = structlog.get_logger("dytopo.checkpoint")
+
+SUFFIX = ".checkpoint.json"
+Status = Literal["running", "complete", "interrupted", "failed"]
+MAX_BYTES = 1 << 30
+"""Largest checkpoint read; a run's state is a few MB at most."""
+
+
+class TopologyOrigin(BaseModel):
+    """The file a swarm was built from, as its checkpoints record it."""
+
+    path: str
+    """Absolute path of the topology file."""
+    sha256: str
+    """Hash of the file's bytes when the swarm was built."""
+    topology: dict[str, Any]
+    """The topology as run (command-line overrides included), in JSON form."""
+
+
+def origin_of(path: str | Path, topology: Topology) -> TopologyOrigin:
+    file = Path(path).resolve()
+    return TopologyOrigin(
+        path=str(file), sha256=file_sha256(file), topology=topology.model_dump(mode="json")
+    )
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Checkpoint(BaseModel):
+    """Everything to continue a run: where it came from, and its state."""
+
+    format: Literal[1] = 1
+    run_id: str
+    status: Status
+    task: str
+    topology_path: str | None
+    """Absolute path of the topology file (None for swarms built in Python)."""
+    topology_sha256: str | None
+    """Hash of the file's bytes when the run started."""
+    topology: dict[str, Any] | None
+    """The topology as loaded (model_dump(mode="json")), to name differences."""
+    trace_path: str | None
+    versions: dict[str, str]
+    started_at: float
+    """Unix time the run started."""
+    updated_at: float
+    state: RunState
+    """Everything needed to continue after the last complete round."""
+
+
+def checkpoint_path(trace_path: Path) -> Path:
+    """The checkpoint beside a trace: same folder, same stem."""
+    return trace_path.with_name(trace_path.stem + SUFFIX)
+
+
+def write_checkpoint(cp: Checkpoint, path: Path) -> None:
+    """Replace `path` with `cp` atomically and durably."""
+    data = cp.model_dump_json().encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename itself is durable once the folder is synced.
+    folder = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Load a checkpoint, or raise ConfigError saying in one line why it cannot be used."""
+    try:
+        if not path.is_file():
+            raise ConfigError(f"checkpoint {path}: no such file (see `dytopo runs`)")
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError(f"checkpoint {path}: larger than {MAX_BYTES:,} bytes, not one")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"checkpoint {path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return Checkpoint.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "file"
+        raise ConfigError(
+            f"checkpoint {path}: not a DyTopo checkpoint this version can read "
+            f"({where}: {first['msg']}; {exc.error_count()} problem(s))"
+        ) from None
+
+
+_RUN_ID = re.compile(rb'"run_id"\s*:\s*"([^"\\]*)"')
+
+
+def find_checkpoint(source: str | Path, runs_dir: Path = Path("runs")) -> Path:
+    """The checkpoint of `source`: a checkpoint path, a trace path, or a run id (looked up in
+    `runs_dir`). Raises ConfigError naming what was tried."""
+    path = Path(source)
+    if path.name.endswith(SUFFIX):
+        return path
+    if path.is_file():
+        beside = checkpoint_path(path)
+        if beside.is_file():
+            return beside
+        raise ConfigError(
+            f"{path}: no checkpoint beside this trace ({beside.name}); runs without a trace "
+            "file, and runs from before checkpoints existed, cannot be resumed"
+        )
+    for candidate in sorted(runs_dir.glob(f"*{SUFFIX}")) if runs_dir.is_dir() else []:
+        if _run_id_of(candidate) == str(source):
+            return candidate
+    raise ConfigError(
+        f"no run {str(source)!r} in {runs_dir}/ and no such file: give a run id from "
+        "`dytopo runs`, a trace path or a checkpoint path"
+    )
+
+
+def _run_id_of(path: Path) -> str | None:
+    # Checkpoints are written with run_id near the start: no need to parse whole files.
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    match = _RUN_ID.search(head)
+    return match.group(1).decode("utf-8", "replace") if match else None
+
+
+def resume_command(run_id: str, trace_path: Path, runs_dir: Path = Path("runs")) -> str:
+    """The exact `dytopo resume` command for a run, from the current folder."""
+    by_id = trace_path.parent.resolve() == runs_dir.resolve()
+    return f"dytopo resume {run_id if by_id else shlex.quote(str(trace_path))}"
+
+
+def changed_fields(old: Any, new: Any, where: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two JSON values, with short values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            change
+            for key in sorted(set(old) | set(new), key=str)
+            for change in changed_fields(old.get(key), new.get(key), f"{where}.{key}".lstrip("."))
+        ]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            c
+            for k, (a, b) in enumerate(zip(old, new, strict=True))
+            for c in changed_fields(a, b, f"{where}[{k}]")
+        ]
+    if old == new:
+        return []
+    short = all(len(repr(v)) <= 40 for v in (old, new))
+    return [f"{where or 'topology'} ({old!r} -> {new!r})" if short else (where or "topology")]
+
+
+class Checkpointer:
+    """Writes one run's checkpoint. A write that fails is logged and retried at the next round:
+    a full disk must not end a run that can still finish."""
+
+    def __init__(
+        self,
+        path: Path,
+        state: RunState,
+        *,
+        origin: TopologyOrigin | None,
+        trace_path: Path,
+        started_at: float | None = None,
+    ) -> None:
+        self.path = path
+        now = time.time()
+        self.checkpoint = Checkpoint(
+            run_id=state.run_id,
+            status="running",
+            task=state.task,
+            topology_path=origin.path if origin else None,
+            topology_sha256=origin.sha256 if origin else None,
+            topology=origin.topology if origin else None,
+            trace_path=str(trace_path),
+            versions=versions(),
+            started_at=started_at or now,
+            updated_at=now,
+            state=state.model_copy(deep=True),
+        )
+        self.written = False
+        """Whether a checkpoint of this run is on disk (so it can be resumed)."""
+
+    def save(self, state: RunState) -> None:
+        """The run completed a step it must never redo: keep a copy of its state."""
+        self._write("running", state.model_copy(deep=True))
+
+    def finish(self, status: Status, state: RunState | None = None) -> None:
+        """The run ended: record how, with `state` or the last saved one."""
+        self._write(status, state.model_copy(deep=True) if state else self.checkpoint.state)
+
+    def _write(self, status: Status, state: RunState) -> None:
+        self.checkpoint = self.checkpoint.model_copy(
+            update={"status": status, "state": state, "updated_at": time.time()}
+        )
+        try:
+            write_checkpoint(self.checkpoint, self.path)
+        except OSError as exc:
+            log.warning("checkpoint.failed", path=str(self.path), error=str(exc))
+        else:
+            self.written = True
