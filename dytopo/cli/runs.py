@@ -3,8 +3,9 @@
 Status rules (documented in `dytopo runs --help`):
 - the trace's last segment (from its last `run_start` or `run_resumed`) ends with `run_end`:
   complete, or interrupted (Ctrl-C/SIGTERM), or failed (any other error);
-- no `run_end` yet: running while the trace or the checkpoint was written in the last
-  15 minutes and the checkpoint (if any) says running; otherwise interrupted (the process died).
+- no `run_end` (the process died, or runs still): the checkpoint's status when it says the run
+  ended; else running while the trace or the checkpoint was written in the last 15 minutes;
+  else interrupted.
 
 Traces are hostile input like any file: a file that yields no DyTopo event (garbage, not UTF-8,
 too large, not a regular file) is one `unreadable` row, never a traceback.
@@ -19,13 +20,14 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 import typer
 from pydantic import BaseModel
 from rich.table import Table
 from rich.text import Text
 
+from dytopo.checkpoint import SUFFIX, checkpoint_path
 from dytopo.cli._common import fail, out
 
 RUNNING_WINDOW_S = 15 * 60
@@ -33,7 +35,6 @@ MAX_FILE_BYTES = 256 * 2**20
 """Bigger files are listed as unreadable instead of being read: a listing must stay quick."""
 MAX_LINE_BYTES = 16 * 2**20
 TASK_CHARS = 60
-CHECKPOINT_SUFFIX = ".checkpoint.json"
 
 Status = Literal["complete", "interrupted", "failed", "running", "unreadable"]
 
@@ -88,7 +89,7 @@ def runs(
 def list_runs(folder: Path, *, now: float | None = None) -> list[RunRow]:
     """Every run in `folder`, newest first; a file that cannot be read is one unreadable row."""
     now = time.time() if now is None else now
-    checkpoints = {p: _read_json(p) for p in _entries(folder, f"*{CHECKPOINT_SUFFIX}")}
+    checkpoints = {p: _read_json(p) for p in _entries(folder, f"*{SUFFIX}")}
     rows: list[RunRow] = []
     used: set[Path] = set()
     for trace in _entries(folder, "*.jsonl"):
@@ -257,7 +258,7 @@ def _match_checkpoint(
     trace: Path, run_id: str, checkpoints: dict[Path, dict[str, Any] | str]
 ) -> Path | None:
     """The checkpoint next to the trace (same stem), else one in the folder with this run id."""
-    beside = trace.with_name(trace.stem + CHECKPOINT_SUFFIX)
+    beside = checkpoint_path(trace)
     data = checkpoints.get(beside)
     if data is not None and (not isinstance(data, dict) or data.get("run_id") in (run_id, None)):
         return beside
@@ -293,9 +294,11 @@ def _status(run: _Run, cp: dict[str, Any] | None, now: float) -> Status:
         if error == "interrupted":
             return "interrupted"
         return "failed" if error or run.end.get("halt_reason") == "error" else "complete"
+    said = cp.get("status") if cp else None
+    if said in ("complete", "failed", "interrupted"):
+        return cast(Status, said)  # the run ended; its run_end line was lost
     written = [t for t in (run.last_ts(), _number(cp.get("updated_at")) if cp else None) if t]
-    says_running = cp is None or cp.get("status") == "running"
-    if says_running and written and now - max(written) < RUNNING_WINDOW_S:
+    if written and now - max(written) < RUNNING_WINDOW_S:
         return "running"
     return "interrupted"
 

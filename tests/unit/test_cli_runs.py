@@ -14,6 +14,7 @@ from helpers import decision, final, goal, make_swarm, step
 from typer.testing import CliRunner
 
 from dytopo.agent import AgentOutput, FunctionAgent, StepContext
+from dytopo.checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
 from dytopo.cli import app, main
 from dytopo.cli import runs as runs_cli
 from dytopo.errors import BackendUnavailable, RunError
@@ -131,62 +132,71 @@ async def test_lists_library_traces_newest_first_with_status_rounds_tokens(
     assert "x" * 61 not in lines[3]
 
 
+async def _killed(trace: Path) -> None:
+    """SIGKILL as round 2 starts: the trace and checkpoint as they were then, torn last line."""
+    kept: dict[Path, bytes] = {}
+
+    def snapshot(event: dict[str, Any]) -> None:
+        if event["event"] == "round_start" and event["round"] == 2:
+            for path in (trace, checkpoint_path(trace)):
+                kept[path] = path.read_bytes()
+
+    script = _script(2)
+    script["manager"] = [goal("go"), decision(False), decision(True, "A"), final("A")]
+    swarm = make_swarm(ScriptedBackend(by_tag=script), ["researcher", "writer"], max_rounds=2)
+    await swarm.run("a killed task", trace_path=trace, observers=[snapshot])
+    for path, data in kept.items():
+        path.write_bytes(data)
+    with trace.open("a", encoding="utf-8") as handle:
+        handle.write('{"event": "round_st')
+
+
 async def test_killed_run_is_running_while_recent_then_interrupted(tmp_path: Path) -> None:
     trace = tmp_path / "killed.jsonl"
-    await _complete(trace)
-    # SIGKILL after round 1: no run_end, and a torn last line.
-    lines = trace.read_text(encoding="utf-8").splitlines()
-    cut = next(k for k, line in enumerate(lines) if json.loads(line)["event"] == "round_end")
-    trace.write_text("\n".join(lines[: cut + 1]) + '\n{"event": "round_st', encoding="utf-8")
-    last_ts = json.loads(lines[cut])["ts"]
+    await _killed(trace)
+    cp = read_checkpoint(checkpoint_path(trace))
+    assert cp.status == "running"
 
-    fresh = runs_cli.list_runs(tmp_path, now=last_ts + 60)
-    stale = runs_cli.list_runs(tmp_path, now=last_ts + runs_cli.RUNNING_WINDOW_S + 1)
+    fresh = runs_cli.list_runs(tmp_path, now=cp.updated_at + 60)
+    stale = runs_cli.list_runs(tmp_path, now=cp.updated_at + runs_cli.RUNNING_WINDOW_S + 1)
 
-    assert [(r.status, r.rounds) for r in fresh] == [("running", 1)]
+    assert [(r.status, r.rounds, r.run_id) for r in fresh] == [("running", 1, cp.run_id)]
     assert [(r.status, r.rounds) for r in stale] == [("interrupted", 1)]
     assert fresh[0].problem == "1 unreadable line(s) skipped"
+    assert fresh[0].checkpoint == str(checkpoint_path(trace))
 
 
 async def test_checkpoint_status_decides_a_run_without_run_end(tmp_path: Path) -> None:
+    """A run_end that never reached the disk, but a checkpoint that says how the run ended."""
     trace = tmp_path / "r.jsonl"
-    await _complete(trace)
+    await _failed(trace)
     lines = trace.read_text(encoding="utf-8").splitlines()
     trace.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # drop run_end
-    run_id = json.loads(lines[0])["run_id"]
-    now = json.loads(lines[-2])["ts"] + 5
-    checkpoint = tmp_path / "r.checkpoint.json"
-    checkpoint.write_text(json.dumps({"run_id": run_id, "status": "failed", "updated_at": now}))
+    cp = read_checkpoint(checkpoint_path(trace))
+    assert cp.status == "failed"
 
-    (row,) = runs_cli.list_runs(tmp_path, now=now)
-    assert row.status == "interrupted"  # recent, but the checkpoint says it is not running
-    assert row.checkpoint == str(checkpoint)
+    (row,) = runs_cli.list_runs(tmp_path, now=cp.updated_at + 1)
+    assert row.status == "failed"  # recent, but the checkpoint says how it ended
 
-    checkpoint.write_text(json.dumps({"run_id": run_id, "status": "running", "updated_at": now}))
-    assert [r.status for r in runs_cli.list_runs(tmp_path, now=now)] == ["running"]
+    write_checkpoint(cp.model_copy(update={"status": "running"}), checkpoint_path(trace))
+    assert [r.status for r in runs_cli.list_runs(tmp_path, now=cp.updated_at + 1)] == ["running"]
 
 
-def test_checkpoint_without_its_trace_is_listed(tmp_path: Path) -> None:
-    (tmp_path / "gone.checkpoint.json").write_text(
-        json.dumps(
-            {
-                "run_id": "abc",
-                "status": "running",
-                "task": "t",
-                "topology_path": "/x/research.yaml",
-                "updated_at": 1000.0,
-                "started_at": 900.0,
-                "state": {"round": 3},
-            }
-        )
-    )
+async def test_checkpoint_without_its_trace_is_listed(tmp_path: Path) -> None:
+    trace = tmp_path / "gone.jsonl"
+    failed = await _failed(trace)
+    cp = read_checkpoint(checkpoint_path(trace))
+    trace.unlink()
+
     (row,) = _listed(tmp_path)
-    assert (row["run_id"], row["status"], row["rounds"], row["topology"]) == (
-        "abc",
-        "interrupted",
-        3,
-        "research",
+    assert (row["run_id"], row["status"], row["rounds"], row["task"]) == (
+        failed.run_id,
+        "failed",
+        1,
+        "a failing task",
     )
+    assert row["started_at"] == cp.started_at
+    assert row["problem"] == "trace not in this folder"
 
 
 HOSTILE: dict[str, bytes] = {
