@@ -115,6 +115,14 @@ async def ask_structured(
             result.usage = result.usage + reply.usage
             reply_text, finish = reply.content, reply.finish_reason
             value, error = _judge(model, reply, request.max_tokens)
+        last = value is not None or number > reasks
+        if not last:
+            try:
+                messages = await _reask_prompt(backend, request, reply_text, error, schema, pack)
+            except BudgetExceeded as exc:
+                # Even the bare correction does not fit beside the pinned prompt: asking again
+                # would overflow the context, so the ladder ends here with the reason recorded.
+                error, last = f"{error}; no room left to re-ask ({exc})", True
         attempt = Attempt(
             attempt=number,
             temperature=sampling.temperature,
@@ -127,11 +135,9 @@ async def ask_structured(
         result.raw = reply_text
         if on_attempt:
             on_attempt(attempt)
-        if value is not None:
+        if last:
             result.value = value
             return result
-        if number <= reasks:
-            messages = await _reask_prompt(backend, request, reply_text, error, schema, pack)
     return result
 
 

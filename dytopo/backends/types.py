@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> str:
+    # JSON may carry a lone surrogate (`"\ud800"`: from a model's reply, a tool result, a task)
+    # that no UTF-8 request body can hold; replaced here, every message stays sendable.
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+"""A string that can always be encoded as UTF-8."""
 
 
 class ToolCall(BaseModel):
     """One function call requested by the model; `arguments` is the raw JSON text."""
 
-    id: str = ""
-    name: str
-    arguments: str = "{}"
+    id: Text = ""
+    name: Text
+    arguments: Text = "{}"
 
 
 class ChatMessage(BaseModel):
@@ -21,7 +34,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | None = None
+    content: Text | None = None
     tool_calls: list[ToolCall] | None = None
     """Calls made by an assistant message."""
     tool_call_id: str | None = None
@@ -46,7 +59,7 @@ class ChatMessage(BaseModel):
 class Sampling(BaseModel):
     """Sampling parameters; None means the server's default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperature: float | None = 0.7
     top_p: float | None = 0.8
