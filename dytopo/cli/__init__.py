@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from dytopo.cli import backend, doctor, plan, run, runs, tools
+from dytopo.cli import backend, doctor, plan, resume, run, runs, tools
 from dytopo.cli._common import State, error_line, setup
 from dytopo.errors import ConfigError, DyTopoError
 
@@ -33,6 +33,7 @@ app.command("validate")(run.validate)
 app.command("schema")(run.schema)
 app.command("plan")(plan.plan)
 app.command("runs")(runs.runs)
+app.command("resume")(resume.resume)
 app.command("doctor")(doctor.doctor)
 app.add_typer(backend.app, name="backend")
 app.add_typer(tools.app, name="tools")

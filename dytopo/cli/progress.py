@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
@@ -14,10 +15,11 @@ from dytopo.result import RunResult
 class RoundProgress:
     """Observer: a spinner saying what is happening, and a line per finished round."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, agents: list[str] | None = None) -> None:
         self.console = console
         self.status: Status | None = None
-        self.agents: list[str] = []
+        self.agents: list[str] = agents or []
+        """Known up front when resuming (a resumed run has no run_start)."""
         self.done = 0
         self.round = 0
 
@@ -25,15 +27,27 @@ class RoundProgress:
         kind = event["event"]
         if kind == "run_start":
             self.agents = event["agents"]
+            name = escape(event["name"])
             self.console.print(
-                f"[bold]{event['name']}[/]: {len(self.agents)} agents, mode {event['mode']}, "
+                f"[bold]{name}[/]: {len(self.agents)} agents, mode {event['mode']}, "
                 f"tau {event['tau']}, up to {event['max_rounds']} rounds "
                 f"(run {event['run_id']})"
             )
             self._set("manager is setting the first goal")
+        elif kind == "run_resumed":
+            forced = " with the changed topology file (--force)" if event.get("forced") else ""
+            self.console.print(
+                f"[bold]resuming run {event['run_id']}[/] from round {event['from_round']} "
+                f"({event['completed_rounds']} complete round(s) kept){forced}"
+            )
+            self._set(f"round {event['from_round']} starting")
         elif kind == "round_start":
             self.round, self.done = event["round"], 0
-            self.console.print(f"[cyan]round {self.round}[/] goal: {event['goal'][:160]}")
+            # Model text is data: "[/x]" in a goal must not be read as markup (or crash the run).
+            self.console.print(
+                f"[cyan]round {self.round}[/] goal: {escape(event['goal'][:160])}",
+                highlight=False,
+            )
             self._set(f"round {self.round}: 0/{len(self.agents)} agents done")
         elif kind == "agent_output":
             self.done += 1
@@ -54,9 +68,14 @@ class RoundProgress:
             )
         elif kind == "manager_decision" and event["halt"]:
             verdict = (
-                "accepted" if event["accepted"] else f"not accepted ({event['rejected_because']})"
+                "accepted"
+                if event["accepted"]
+                else f"not accepted ({escape(event['rejected_because'])})"
             )
-            self.console.print(f"  manager: halt {verdict}: {event['reason'][:120]}")
+            self.console.print(
+                f"  manager: halt {verdict}: {escape(event['reason'][:120])}",
+                highlight=False,
+            )
         elif kind == "run_end":
             self.stop()
 
@@ -75,7 +94,7 @@ class RoundProgress:
 
 def summary(result: RunResult, console: Console) -> None:
     console.rule("final answer")
-    console.print(result.final_answer or "(empty)", highlight=False)
+    console.print(result.final_answer or "(empty)", markup=False, highlight=False)
     console.rule()
     table = Table(
         title=f"usage (halt: {result.halt_reason}, {len(result.rounds)} rounds, "

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import typer
 from pydantic import ValidationError
 
+from dytopo.checkpoint import checkpoint_path, resume_command
 from dytopo.cli._common import TRUST_HELP, check_urls, err, fail, out, run_async
 from dytopo.cli.progress import RoundProgress, summary
 from dytopo.errors import ConfigError, RunError
 from dytopo.loader import load_topology, problems_in, shown
 from dytopo.result import RunResult
 from dytopo.routing import Mode
-from dytopo.runner import run_topology
+from dytopo.runner import default_trace_path, run_topology
 from dytopo.topology import Topology
+from dytopo.trace import Observer
+
+QUIET_HELP = "No live progress view (the result is still printed)."
 
 # Where an overridden field came from, to name the flag in the error.
 _FLAGS: dict[tuple[str | int, ...], str] = {
@@ -79,6 +84,7 @@ def run(
         "embedded MiniLM server, else the LLM server).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, no progress."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
 ) -> None:
     """Run a swarm on a task and print the final answer."""
@@ -88,24 +94,53 @@ def run(
         load_topology(topology, trust_topology=trust_topology), mode, tau, rounds, seed
     )
     check_urls(backend_url or loaded.backend.base_url, embed_url or loaded.embedder.base_url)
-    progress = None if as_json else RoundProgress(err)
+    trace = trace or default_trace_path(loaded)
+    show_run(
+        lambda observers: run_topology(
+            loaded,
+            task,
+            backend_url=backend_url,
+            embed_url=embed_url,
+            trace_path=trace,
+            observers=observers,
+            base_dir=topology.parent,
+            trust_topology=trust_topology,
+            source=topology,
+        ),
+        trace=trace,
+        as_json=as_json,
+        quiet=quiet,
+    )
+
+
+def show_run(
+    start: Callable[[list[Observer]], Coroutine[Any, Any, RunResult]],
+    *,
+    trace: Path | None,
+    as_json: bool,
+    quiet: bool = False,
+    progress: RoundProgress | None = None,
+) -> None:
+    """Run `start(observers)` the way `dytopo run` does: a live view on stderr (unless --json
+    or --quiet), the result on stdout; Ctrl-C or SIGTERM exits 130 naming the resume command."""
+    view = None if as_json or quiet else progress or RoundProgress(err)
+    seen: list[str] = []
+
+    def remember(event: dict[str, Any]) -> None:
+        if not seen:
+            seen.append(event["run_id"])
+
     try:
-        result = run_async(
-            run_topology(
-                loaded,
-                task,
-                backend_url=backend_url,
-                embed_url=embed_url,
-                trace_path=trace,
-                observers=[progress] if progress else [],
-                base_dir=topology.parent,
-                trust_topology=trust_topology,
-                source=topology,
-            )
-        )
-    finally:
-        if progress:
-            progress.stop()
+        try:
+            result = run_async(start([remember, *([view] if view else [])]))
+        finally:
+            if view:
+                view.stop()
+    except typer.Exit as stop:
+        if stop.exit_code == 130 and seen and trace and checkpoint_path(trace).is_file():
+            again = resume_command(seen[0], trace)
+            err.print(f"continue it with: {again}", markup=False, highlight=False, soft_wrap=True)
+        raise
     if as_json:
         print(json.dumps(_json(result), ensure_ascii=False))
     else:
@@ -159,4 +194,4 @@ def schema() -> None:
     print(json.dumps(Topology.model_json_schema(), indent=2))
 
 
-__all__ = ["RunError", "run", "schema", "validate"]
+__all__ = ["RunError", "run", "schema", "show_run", "validate"]

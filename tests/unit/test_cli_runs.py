@@ -5,23 +5,33 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import decision, final, goal, make_swarm, step
+from rich.console import Console
 from typer.testing import CliRunner
 
+from dytopo import runner as library_runner
 from dytopo.agent import AgentOutput, FunctionAgent, StepContext
 from dytopo.checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
 from dytopo.cli import app, main
 from dytopo.cli import runs as runs_cli
+from dytopo.cli.progress import RoundProgress
+from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError
 from dytopo.result import RunResult
+from dytopo.swarm import Swarm
 from dytopo.testing import ScriptedBackend
+from dytopo.trace import read_trace
 
-runner = CliRunner()
+cli = CliRunner()
 
 
 def _script(rounds: int) -> dict[str, list[Any]]:
@@ -74,7 +84,7 @@ async def _interrupted(trace: Path) -> None:
 
 
 def _listed(folder: Path) -> list[dict[str, Any]]:
-    result = runner.invoke(app, ["runs", "--json", "--dir", str(folder)])
+    result = cli.invoke(app, ["runs", "--json", "--dir", str(folder)])
     assert result.exit_code == 0, result.output
     rows: list[dict[str, Any]] = json.loads(result.output)
     return rows
@@ -122,7 +132,7 @@ async def test_lists_library_traces_newest_first_with_status_rounds_tokens(
     assert interrupted["task"] == "an interrupted task"
     assert all(r["wall_s"] >= 0 and r["started_at"] for r in rows)
 
-    table = runner.invoke(app, ["runs", "--dir", str(tmp_path)])
+    table = cli.invoke(app, ["runs", "--dir", str(tmp_path)])
     assert table.exit_code == 0
     lines = table.output.splitlines()
     assert lines[0].split()[:4] == ["id", "topology", "task", "status"]
@@ -273,21 +283,272 @@ def test_hostile_fields_are_shown_as_text(tmp_path: Path) -> None:
     (row,) = _listed(tmp_path)
     assert (row["rounds"], row["tokens"], row["started_at"], row["topology"]) == (1, 0, None, None)
     assert row["status"] == "complete"
-    table = runner.invoke(app, ["runs", "--dir", str(tmp_path)])
+    table = cli.invoke(app, ["runs", "--dir", str(tmp_path)])
     assert table.exit_code == 0
     assert "[bold red]markup[/]" in table.output
     assert not any(c in table.output for c in "\x1b\x07\u202e")
 
 
 def test_empty_missing_and_non_folder(tmp_path: Path) -> None:
-    empty = runner.invoke(app, ["runs", "--dir", str(tmp_path)])
+    empty = cli.invoke(app, ["runs", "--dir", str(tmp_path)])
     assert empty.exit_code == 0
     assert empty.output.strip().splitlines() == [
         f"no runs in {tmp_path}/ (`dytopo run TOPOLOGY` writes its trace there)"
     ]
-    missing = runner.invoke(app, ["runs", "--dir", str(tmp_path / "nope"), "--json"])
+    missing = cli.invoke(app, ["runs", "--dir", str(tmp_path / "nope"), "--json"])
     assert (missing.exit_code, missing.output.strip()) == (0, "[]")
     (tmp_path / "file").write_text("x")
-    not_folder = runner.invoke(app, ["runs", "--dir", str(tmp_path / "file")])
+    not_folder = cli.invoke(app, ["runs", "--dir", str(tmp_path / "file")])
     assert not_folder.exit_code == 2
     assert len(not_folder.output.strip().splitlines()) == 1
+
+
+# --- dytopo resume ------------------------------------------------------------------------------
+
+TOPOLOGY = """\
+name: t
+task: compare caches
+routing: {mode: dynamic, tau: 0.5}
+max_rounds: 2
+min_rounds: 2
+seed: 3
+structured_reasks: 1
+agents:
+  - {id: researcher}
+  - {id: writer}
+"""
+
+
+def _round(r: int) -> dict[str, list[Any]]:
+    return {
+        "researcher": [step(f"facts {r}", f"F{r}", "draft", "facts")],
+        "writer": [step(f"draft {r}", f"D{r}", "facts", "zebra")],
+    }
+
+
+@pytest.fixture
+def servers(monkeypatch: pytest.MonkeyPatch) -> list[ScriptedBackend]:
+    """The scripted servers the runs will use, in order: the test appends one per run."""
+    queue: list[ScriptedBackend] = []
+
+    @asynccontextmanager
+    async def built(topology: Any, *args: Any) -> AsyncIterator[Swarm]:
+        yield library_runner.build_swarm(topology, queue.pop(0), HashEmbedder(), source=args[4])
+
+    monkeypatch.setattr(library_runner, "_built", built)
+    return queue
+
+
+def _server(**by_tag: list[Any]) -> ScriptedBackend:
+    return ScriptedBackend(by_tag=by_tag)
+
+
+def dytopo(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[int, str, str]:
+    """`dytopo ARGS` as the entry point runs it: exit code, stdout, stderr."""
+    monkeypatch.setattr("sys.argv", ["dytopo", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    code = exit_info.value.code
+    assert isinstance(code, int)
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def stopped(
+    tmp_path: Path,
+    servers: list[ScriptedBackend],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Path, str]:
+    """`dytopo run` whose server dies after round 1: its trace and its one-line error."""
+    topology, trace = tmp_path / "t.yaml", tmp_path / "t.jsonl"
+    topology.write_text(TOPOLOGY, encoding="utf-8")
+    first = {who: [*replies, GONE] for who, replies in _round(1).items()}
+    servers.append(_server(**first, manager=[goal("g1"), decision(False), GONE]))
+    code, _, err = dytopo(capsys, monkeypatch, "run", str(topology), "--trace", str(trace))
+    assert code == 1, err
+    return trace, err
+
+
+GONE = BackendUnavailable("server gone after 6 attempts", url="scripted://")
+
+
+def test_a_dead_server_names_the_exact_resume_command_and_resume_finishes(
+    stopped: tuple[Path, str],
+    servers: list[ScriptedBackend],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trace, err = stopped
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "stopped after 1 complete round(s)" in errors[0]
+    assert errors[0].endswith(f"continue it with: dytopo resume {trace}")
+    servers.append(
+        _server(**_round(2), manager=[decision(True, "ANSWER", goal_next=""), final("ANSWER")])
+    )
+    monkeypatch.setenv("COLUMNS", "200")
+
+    code, out, err = dytopo(capsys, monkeypatch, "resume", str(trace))
+
+    assert code == 0, err
+    assert "ANSWER" in out
+    assert "(halt: manager, 2 rounds" in out
+    assert "from round 2 (1 complete round(s) kept)" in err
+    events = read_trace(trace)
+    assert [e["round"] for e in events if e["event"] == "round_end"] == [1, 2]
+    (row,) = runs_cli.list_runs(trace.parent)
+    assert (row.status, row.rounds) == ("complete", 2)
+
+    code, _, err = dytopo(capsys, monkeypatch, "resume", str(trace))
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "is complete: nothing to resume" in err
+
+
+def test_resume_by_run_id_prints_json(
+    stopped: tuple[Path, str],
+    servers: list[ScriptedBackend],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trace, _ = stopped
+    run_id = read_trace(trace)[0]["run_id"]
+    servers.append(
+        _server(**_round(2), manager=[decision(True, "ANSWER", goal_next=""), final("ANSWER")])
+    )
+    args = ["resume", run_id, "--dir", str(trace.parent), "--json"]
+
+    code, out, err = dytopo(capsys, monkeypatch, *args)
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["run_id"], result["rounds"], result["final_answer"]) == (run_id, 2, "ANSWER")
+    assert err == ""  # --json: no progress view
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("0123456789ab", "no run '0123456789ab' in"),
+        ("{dir}/nothing.checkpoint.json", "no such file"),
+        ("{dir}/bad.checkpoint.json", "not a DyTopo checkpoint"),
+        ("{dir}/t.yaml", "no checkpoint beside this trace"),
+    ],
+)
+def test_resume_refusals_are_one_line_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+    message: str,
+) -> None:
+    (tmp_path / "bad.checkpoint.json").write_bytes(b'{"format": 1, "run_id": "x"')
+    (tmp_path / "t.yaml").write_text(TOPOLOGY, encoding="utf-8")
+    args = ["resume", source.format(dir=tmp_path), "--dir", str(tmp_path)]
+
+    code, out, err = dytopo(capsys, monkeypatch, *args)
+
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_a_changed_topology_is_refused_naming_the_change_unless_forced(
+    stopped: tuple[Path, str],
+    servers: list[ScriptedBackend],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trace, _ = stopped
+    topology = trace.with_name("t.yaml")
+    topology.write_text(TOPOLOGY.replace("tau: 0.5", "tau: 0.4"), encoding="utf-8")
+
+    code, _, err = dytopo(capsys, monkeypatch, "resume", str(trace))
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "routing.tau (0.5 -> 0.4)" in err
+    assert "--force" in err
+
+    servers.append(
+        _server(**_round(2), manager=[decision(True, "ANSWER", goal_next=""), final("ANSWER")])
+    )
+    code, out, err = dytopo(capsys, monkeypatch, "resume", str(trace), "--force", "--quiet")
+    assert code == 0, err
+    assert "ANSWER" in out
+    assert err == ""  # --quiet: no progress view
+
+
+CTRL_C = """
+import signal, sys
+from contextlib import asynccontextmanager
+from dytopo import runner
+from dytopo.cli import main
+from dytopo.embedders import HashEmbedder
+from dytopo.testing import Reply, ScriptedBackend
+
+pressed = []
+
+def ctrl_c(request):
+    if not pressed:  # once, while the first agent's request is in flight
+        pressed.append(signal.raise_signal(signal.SIGINT))
+    return Reply(content="{}", delay_s=60)
+
+@asynccontextmanager
+async def built(topology, *args):
+    backend = ScriptedBackend(responder=ctrl_c)
+    yield runner.build_swarm(topology, backend, HashEmbedder(), source=args[4])
+
+runner._built = built
+sys.argv = ["dytopo", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ctrl_c_exits_130_and_names_the_resume_command(stopped: tuple[Path, str]) -> None:
+    # A real SIGINT in a process of its own: after Ctrl-C the CLI exits, and nothing in this
+    # test process should live on with what an interrupted event loop leaves behind.
+    trace, _ = stopped
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C, "resume", str(trace)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-2:] == [
+        "interrupted",
+        f"continue it with: dytopo resume {trace}",
+    ]
+    cp = read_checkpoint(checkpoint_path(trace))
+    assert (cp.status, cp.state.round) == ("interrupted", 1)
+    assert read_trace(trace)[-1]["error"] == "interrupted"
+
+
+def test_progress_shows_model_text_as_text_and_a_resumed_run() -> None:
+    """A goal or reason with "[/x]" is model output: shown as is, never read as markup (which
+    raised MarkupError inside the run's observer and ended the run)."""
+    console = Console(record=True, width=200)
+    view = RoundProgress(console, agents=["a", "b"])
+    view({"event": "run_resumed", "run_id": "r1", "from_round": 3, "completed_rounds": 2})
+    view({"event": "round_start", "round": 3, "goal": "use [/x] and [bold]tags[/bold]"})
+    view(
+        {
+            "event": "manager_decision",
+            "halt": True,
+            "accepted": False,
+            "rejected_because": "[/y] early",
+            "reason": "done [/z]",
+        }
+    )
+    view.stop()
+    text = console.export_text()
+    assert "resuming run r1 from round 3 (2 complete round(s) kept)" in text
+    assert "round 3 goal: use [/x] and [bold]tags[/bold]" in text
+    assert "manager: halt not accepted ([/y] early): done [/z]" in text

@@ -1,0 +1,56 @@
+"""`dytopo resume RUN`: continue a stopped run from its last complete round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dytopo.checkpoint import find_checkpoint, read_checkpoint
+from dytopo.cli._common import TRUST_HELP, check_urls, err
+from dytopo.cli.progress import RoundProgress
+from dytopo.cli.run import QUIET_HELP, show_run
+from dytopo.runner import resume_run
+
+
+def resume(
+    run: str = typer.Argument(
+        ..., help="A run id (see `dytopo runs`), a trace path or a checkpoint path."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Resume even though the topology file changed since the run began."
+    ),
+    backend_url: str | None = typer.Option(
+        None, "--backend-url", help="LLM server root (default: $DYTOPO_BASE_URL, else embedded)."
+    ),
+    embed_url: str | None = typer.Option(
+        None,
+        "--embed-url",
+        help="Embedding server root (default: $DYTOPO_EMBED_URL, else the "
+        "embedded MiniLM server, else the LLM server).",
+    ),
+    runs_dir: Path = typer.Option(Path("runs"), "--dir", help="Where run ids are looked up."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object, no progress."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
+) -> None:
+    """Continue a run that stopped (Ctrl-C, a dead server, a crash) from its last complete
+    round; its trace goes on in the same file. Prints the final answer like `dytopo run`."""
+    check_urls(backend_url, embed_url)
+    # Read here too (resume_run reads it again): the progress view needs the agents up front.
+    cp = read_checkpoint(find_checkpoint(run, runs_dir))
+    show_run(
+        lambda observers: resume_run(
+            run,
+            backend_url=backend_url,
+            embed_url=embed_url,
+            force=force,
+            observers=observers,
+            runs_dir=runs_dir,
+            trust_topology=trust_topology,
+        ),
+        trace=Path(cp.trace_path) if cp.trace_path else None,
+        as_json=as_json,
+        quiet=quiet,
+        progress=RoundProgress(err, agents=cp.state.agents),
+    )
