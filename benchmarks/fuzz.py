@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -99,20 +98,16 @@ def _topology(content: bytes) -> None:
     fuzzing.check_validate(path)
 
 
-def wired(case: fuzzing.LadderCase) -> fuzzing.LadderCase:
-    return dataclasses.replace(case, wire=True)
-
-
 def _builtin(drawn: tuple[str, str, fuzzing.FakeWeb]) -> None:
     asyncio.run(fuzzing.check_builtin_call(_registry, _workspace, *drawn))
 
 
 CHECKS: dict[str, Callable[[Any], Any]] = {
     "topology: dytopo validate (in-process)": _topology,
-    "replies: structured ladder": lambda case: asyncio.run(fuzzing.check_structured(wired(case))),
-    "replies: tool-call ladder": lambda case: asyncio.run(fuzzing.check_tool_phase(wired(case))),
+    "replies: structured ladder": lambda case: asyncio.run(fuzzing.check_structured(case)),
+    "replies: tool-call ladder": lambda case: asyncio.run(fuzzing.check_tool_phase(case)),
     "replies: agent step, both ladders": lambda drawn: asyncio.run(
-        fuzzing.check_agent_step(wired(drawn[0]), drawn[1])
+        fuzzing.check_agent_step(*drawn)
     ),
     "tools: built-in tool arguments": _builtin,
 }

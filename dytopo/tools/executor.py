@@ -48,6 +48,15 @@ def parse_arguments(call: ToolCall) -> dict[str, Any]:
         raise too_deep from None
     if _deeper_than(value, MAX_ARGUMENT_DEPTH):
         raise too_deep
+    try:
+        # JSON may escape half a UTF-16 pair ("\ud800"): Python decodes it to a lone surrogate,
+        # which no later request to the server can encode (a tool echoing it breaks the step).
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ToolError(
+            f"arguments of {call.name} hold a lone UTF-16 surrogate (an escape like \\ud800 "
+            "without its pair); write the characters themselves"
+        ) from None
     if not isinstance(value, dict):
         raise ToolError(
             f"arguments of {call.name} must be a JSON object, got {type(value).__name__}"

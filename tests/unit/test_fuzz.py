@@ -156,6 +156,19 @@ def test_arguments_nested_to_the_limit_still_parse() -> None:
     assert parse_arguments(ToolCall(name="x", arguments=json.dumps({"a": value})))
 
 
+@pytest.mark.parametrize("arguments", ['{"text": "a\\ud800"}', '{"\\udfff": "x"}'])
+async def test_a_lone_surrogate_escape_in_tool_arguments_is_refused(arguments: str) -> None:
+    """Found by fuzzing: the echo tool returned the decoded surrogate, and the tool turn that
+    carried it back to the server could not be encoded."""
+    executor = ToolExecutor(FUZZ_TOOLS, ToolContext())
+    outcome = await executor.run(ToolCall(name="echo", arguments=arguments))
+    assert not outcome.ok
+    assert "lone UTF-16 surrogate" in outcome.error
+    outcome.result.encode("utf-8")
+    pair = await executor.run(ToolCall(name="echo", arguments='{"text": "\\ud83d\\ude00"}'))
+    assert pair.result == "\U0001f600"
+
+
 async def test_a_model_looping_on_brackets_is_re_asked_not_crashed() -> None:
     """The tool ladder with a reply of 100,000 open brackets as arguments (a real failure mode
     of small models) records a refusal and re-asks."""
