@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -84,6 +85,14 @@ def runs(
         )
     else:
         out.print(_table(rows))
+        if any(r.checkpoint and r.status in ("interrupted", "failed") for r in rows):
+            where = "" if folder == Path("runs") else f" --dir {shlex.quote(str(folder))}"
+            out.print(
+                f"continue a stopped run with: dytopo resume ID{where}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def list_runs(folder: Path, *, now: float | None = None) -> list[RunRow]:

@@ -140,6 +140,7 @@ async def test_lists_library_traces_newest_first_with_status_rounds_tokens(
     assert "complete" in lines[3]
     assert "x" * 59 + "…" in lines[3]
     assert "x" * 61 not in lines[3]
+    assert lines[-1] == f"continue a stopped run with: dytopo resume ID --dir {tmp_path}"
 
 
 async def _killed(trace: Path) -> None:
