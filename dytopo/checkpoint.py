@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -78,6 +79,19 @@ class Checkpoint(BaseModel):
     """Everything needed to continue after the last complete round."""
 
 
+def check_resumable(cp: Checkpoint, agents: list[str] | None = None) -> None:
+    """Refuse, in one line, a run that is complete or that ran other agents than `agents`."""
+    if cp.status == "complete":
+        raise ConfigError(
+            f"run {cp.run_id} is complete: nothing to resume (its trace: {cp.trace_path})"
+        )
+    if agents is not None and cp.state.agents != agents:
+        raise ConfigError(
+            f"run {cp.run_id} ran agents {cp.state.agents}, this swarm has {agents}: resume "
+            "it on the swarm it ran on"
+        )
+
+
 def checkpoint_path(trace_path: Path) -> Path:
     """The checkpoint beside a trace: same folder, same stem."""
     return trace_path.with_name(trace_path.stem + SUFFIX)
@@ -85,7 +99,9 @@ def checkpoint_path(trace_path: Path) -> Path:
 
 def write_checkpoint(cp: Checkpoint, path: Path) -> None:
     """Replace `path` with `cp` atomically and durably."""
-    data = cp.model_dump_json().encode("utf-8")
+    # Through the json module: pydantic's JSON cannot write a lone surrogate (an agent's error
+    # text may hold one; it becomes "?") nor read back a NaN (an embedder may return one).
+    data = json.dumps(cp.model_dump(mode="json"), ensure_ascii=False).encode("utf-8", "replace")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -117,7 +133,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
     except OSError as exc:
         raise ConfigError(f"checkpoint {path}: cannot read: {exc.strerror or exc}") from None
     try:
-        return Checkpoint.model_validate_json(raw)
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON
+        raise ConfigError(f"checkpoint {path}: not a DyTopo checkpoint (not JSON: {exc})") from None
+    try:
+        return Checkpoint.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "file"
@@ -235,7 +255,7 @@ class Checkpointer:
         )
         try:
             write_checkpoint(self.checkpoint, self.path)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.warning("checkpoint.failed", path=str(self.path), error=str(exc))
         else:
             self.written = True

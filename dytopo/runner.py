@@ -15,6 +15,7 @@ from dytopo.build import build_swarm
 from dytopo.checkpoint import (
     Checkpoint,
     changed_fields,
+    check_resumable,
     file_sha256,
     find_checkpoint,
     read_checkpoint,
@@ -91,10 +92,7 @@ async def resume_run(
     A topology file that changed since the run started is refused, naming the changed fields,
     unless `force` (the run then goes on with the file as it is now)."""
     cp = read_checkpoint(find_checkpoint(source, runs_dir))
-    if cp.status == "complete":
-        raise ConfigError(
-            f"run {cp.run_id} is complete: nothing to resume (its trace: {cp.trace_path})"
-        )
+    check_resumable(cp)  # before any server is started
     topology, file = _topology_of(cp, force=force, trust_topology=trust_topology)
     built = _built(topology, backend_url, embed_url, file.parent, trust_topology, file)
     async with built as swarm:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from dytopo.backends.types import Usage
 from dytopo.manager import PublicMessage
 from dytopo.memory import MemoryItem
-from dytopo.result import RoundRecord
+from dytopo.result import HaltReason, RoundRecord, RunResult, UnfinishedRound
 from dytopo.router import Routing
 
 
@@ -108,6 +108,33 @@ class RunState(BaseModel):
     @property
     def routing_history(self) -> list[Routing]:
         return [r.routing for r in self.rounds]
+
+    def result(
+        self,
+        halt_reason: HaltReason,
+        final_answer: str,
+        *,
+        unfinished: UnfinishedRound | None = None,
+        wall_s: float = 0.0,
+        trace_path: str | None = None,
+    ) -> RunResult:
+        """What the run returns (or RunError.partial holds) when it ends in this state."""
+        ledger = self.ledger
+        return RunResult(
+            run_id=self.run_id,
+            task=self.task,
+            final_answer=final_answer,
+            halt_reason=halt_reason,
+            rounds=self.rounds,
+            unfinished=unfinished,
+            usage=ledger.usage,
+            usage_by_agent=ledger.by_agent,
+            wall_s=wall_s,
+            trace_path=trace_path,
+            reasks=ledger.reasks,
+            failures=ledger.failures,
+            stats=ledger.stats,
+        )
 
     @property
     def halted(self) -> RoundRecord | None:

@@ -17,11 +17,13 @@ import structlog
 
 from dytopo.agent import Agent, AgentOutput
 from dytopo.backends.base import Backend
+from dytopo.budget_guard import budget_stop
 from dytopo.checkpoint import (
     Checkpoint,
     Checkpointer,
     Status,
     TopologyOrigin,
+    check_resumable,
     checkpoint_path,
     find_checkpoint,
     read_checkpoint,
@@ -29,7 +31,7 @@ from dytopo.checkpoint import (
 )
 from dytopo.delivery import deliver
 from dytopo.embedders.base import Embedder
-from dytopo.errors import ConfigError, DyTopoError, RunError
+from dytopo.errors import DyTopoError, RunError
 from dytopo.manager import Manager
 from dytopo.manager_calls import ManagerCalls, Verdict
 from dytopo.memory import MemoryItem
@@ -167,7 +169,8 @@ class Swarm:
         cp = checkpoint
         if not isinstance(cp, Checkpoint):
             cp = read_checkpoint(find_checkpoint(cp))
-        state = self._resumable(cp)
+        check_resumable(cp, [a.id for a in self.agents])
+        state = cp.state.model_copy(deep=True)
         path = trace_path or cp.trace_path
         trace = Trace(state.run_id, Path(path) if path else None)
         trace.observers.extend(observers)
@@ -184,19 +187,6 @@ class Swarm:
         if isinstance(self.manager, StatefulManager):
             self.manager.load_state(state.manager)
         return await RoundLoop(self, state, trace, saver).execute()
-
-    def _resumable(self, cp: Checkpoint) -> RunState:
-        if cp.status == "complete":
-            raise ConfigError(
-                f"run {cp.run_id} is complete: nothing to resume (its trace: {cp.trace_path})"
-            )
-        ids = [a.id for a in self.agents]
-        if cp.state.agents != ids:
-            raise ConfigError(
-                f"run {cp.run_id} ran agents {cp.state.agents}, this swarm has {ids}: resume "
-                "it on the swarm it ran on"
-            )
-        return cp.state.model_copy(deep=True)
 
     def _checkpointer(
         self, state: RunState, trace_path: Path | None, started_at: float | None = None
@@ -389,26 +379,13 @@ class RoundLoop:
             self.saver.finish(status, self.state if status == "complete" else None)
 
     def _over_budget(self, t: int, *, ahead: bool = True) -> bool:
-        """Did the token cap refuse a request, or (`ahead`) would round t not fit before the
-        final answer's reserve? (The meter enforces the cap; this only avoids a cut-off round.)"""
-        meter = self.meter
-        if meter is None:
-            return False
-        used, last = self.state.ledger.tokens, self.state.last_round_tokens
-        # The last round is the best forecast of the next.
-        forecast = ahead and t > 1 and used + last + meter.reserve > meter.cap
-        if not meter.refused and not forecast:
-            return False
-        self.trace.emit(
-            "budget_stop",
-            round=t,
-            run_token_budget=meter.cap,
-            used=used,
-            next_round_estimate=last,
-            final_answer_reserve=meter.reserve,
-            refused=meter.refused,
+        state = self.state
+        stop = budget_stop(
+            self.meter, state.ledger.tokens, state.last_round_tokens, round=t, ahead=ahead
         )
-        return True
+        if stop is not None:
+            self.trace.emit("budget_stop", **stop)
+        return stop is not None
 
     def _keep_step(self, step: AgentStep) -> None:
         if self.unfinished is not None:
@@ -436,22 +413,11 @@ class RoundLoop:
             )
 
     def _result(self) -> RunResult:
-        state, ledger = self.state, self.state.ledger
-        halt_reason, final_answer = self.halt
-        return RunResult(
-            run_id=state.run_id,
-            task=state.task,
-            final_answer=final_answer,
-            halt_reason=halt_reason,
-            rounds=state.rounds,
-            unfinished=self.unfinished,
-            usage=ledger.usage,
-            usage_by_agent=ledger.by_agent,
-            wall_s=self._wall_s(),
-            trace_path=str(self.trace.path) if self.trace.path else None,
-            reasks=ledger.reasks,
-            failures=ledger.failures,
-            stats=ledger.stats,
+        reason, answer = self.halt
+        trace = str(self.trace.path) if self.trace.path else None
+        unfinished, wall_s = self.unfinished, self._wall_s()
+        return self.state.result(
+            reason, answer, unfinished=unfinished, wall_s=wall_s, trace_path=trace
         )
 
     def _wall_s(self) -> float:

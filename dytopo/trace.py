@@ -45,7 +45,9 @@ class Trace:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             torn = _torn(path)
-            self._file = path.open("a", encoding="utf-8")
+            # A lone surrogate in a model's reply is written as its JSON escape (\udXXX), not
+            # an error that would end the run.
+            self._file = path.open("a", encoding="utf-8", errors="backslashreplace")
             if torn:
                 # A resumed run appends: keep its first event off a line a crash cut short.
                 self._file.write("\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ import pytest
 from helpers import decision, final, goal, make_swarm, step
 
 from dytopo import runner
+from dytopo.agent import AgentOutput, FunctionAgent, StepContext
 from dytopo.checkpoint import (
     changed_fields,
     checkpoint_path,
@@ -322,6 +324,31 @@ async def test_the_checkpoint_is_replaced_whole_and_leaves_no_temp_file(tmp_path
     assert cp.trace_path == str(trace)
     assert cp.versions["python"]
     json.loads(checkpoint_path(trace).read_text(encoding="utf-8"))  # plain JSON
+
+
+async def test_a_lone_surrogate_and_a_nan_survive_the_trace_and_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    async def odd(ctx: StepContext) -> AgentOutput:
+        raise RuntimeError("half a pair: \ud800")  # a plug-in's error text, kept as is
+
+    script = {"a": [step("p", "A", "q", "k")] * 2, "manager": [goal("go"), DECISIONS[0], GONE]}
+    trace = tmp_path / "run.jsonl"
+    built = make_swarm(
+        ScriptedBackend(by_tag=script), ["a"], extra=[FunctionAgent("odd", odd)], min_rounds=1
+    )
+    with pytest.raises(RunError, match="server gone"):
+        await built.run("task", trace_path=trace)
+    outputs = [e for e in read_trace(trace) if e["event"] == "agent_output"]
+    assert outputs[1]["error"] == "RuntimeError: half a pair: \ud800"
+    cp = read_checkpoint(checkpoint_path(trace))
+    assert cp.state.rounds[0].steps[1].error == "RuntimeError: half a pair: ?"
+    nan = cp.state.rounds[0].routing.model_copy(update={"similarity": [[float("nan")]]})
+    cp.state.rounds[0].routing = nan
+    write_checkpoint(cp, tmp_path / "nan.checkpoint.json")
+    again = read_checkpoint(tmp_path / "nan.checkpoint.json")
+    assert math.isnan(again.state.rounds[0].routing.similarity[0][0])
+    assert again.state.memory == cp.state.memory
 
 
 @pytest.mark.parametrize(
