@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -40,13 +41,29 @@ app.add_typer(tools.app, name="tools")
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    """SIGTERM is Ctrl-C: inside asyncio.run, SIGINT cancels the run's task (in-flight requests
+    end at once, the checkpoint keeps the last complete round). Raising KeyboardInterrupt here
+    would hit whichever task runs, and asyncio would print its traceback."""
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)
+    else:  # SIGINT ignored (a background job): still stop
+        raise KeyboardInterrupt
+
+
+class _QuietInterrupt(logging.Filter):
+    """A second Ctrl-C lands inside a task; asyncio then logs "Task exception was never
+    retrieved" with a traceback. The user asked to stop: `interrupted` says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return State.debug or not isinstance(error, KeyboardInterrupt)
 
 
 def main() -> None:
     """Entry point: DyTopo errors become one clear line (per problem) and a non-zero exit."""
     # SIGTERM (systemd, docker stop, kill) unwinds like Ctrl-C: servers stop, the trace ends.
     signal.signal(signal.SIGTERM, _interrupt)
+    logging.getLogger("asyncio").addFilter(_QuietInterrupt())
     try:
         app()
     except DyTopoError as exc:

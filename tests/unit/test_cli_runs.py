@@ -484,45 +484,49 @@ def test_a_changed_topology_is_refused_naming_the_change_unless_forced(
     assert err == ""  # --quiet: no progress view
 
 
-CTRL_C = """
-import signal, sys
+SIGNALLED = """
+import os, signal, sys
 from contextlib import asynccontextmanager
 from dytopo import runner
 from dytopo.cli import main
 from dytopo.embedders import HashEmbedder
 from dytopo.testing import Reply, ScriptedBackend
 
-pressed = []
+sig, times = getattr(signal, sys.argv[1]), int(sys.argv[2])
+sent = []
 
-def ctrl_c(request):
-    if not pressed:  # once, while the first agent's request is in flight
-        pressed.append(signal.raise_signal(signal.SIGINT))
+def responder(request):
+    if len(sent) < times:  # while agent requests are in flight
+        sent.append(os.kill(os.getpid(), sig))
     return Reply(content="{}", delay_s=60)
 
 @asynccontextmanager
 async def built(topology, *args):
-    backend = ScriptedBackend(responder=ctrl_c)
+    backend = ScriptedBackend(responder=responder)
     yield runner.build_swarm(topology, backend, HashEmbedder(), source=args[4])
 
 runner._built = built
-sys.argv = ["dytopo", *sys.argv[1:]]
+sys.argv = ["dytopo", *sys.argv[3:]]
 main()
 """
 
 
-def test_ctrl_c_exits_130_and_names_the_resume_command(stopped: tuple[Path, str]) -> None:
-    # A real SIGINT in a process of its own: after Ctrl-C the CLI exits, and nothing in this
-    # test process should live on with what an interrupted event loop leaves behind.
+@pytest.mark.parametrize(("sig", "times"), [("SIGINT", 1), ("SIGTERM", 1), ("SIGINT", 2)])
+def test_ctrl_c_or_sigterm_exits_130_naming_the_resume_command(
+    stopped: tuple[Path, str], sig: str, times: int
+) -> None:
+    """In a process of its own, as a real signal arrives: after it the CLI exits, and this test
+    process should not live on with what an interrupted event loop leaves behind."""
     trace, _ = stopped
     done = subprocess.run(
-        [sys.executable, "-c", CTRL_C, "resume", str(trace)],
+        [sys.executable, "-c", SIGNALLED, sig, str(times), "resume", str(trace)],
         capture_output=True,
         text=True,
         timeout=60,
     )
 
     assert done.returncode == 130, done.stderr
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr  # SIGTERM and a second Ctrl-C included
     assert done.stderr.strip().splitlines()[-2:] == [
         "interrupted",
         f"continue it with: dytopo resume {trace}",
