@@ -60,12 +60,15 @@ def parse_strict(model: type[T], text: str) -> T:
 
 
 def _describe(exc: Exception) -> str:
+    """One line: the error reaches the trace, AgentFailed and CLI lines, and it quotes the model."""
     if isinstance(exc, ValidationError):
         parts = [
             f"{'.'.join(str(p) for p in e['loc']) or 'reply'}: {e['msg']}" for e in exc.errors()[:5]
         ]
-        return "; ".join(parts)[:400]
-    return f"{type(exc).__name__}: {exc}"[:400]
+        text = "; ".join(parts)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:400]
 
 
 def _judge(model: type[T], reply: ChatResponse, max_tokens: int) -> tuple[T | None, str]:

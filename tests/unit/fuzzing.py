@@ -526,12 +526,6 @@ def check_sendable(backend: ScriptedBackend) -> None:
 KNOWN_BUGS: dict[str, Callable[[BaseException], bool]] = {
     # name -> whether a failure shows it. Each entry comes with a strict xfail test in
     # test_fuzz.py; delete the entry when its fix lands (the xfail test then fails).
-    "a ladder error quoting a key with a line break is not one line (structured.py)": lambda exc: (
-        isinstance(exc, AssertionError)
-        and (
-            "ladder error is not one line" in str(exc) or "AgentFailed is not one line" in str(exc)
-        )
-    ),
 }
 
 

@@ -235,12 +235,6 @@ async def test_a_reask_that_cannot_fit_ends_as_a_recorded_failure() -> None:
     await check_requests(backend, 190)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by benchmarks/fuzz.py: structured.py's _describe joins pydantic's error "
-    "locations raw, so a reply with a key holding a line break makes the attempt's error (and "
-    "AgentFailed, and a CLI error line) more than one line; remove KNOWN_BUGS' entry with the fix",
-)
 async def test_a_ladder_error_is_one_line_whatever_the_reply_keys() -> None:
     backend = ScriptedBackend(['{"a\\nb": 1}'])
     request = ChatRequest(messages=[ChatMessage(role="user", content="go")], max_tokens=100)
