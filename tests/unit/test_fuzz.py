@@ -294,3 +294,18 @@ async def test_a_path_with_a_lone_surrogate_is_a_tool_error(
 ) -> None:
     with pytest.raises(ToolError, match="not valid Unicode at position 2"):
         await registry.get(name)({"path": "ab\ud800"}, tool_context(workspace))
+
+
+async def test_a_path_longer_than_the_file_system_allows_is_a_tool_error(
+    registry: ToolRegistry, workspace: Path
+) -> None:
+    with pytest.raises(ToolError, match=r"cannot list 'aaaa.*File name too long"):
+        await registry.get("list_files")({"path": "a" * 5000}, tool_context(workspace))
+
+
+async def test_search_docs_does_not_echo_a_huge_query(
+    registry: ToolRegistry, workspace: Path
+) -> None:
+    found = await registry.get("search_docs")({"query": "zq" * 500_000}, tool_context(workspace))
+    assert found.startswith("no passage matches 'zqzq")
+    assert len(found) < 200
