@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
+import psutil
 import pytest
 import structlog
 
@@ -44,3 +45,14 @@ def _isolated_cache(
 def _fresh_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def new_children() -> Callable[[], list[psutil.Process]]:
+    """Children of this test process started since the test began.
+
+    A whole-suite run keeps the integration tests' session servers alive as children of pytest;
+    they predate the test and are not its leftovers.
+    """
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    return lambda: [p for p in psutil.Process().children(recursive=True) if p.pid not in before]

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -331,13 +332,15 @@ async def test_run_python_runs_code(registry: ToolRegistry, tmp_path: Path) -> N
     assert "_sandbox" not in failed.splitlines()[2]  # the traceback starts at the snippet
 
 
-async def test_run_python_kills_an_infinite_loop(registry: ToolRegistry, tmp_path: Path) -> None:
+async def test_run_python_kills_an_infinite_loop(
+    registry: ToolRegistry, tmp_path: Path, new_children: Callable[[], list[psutil.Process]]
+) -> None:
     code = "import os\nprint(os.getpid())\nwhile True:\n    pass\n"
     start = time.perf_counter()
     result = await call(registry, "run_python", sandbox_ctx(tmp_path, timeout_s=1), code=code)
     assert time.perf_counter() - start < 4
     assert result.splitlines()[0] == "[timed out after 1 s: the process was killed]"
-    assert psutil.Process().children(recursive=True) == []  # the sandbox is gone, and reaped
+    assert new_children() == []  # the sandbox is gone, and reaped
 
 
 @pytest.mark.parametrize(

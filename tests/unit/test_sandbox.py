@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -304,7 +304,7 @@ async def test_a_planted_file_is_not_there(
 
 
 async def test_a_fork_burst_stops_at_the_process_limit(
-    registry: ToolRegistry, tmp_path: Path
+    registry: ToolRegistry, tmp_path: Path, new_children: Callable[[], list[psutil.Process]]
 ) -> None:
     code = """
 import os, time
@@ -328,16 +328,21 @@ for _ in range(200):
     children = int(result.split("after ")[1].split()[0])
     assert 0 < children < SandboxLimits().processes
     assert marked(marker) == []
+    assert new_children() == []
 
 
 def marked(marker: str) -> list[psutil.Process]:
-    """Processes whose command line carries `marker`, and children of this test process."""
-    found = [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
-    return found + psutil.Process().children(recursive=True)
+    """Processes whose command line carries `marker`."""
+    return [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
 
 
 @pytest.mark.parametrize("then", ["", "while True:\n    pass\n"])
-async def test_no_process_is_left_behind(registry: ToolRegistry, tmp_path: Path, then: str) -> None:
+async def test_no_process_is_left_behind(
+    registry: ToolRegistry,
+    tmp_path: Path,
+    then: str,
+    new_children: Callable[[], list[psutil.Process]],
+) -> None:
     """A setsid + double-forked child outlives neither a normal exit nor the wall-clock kill."""
     marker = "dytopo-ghost-" + uuid.uuid4().hex
     code = f"""
@@ -355,6 +360,7 @@ print("ghost started", flush=True)
     if then:
         assert result.startswith("[timed out after 1.5 s")
     assert marked(marker) == []
+    assert new_children() == []
 
 
 # --- limits ---------------------------------------------------------------------------------
