@@ -57,5 +57,9 @@ class RunError(DyTopoError):
         self.partial = partial
 
 
+class RunInUse(DyTopoError):
+    """Another process is writing this run (its trace is locked): one writer per run."""
+
+
 class AgentFailed(DyTopoError):
     """An agent could not produce a valid step (after the whole re-ask ladder)."""

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from dytopo import runlock
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
 from dytopo.budget import plan_budgets, server_context
@@ -93,6 +94,8 @@ async def resume_run(
     unless `force` (the run then goes on with the file as it is now)."""
     cp = read_checkpoint(find_checkpoint(source, runs_dir))
     check_resumable(cp)  # before any server is started
+    if cp.trace_path is not None:
+        runlock.check_free(Path(cp.trace_path))
     topology, file = _topology_of(cp, force=force, trust_topology=trust_topology)
     built = _built(topology, backend_url, embed_url, file.parent, trust_topology, file)
     async with built as swarm:

@@ -21,6 +21,9 @@ from typing import IO, Any, Self
 
 from pydantic import BaseModel
 
+from dytopo import runlock
+from dytopo.errors import RunInUse
+
 Observer = Callable[[dict[str, Any]], None]
 
 
@@ -48,6 +51,11 @@ class Trace:
             # A lone surrogate in a model's reply is written as its JSON escape (\udXXX), not
             # an error that would end the run.
             self._file = path.open("a", encoding="utf-8", errors="backslashreplace")
+            try:
+                runlock.hold(self._file, path)
+            except RunInUse:
+                self._file.close()
+                raise
             if torn:
                 # A resumed run appends: keep its first event off a line a crash cut short.
                 self._file.write("\n")

@@ -3,9 +3,9 @@
 Status rules (documented in `dytopo runs --help`):
 - the trace's last segment (from its last `run_start` or `run_resumed`) ends with `run_end`:
   complete, or interrupted (Ctrl-C/SIGTERM), or failed (any other error);
-- no `run_end` (the process died, or runs still): the checkpoint's status when it says the run
-  ended; else running while the trace or the checkpoint was written in the last 15 minutes;
-  else interrupted.
+- no `run_end`: running while a process holds the trace's lock (`dytopo.runlock`: the kernel
+  drops it when the process dies); else the checkpoint's status when it says the run ended; else
+  interrupted (the process died).
 
 Traces are hostile input like any file: a file that yields no DyTopo event (garbage, not UTF-8,
 too large, not a regular file) is one `unreadable` row, never a traceback.
@@ -28,10 +28,10 @@ from pydantic import BaseModel
 from rich.table import Table
 from rich.text import Text
 
+from dytopo import runlock
 from dytopo.checkpoint import SUFFIX, checkpoint_path
 from dytopo.cli._common import fail, out
 
-RUNNING_WINDOW_S = 15 * 60
 MAX_FILE_BYTES = 256 * 2**20
 """Bigger files are listed as unreadable instead of being read: a listing must stay quick."""
 MAX_LINE_BYTES = 16 * 2**20
@@ -68,9 +68,8 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
 ) -> None:
     """List runs newest first: id, topology, task, status (complete / interrupted / failed /
-    running), rounds, tokens and wall time. A run without `run_end` is running while its trace
-    or checkpoint changed in the last 15 minutes, else interrupted (resume it with
-    `dytopo resume ID`)."""
+    running), rounds, tokens and wall time. A run without `run_end` is running while a
+    dytopo process writes it, else interrupted (resume it with `dytopo resume ID`)."""
     if folder.exists() and not folder.is_dir():
         fail(f"--dir {folder}: not a folder", 2)
     rows = list_runs(folder) if folder.is_dir() else []
@@ -95,17 +94,16 @@ def runs(
             )
 
 
-def list_runs(folder: Path, *, now: float | None = None) -> list[RunRow]:
+def list_runs(folder: Path) -> list[RunRow]:
     """Every run in `folder`, newest first; a file that cannot be read is one unreadable row."""
-    now = time.time() if now is None else now
     checkpoints = {p: _read_json(p) for p in _entries(folder, f"*{SUFFIX}")}
     rows: list[RunRow] = []
     used: set[Path] = set()
     for trace in _entries(folder, "*.jsonl"):
-        rows.extend(_trace_rows(trace, checkpoints, used, now))
+        rows.extend(_trace_rows(trace, checkpoints, used))
     for path, data in checkpoints.items():
         if path not in used:
-            rows.append(_checkpoint_row(path, data, now))
+            rows.append(_checkpoint_row(path, data))
     return sorted(rows, key=lambda r: r.started_at or _mtime(r), reverse=True)
 
 
@@ -234,7 +232,7 @@ class _Run:
 
 
 def _trace_rows(
-    trace: Path, checkpoints: dict[Path, dict[str, Any] | str], used: set[Path], now: float
+    trace: Path, checkpoints: dict[Path, dict[str, Any] | str], used: set[Path]
 ) -> list[RunRow]:
     try:
         lines = _read_events(trace)
@@ -255,7 +253,7 @@ def _trace_rows(
         cp = checkpoints.get(cp_path) if cp_path else None
         if cp_path is not None:
             used.add(cp_path)
-        row = _row(run, cp if isinstance(cp, dict) else None, now)
+        row = _row(run, cp if isinstance(cp, dict) else None, trace)
         row.trace, row.checkpoint, row.problem = str(trace), _str(cp_path), skipped
         if isinstance(cp, str):
             row.problem = f"checkpoint unreadable: {cp}"
@@ -277,7 +275,7 @@ def _match_checkpoint(
     return None
 
 
-def _row(run: _Run, cp: dict[str, Any] | None, now: float) -> RunRow:
+def _row(run: _Run, cp: dict[str, Any] | None, trace: Path) -> RunRow:
     prompt = sum(u[0] for u in run.round_usage.values())
     completion = sum(u[1] for u in run.round_usage.values())
     if run.end is not None and isinstance(run.end.get("usage"), dict):
@@ -287,7 +285,7 @@ def _row(run: _Run, cp: dict[str, Any] | None, now: float) -> RunRow:
         run_id=run.run_id,
         topology=run.name or (_topology_name(cp) if cp else None),
         task=run.task or (_text(cp.get("task")) if cp else ""),
-        status=_status(run, cp, now),
+        status=_status(run, cp, trace),
         rounds=len(run.round_usage),
         prompt_tokens=prompt,
         completion_tokens=completion,
@@ -297,29 +295,28 @@ def _row(run: _Run, cp: dict[str, Any] | None, now: float) -> RunRow:
     )
 
 
-def _status(run: _Run, cp: dict[str, Any] | None, now: float) -> Status:
+def _status(run: _Run, cp: dict[str, Any] | None, trace: Path) -> Status:
     if run.end is not None:
         error = _text(run.end.get("error"))
         if error == "interrupted":
             return "interrupted"
         return "failed" if error or run.end.get("halt_reason") == "error" else "complete"
+    if runlock.in_use(trace):
+        return "running"
     said = cp.get("status") if cp else None
     if said in ("complete", "failed", "interrupted"):
         return cast(Status, said)  # the run ended; its run_end line was lost
-    written = [t for t in (run.last_ts(), _number(cp.get("updated_at")) if cp else None) if t]
-    if written and now - max(written) < RUNNING_WINDOW_S:
-        return "running"
     return "interrupted"
 
 
-def _checkpoint_row(path: Path, data: dict[str, Any] | str, now: float) -> RunRow:
+def _checkpoint_row(path: Path, data: dict[str, Any] | str) -> RunRow:
     """A checkpoint whose trace is elsewhere (or gone)."""
     if isinstance(data, str):
         return _unreadable(path, data, checkpoint=True)
     said = data.get("status")
     status: Status = said if said in ("complete", "interrupted", "failed", "running") else "failed"
-    updated = _number(data.get("updated_at"))
-    if status == "running" and (updated is None or now - updated >= RUNNING_WINDOW_S):
+    trace = _text(data.get("trace_path"))
+    if status == "running" and not (trace and runlock.in_use(Path(trace))):
         status = "interrupted"
     state = data.get("state")
     rounds = state.get("round") if isinstance(state, dict) else None

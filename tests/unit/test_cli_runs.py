@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from helpers import decision, final, goal, make_swarm, step
 from rich.console import Console
 from typer.testing import CliRunner
 
+from dytopo import runlock
 from dytopo import runner as library_runner
 from dytopo.agent import AgentOutput, FunctionAgent, StepContext
 from dytopo.checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
@@ -25,11 +26,12 @@ from dytopo.cli import app, main
 from dytopo.cli import runs as runs_cli
 from dytopo.cli.progress import RoundProgress
 from dytopo.embedders import HashEmbedder
-from dytopo.errors import BackendUnavailable, RunError
+from dytopo.errors import BackendUnavailable, RunError, RunInUse
 from dytopo.result import RunResult
+from dytopo.runner import resume_run
 from dytopo.swarm import Swarm
 from dytopo.testing import ScriptedBackend
-from dytopo.trace import read_trace
+from dytopo.trace import Trace, read_trace
 
 cli = CliRunner()
 
@@ -162,19 +164,62 @@ async def _killed(trace: Path) -> None:
         handle.write('{"event": "round_st')
 
 
-async def test_killed_run_is_running_while_recent_then_interrupted(tmp_path: Path) -> None:
+HOLD_LOCK = """
+import fcntl, sys, time
+f = open(sys.argv[1], "a")
+fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_a_run_is_running_while_its_writer_lives_then_interrupted(tmp_path: Path) -> None:
+    """Running while a process holds the trace's lock; interrupted once it was SIGKILLed."""
     trace = tmp_path / "killed.jsonl"
     await _killed(trace)
     cp = read_checkpoint(checkpoint_path(trace))
     assert cp.status == "running"
+    with _writer(trace):
+        live = runs_cli.list_runs(tmp_path)
+        with pytest.raises(RunInUse, match="being written by another dytopo process"):
+            await resume_run(trace)
+    dead = runs_cli.list_runs(tmp_path)
 
-    fresh = runs_cli.list_runs(tmp_path, now=cp.updated_at + 60)
-    stale = runs_cli.list_runs(tmp_path, now=cp.updated_at + runs_cli.RUNNING_WINDOW_S + 1)
+    assert [(r.status, r.rounds, r.run_id) for r in live] == [("running", 1, cp.run_id)]
+    assert [(r.status, r.rounds) for r in dead] == [("interrupted", 1)]
+    assert live[0].problem == "1 unreadable line(s) skipped"
+    assert live[0].checkpoint == str(checkpoint_path(trace))
 
-    assert [(r.status, r.rounds, r.run_id) for r in fresh] == [("running", 1, cp.run_id)]
-    assert [(r.status, r.rounds) for r in stale] == [("interrupted", 1)]
-    assert fresh[0].problem == "1 unreadable line(s) skipped"
-    assert fresh[0].checkpoint == str(checkpoint_path(trace))
+
+@contextmanager
+def _writer(trace: Path) -> Iterator[None]:
+    """Another process holding the trace's lock, SIGKILLed on exit."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(trace)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "locked\n"
+        yield
+    finally:
+        writer.kill()
+        writer.wait()
+        if writer.stdout is not None:
+            writer.stdout.close()
+
+
+async def test_a_second_writer_of_a_run_is_refused(tmp_path: Path) -> None:
+    """Two processes (or two runs) never append to one trace at once."""
+    trace = tmp_path / "busy.jsonl"
+    first = Trace("r1", trace)
+    try:
+        with pytest.raises(RunInUse, match="being written by another dytopo process"):
+            Trace("r2", trace)
+        assert runlock.in_use(trace)
+    finally:
+        first.close()
+    assert not runlock.in_use(trace)
+    Trace("r3", trace).close()
 
 
 async def test_checkpoint_status_decides_a_run_without_run_end(tmp_path: Path) -> None:
@@ -186,11 +231,12 @@ async def test_checkpoint_status_decides_a_run_without_run_end(tmp_path: Path) -
     cp = read_checkpoint(checkpoint_path(trace))
     assert cp.status == "failed"
 
-    (row,) = runs_cli.list_runs(tmp_path, now=cp.updated_at + 1)
-    assert row.status == "failed"  # recent, but the checkpoint says how it ended
+    (row,) = runs_cli.list_runs(tmp_path)
+    assert row.status == "failed"  # the checkpoint says how it ended
 
     write_checkpoint(cp.model_copy(update={"status": "running"}), checkpoint_path(trace))
-    assert [r.status for r in runs_cli.list_runs(tmp_path, now=cp.updated_at + 1)] == ["running"]
+    # No process writes it: it died while running.
+    assert [r.status for r in runs_cli.list_runs(tmp_path)] == ["interrupted"]
 
 
 async def test_checkpoint_without_its_trace_is_listed(tmp_path: Path) -> None:
@@ -262,7 +308,7 @@ def test_overlong_line_is_skipped_without_losing_the_rest(
         + "x" * 1000
         + '\n{"event": "round_end", "run_id": "r1", "round": 1}\n'
     )
-    (row,) = runs_cli.list_runs(tmp_path, now=1e9)
+    (row,) = runs_cli.list_runs(tmp_path)
     assert (row.run_id, row.rounds, row.problem) == ("r1", 1, "1 unreadable line(s) skipped")
 
 
