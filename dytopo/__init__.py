@@ -27,6 +27,7 @@ from dytopo.errors import (
     MalformedReply,
     ManagedServerError,
     RunError,
+    RunInUse,
     ToolError,
 )
 from dytopo.llm_agent import LLMAgent
@@ -75,6 +76,7 @@ __all__ = [
     "RoundRecord",
     "RoutingConfig",
     "RunError",
+    "RunInUse",
     "RunResult",
     "RunState",
     "Sampling",
