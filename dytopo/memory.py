@@ -19,6 +19,9 @@ class MemoryItem(BaseModel):
     """Need/offer similarity of the edge that delivered it (private messages)."""
 
     def render(self) -> str:
+        """The entry's line in a prompt: a function of the entry alone (never of the round
+        being built), so it reads the same in every later prompt and the server's prompt cache
+        can reuse it."""
         if self.kind == "own":
             return f"[round {self.round}] you reported: {self.text}"
         match = f", match {self.score:.2f}" if self.score is not None else ""
