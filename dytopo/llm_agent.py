@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dytopo.agent import Agent, AgentOutput, StepContext
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.cards import RoleCard
 from dytopo.errors import AgentFailed
-from dytopo.memory import MemoryItem
-from dytopo.prompting import Packer
+from dytopo.prompting import Pack, Packer, Timeline
 from dytopo.structured import ask_structured
 from dytopo.tools.context import ToolContext
 from dytopo.tools.executor import ToolExecutor
@@ -24,6 +24,14 @@ CLOSING = (
     "Do your part for this round's goal now. Put your actual work in private, a one-sentence "
     "summary in public, what you need next in query and what you can give in key."
 )
+MEMORY = "YOUR MEMORY (your reports and messages routed to you, oldest first):"
+FRESH = "MESSAGES THIS ROUND (from agents before you in this round):"
+ANSWER = (
+    "Those are your tool results. Do your part for this round's goal now: reply with one JSON "
+    "object with the string keys public, private, query and key."
+)
+ANSWER_TOKENS = 64
+"""Room for the request for the answer after the tool phase (about 40 tokens)."""
 
 
 class LLMAgent(Agent):
@@ -61,83 +69,61 @@ class LLMAgent(Agent):
         return "\n\n".join(p for p in parts if p)
 
     def messages(
-        self, ctx: StepContext, notes: Sequence[str], task: str | None = None
+        self,
+        ctx: StepContext,
+        memory: Sequence[str],
+        task: str | None = None,
+        *,
+        fresh: Sequence[str] = (),
+        notes: Sequence[str] = (),
     ) -> list[ChatMessage]:
-        """The prompt, with `notes` (rendered memory, already in display order) included."""
-        user = [
-            f"TASK:\n{task if task is not None else ctx.task}",
-            f"ROUND {ctx.round} GOAL (from the manager):\n{ctx.goal}",
-        ]
-        user.append(
-            "YOUR MEMORY (your reports and messages routed to you):\n"
-            + ("\n".join(notes) if notes else "(empty: first round)")
-        )
-        user.append(CLOSING)
+        """The prompt, laid out for the server's prompt cache: what never changes first (system,
+        task), then `memory` (rendered, oldest first: it only grows, so this round's prompt up
+        to the end of its memory starts next round's prompt), then what is new this round
+        (`fresh` messages from earlier tiers, tool `notes`), the round's goal and the closing
+        instruction last."""
+        user = [f"TASK:\n{task if task is not None else ctx.task}"]
+        if memory:
+            user.append(MEMORY + "\n" + "\n".join(memory))
+        if fresh:
+            user.append(FRESH + "\n" + "\n".join(fresh))
+        if notes:
+            user.append("TOOL RESULTS:\n" + "\n".join(notes))
+        user += [f"ROUND {ctx.round} GOAL (from the manager):\n{ctx.goal}", CLOSING]
         return [
             ChatMessage(role="system", content=self.system_prompt()),
             ChatMessage(role="user", content="\n\n".join(user)),
         ]
 
+    def _layout(
+        self, ctx: StepContext, budget: int, notes: Sequence[str] = ()
+    ) -> tuple[Timeline, Callable[[str, Sequence[str]], list[ChatMessage]]]:
+        """What packing may drop, and how kept items make the prompt. `notes`: tool results,
+        most recent first; kept before this round's messages, which are kept before memory."""
+        # Most valuable first among this round's messages: the best-matching edges.
+        ranked = sorted(ctx.same_round, key=lambda m: -(m.score or 0.0))
+        timeline = Timeline.for_budget(
+            budget,
+            [item.render() for item in ctx.memory],
+            [*notes, *(item.render() for item in ranked)],
+        )
+
+        def build(task: str, kept: Sequence[str]) -> list[ChatMessage]:
+            fresh, memory = timeline.split(kept)
+            kept_notes = notes[:fresh]
+            kept_ids = {id(item) for item in ranked[: fresh - len(kept_notes)]}
+            shown = [item.render() for item in ctx.same_round if id(item) in kept_ids]
+            return self.messages(ctx, memory, task, fresh=shown, notes=kept_notes[::-1])
+
+        return timeline, build
+
     async def step(self, ctx: StepContext) -> AgentOutput:
         budget = self.context_budget or (await self.backend.connect()).n_ctx_per_slot
-        # Most valuable first: this round's messages, then memory newest first.
-        ranked = _ranked(ctx.same_round, ctx.memory)
-        order = {id(item): k for k, item in enumerate([*ctx.memory, *ctx.same_round])}
-
-        def build_with(notes: Sequence[str]) -> Callable[[str, Sequence[str]], list[ChatMessage]]:
-            def build(task: str, kept: Sequence[str]) -> list[ChatMessage]:
-                kept_notes, kept_memory = kept[: len(notes)], kept[len(notes) :]
-                chosen = sorted(ranked[: len(kept_memory)], key=lambda item: order[id(item)])
-                return self.messages(ctx, [*kept_notes, *(item.render() for item in chosen)], task)
-
-            return build
-
-        texts = [item.render() for item in ranked]
-        notes: list[str] = []
         if self.tools:
-            definitions = [t.definition() for t in self.tools]
-            # The first tool request keeps room for the results; later turns pin them at the end.
-            tool_pack = Packer(
-                self.backend,
-                build_with([]),
-                ctx.task,
-                texts,
-                budget=budget,
-                max_output_tokens=self.tool_policy.max_tokens,
-                reserve=self._tool_room(budget),
-                who=f"agent {self.id}",
-                tools=definitions,
-            )
-            phase = await run_tools(
-                self.backend,
-                await tool_pack(),
-                ToolExecutor(self.tools, self._sized_context(budget)),
-                self.tool_policy,
-                self.sampling,
-                tag=self.id,
-                emit=ctx.emit,
-                pack=tool_pack,
-            )
-            ctx.usage = ctx.usage + phase.usage
-            ctx.attempts.extend(phase.attempts)
-            notes = tool_notes(phase.outcomes)
-        pack = Packer(
-            self.backend,
-            build_with(notes),
-            ctx.task,
-            [*notes, *texts],
-            budget=budget,
-            max_output_tokens=self.max_output_tokens,
-            who=f"agent {self.id}",
-            report=ctx.packing,
-            dropped=ctx.dropped,
-        )
-        request = ChatRequest(
-            messages=await pack(),
-            max_tokens=self.max_output_tokens,
-            sampling=self.sampling,
-            tag=self.id,
-        )
+            request, pack = await self._tool_step(ctx, budget)
+        else:
+            pack = self._packer(ctx, budget)
+            request = self._request(await pack())
         result = await ask_structured(
             self.backend,
             request,
@@ -154,6 +140,96 @@ class LLMAgent(Agent):
             )
         return result.value
 
+    def _packer(
+        self,
+        ctx: StepContext,
+        budget: int,
+        *,
+        notes: Sequence[str] = (),
+        max_output_tokens: int | None = None,
+        reserve: int = 0,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> Packer:
+        timeline, build = self._layout(ctx, budget, notes)
+        return Packer(
+            self.backend,
+            build,
+            ctx.task,
+            timeline.droppable,
+            budget=budget,
+            max_output_tokens=max_output_tokens or self.max_output_tokens,
+            reserve=reserve,
+            who=f"agent {self.id}",
+            tools=tools,
+            report=ctx.packing,
+            dropped=ctx.dropped,
+            levels=timeline.levels(),
+        )
+
+    def _request(self, messages: list[ChatMessage], **extra: Any) -> ChatRequest:
+        return ChatRequest(
+            messages=messages,
+            max_tokens=self.max_output_tokens,
+            sampling=self.sampling,
+            tag=self.id,
+            **extra,
+        )
+
+    async def _tool_step(self, ctx: StepContext, budget: int) -> tuple[ChatRequest, Pack]:
+        """The tool phase, then the request for the answer, which continues the same
+        conversation: the tool phase's prompt, its tool-call turns and results, and a short
+        request for the JSON, so the server reuses everything the tool phase processed.
+
+        The answer is sent with the same `tools` (the chat template renders them into the
+        system prompt: without them the prompt would differ from its first line on) and
+        `tool_choice="none"` beside the JSON-schema `response_format`. Checked on the embedded
+        llama-server (SmolLM2 + the shipped ChatML tools template): `/apply-template` renders
+        the tool phase's prompt as an exact prefix of the answer's, the reply is the plain
+        schema-constrained object (an enum-only schema came back exact), and the answer's
+        `cache_n` covered the whole tool-phase prompt. Without `tools` the two prompts shared
+        only the system prompt's first line.
+        """
+        definitions = [t.definition() for t in self.tools]
+        tool_pack = self._packer(
+            ctx,
+            budget,
+            max_output_tokens=self.tool_policy.max_tokens,
+            reserve=self._tool_reserve(budget),
+            tools=definitions,
+        )
+        phase = await run_tools(
+            self.backend,
+            await tool_pack(),
+            ToolExecutor(self.tools, self._sized_context(budget)),
+            self.tool_policy,
+            self.sampling,
+            tag=self.id,
+            emit=ctx.emit,
+            pack=tool_pack,
+        )
+        ctx.usage = ctx.usage + phase.usage
+        ctx.attempts.extend(phase.attempts)
+        answer = tool_pack.follow_up(max_output_tokens=self.max_output_tokens)
+        pinned = [*phase.turns, ChatMessage(role="user", content=ANSWER)] if phase.turns else []
+        messages = await answer.behind(pinned)
+        if messages is not None:
+
+            async def pack(extra: Sequence[ChatMessage]) -> list[ChatMessage]:
+                return await answer([*pinned, *extra])
+
+            return self._request(messages, tools=definitions, tool_choice="none"), pack
+        # The tool turns do not fit behind the prompt: the results go into a new prompt as
+        # notes, packed like memory (this round's, so kept before old memory).
+        notes_pack = self._packer(ctx, budget, notes=tool_notes(phase.outcomes))
+        return self._request(await notes_pack()), notes_pack
+
+    def _tool_reserve(self, budget: int) -> int:
+        """Tokens the tool phase's prompt leaves free beyond its own output: the room for the
+        tool results, and for the answer that continues the conversation (its request for the
+        JSON and its longer output)."""
+        extra_output = max(0, self.max_output_tokens - self.tool_policy.max_tokens)
+        return self._tool_room(budget) + extra_output + ANSWER_TOKENS
+
     def _tool_room(self, budget: int) -> int:
         """Tokens kept free in the tool phase for the tool results (a quarter of the budget)."""
         return budget // 4
@@ -163,9 +239,3 @@ class LLMAgent(Agent):
         per_call = int(self._tool_room(budget) * 2.5) // max(1, self.tool_policy.max_calls)
         limit = max(200, min(self.tool_context.max_result_chars, per_call))
         return self.tool_context.model_copy(update={"max_result_chars": limit})
-
-
-def _ranked(same_round: Sequence[MemoryItem], memory: Sequence[MemoryItem]) -> list[MemoryItem]:
-    fresh = sorted(same_round, key=lambda m: -(m.score or 0.0))
-    older = sorted(memory, key=lambda m: (-m.round, -(m.score or 0.0)))
-    return [*fresh, *older]

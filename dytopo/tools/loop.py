@@ -30,6 +30,9 @@ class ToolPhase:
     failed: str = ""
     """Why the phase stopped short: the ladder gave up on getting a valid call, or the tool
     turns no longer fit the context budget (empty when neither happened)."""
+    turns: list[ChatMessage] = field(default_factory=list)
+    """The conversation after the prompt: each assistant turn with its tool calls, then their
+    results (the answer's request continues it)."""
 
 
 @dataclass
@@ -61,7 +64,8 @@ async def run_tools(
     emit: Emit | None = None,
     pack: Pack | None = None,
 ) -> ToolPhase:
-    """Let the model call tools; return the executed outcomes (for the final prompt).
+    """Let the model call tools; return the executed outcomes and the turns (the assistant's
+    calls and their results, which the answer's request continues).
 
     `pack(extra)` fits each request (the tool turns so far and any re-ask pinned at the end) to
     the context budget; without it they are appended to `messages`. When the turns no longer
@@ -70,7 +74,7 @@ async def run_tools(
     phase = ToolPhase()
     definitions = [t.definition() for t in executor.tools.values()]
     prompt = pack or _appended(messages)
-    turns: list[ChatMessage] = []
+    turns = phase.turns
     for turn in range(policy.max_rounds):
         choice: Literal["auto", "required"] = policy.choice if turn == 0 else "auto"
         ask = _Ask(backend, prompt, definitions, executor, policy, sampling, choice, tag, emit)
@@ -218,7 +222,8 @@ class _Ask:
 
 
 def tool_notes(outcomes: Sequence[ToolOutcome]) -> list[str]:
-    """Tool results as prompt notes for the agent's final answer (most recent first)."""
+    """Tool results as prompt notes (most recent first), for an answer whose prompt cannot hold
+    the tool turns themselves."""
     notes = []
     for o in reversed(outcomes):
         args = (

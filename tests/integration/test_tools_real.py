@@ -51,11 +51,12 @@ async def test_validated_tool_call_is_executed_and_fed_back(stack: ManagedStack)
     assert calls[0]["ok"] is True, calls[0]
     assert isinstance(calls[0]["arguments"], dict)
     assert "query" in calls[0]["arguments"]
-    # The result went into the agent's final (structured) prompt.
-    final_prompt = requests[-1].messages[-1].content or ""
-    assert requests[-1].json_schema is not None
-    assert "[tool search_docs(" in final_prompt
-    assert str(calls[0]["result"])[:60] in final_prompt
+    # The answer continues the tool conversation: the result is its tool message.
+    final = requests[-1]
+    assert final.json_schema is not None
+    assert final.tool_choice == "none"
+    results = [m.content or "" for m in final.messages if m.role == "tool"]
+    assert str(calls[0]["result"])[:60] in results[0]
     assert output.public
     ladder = [f for name, f in events if name == "ladder" and f["kind"] == "tool_call"]
     assert ladder[-1]["ok"] is True

@@ -230,7 +230,7 @@ async def test_every_request_of_a_step_fits_its_budget_reasks_included(
         ]
 
     def respond(request: ChatRequest) -> str | Reply | BaseException:
-        if request.tools:
+        if request.tools and request.tool_choice != "none":  # "none": the answer after tools
             return tool_turns.popleft() if tool_turns else "done"
         return structured.popleft() if structured else GOOD_STEP
 

@@ -219,8 +219,11 @@ async def test_agent_step_with_tools_feeds_results_into_its_answer() -> None:
     )
     output = await agent.step(ctx)
     assert output.public == VALID_STEP["public"]
-    final_prompt = backend.requests[-1].messages[-1].content or ""
-    assert "[tool echo(text='EVIDENCE')] EVIDENCE" in final_prompt
+    # The answer continues the tool conversation: the result is there as the tool's message.
+    final = backend.requests[-1]
+    assert [m.content for m in final.messages if m.role == "tool"] == ["EVIDENCE"]
+    assert final.json_schema is not None
+    assert final.tool_choice == "none"
     assert backend.requests[0].tools is not None
     kinds = [name for name, _ in events]
     assert kinds.count("tool_call") == 1

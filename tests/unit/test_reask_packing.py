@@ -101,7 +101,9 @@ async def test_agent_reask_is_packed_into_the_budget() -> None:
     bad = json.dumps({**VALID_STEP, "private": "x " * 2000})  # over the length cap, and long
     backend = ScriptedBackend([bad, GOOD], n_ctx_per_slot=budget)
     agent = LLMAgent("writer", card("writer"), backend, max_output_tokens=300)
-    ctx = StepContext(task="task", goal="goal", round=41, memory=old_memory(40, 25))
+    # 38 rounds: the memory kept after its stable cut (prompting.Timeline) nearly fills the
+    # budget, so the re-ask cannot simply be appended.
+    ctx = StepContext(task="task", goal="goal", round=39, memory=old_memory(38, 25))
     await agent.step(ctx)
     first, reask = backend.requests
     assert "not valid" in (reask.messages[-1].content or "")
