@@ -13,7 +13,7 @@ from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.cards import RoleCard
 from dytopo.errors import AgentFailed
-from dytopo.prompting import Packer
+from dytopo.prompting import Packer, Timeline
 from dytopo.structured import ask_structured
 
 M = TypeVar("M", bound=BaseModel)
@@ -80,6 +80,9 @@ class Manager(ABC):
         """The final answer when the run stops without a halt; `work`: latest private messages."""
 
 
+FORMAT = (
+    "Each request ends with the duty it asks for and the keys of the JSON object to reply with."
+)
 ASK = {
     RoundGoal: (
         "Duty now: set the first round's goal. Reply with one JSON object with the key goal: "
@@ -119,7 +122,8 @@ class LLMManager(Manager):
         self.reasks = reasks
 
     async def open(self, task: str, acct: StepContext) -> str:
-        reply = await self._ask(RoundGoal, task, [], [], [], acct)
+        head = ["No agent has spoken yet."]
+        reply = await self._ask(RoundGoal, task, head, [], [], acct)
         return reply.goal
 
     async def decide(
@@ -144,6 +148,10 @@ class LLMManager(Manager):
         reply = await self._ask(FinalAnswer, task, head, transcript, work, acct)
         return reply.final_answer
 
+    def system_prompt(self) -> str:
+        """One system prompt for every duty (the duty is named last), so all requests share it."""
+        return "\n\n".join(p for p in (self.card.prompt, self.instructions.strip(), FORMAT) if p)
+
     async def _ask(
         self,
         model: type[M],
@@ -153,35 +161,36 @@ class LLMManager(Manager):
         work: Sequence[str],
         acct: StepContext,
     ) -> M:
-        system = "\n\n".join(
-            p for p in (self.card.prompt, self.instructions.strip(), ASK[model]) if p
-        )
-        # Most valuable first, as `fit` drops from the end: the team's latest work, then the
-        # public messages newest first.
-        publics = [m.render() for m in reversed(transcript)]
+        # Laid out for the server's prompt cache: system and task, then the public messages
+        # (oldest first: the transcript only grows, so one request's transcript starts the
+        # next one's), then what is new (the team's latest work), the head and the duty last.
+        budget = self.context_budget or (await self.backend.connect()).n_ctx_per_slot
+        timeline = Timeline.for_budget(budget, [m.render() for m in transcript], work)
 
         def build(task_text: str, kept: Sequence[str]) -> list[ChatMessage]:
-            kept_work, kept_publics = kept[: len(work)], kept[len(work) :]
-            shown = "\n".join(reversed(kept_publics)) if kept_publics else "(no messages yet)"
-            body = [f"TASK:\n{task_text}", *head, f"PUBLIC MESSAGES (oldest first):\n{shown}"]
-            if kept_work:
-                body.append("TEAM'S LATEST WORK:\n" + "\n".join(kept_work))
+            fresh, publics = timeline.split(kept)
+            body = [f"TASK:\n{task_text}"]
+            if publics:
+                body.append("PUBLIC MESSAGES (oldest first):\n" + "\n".join(publics))
+            if fresh:
+                body.append("TEAM'S LATEST WORK:\n" + "\n".join(work[:fresh]))
+            body += [*head, ASK[model]]
             return [
-                ChatMessage(role="system", content=system),
+                ChatMessage(role="system", content=self.system_prompt()),
                 ChatMessage(role="user", content="\n\n".join(body)),
             ]
 
-        budget = self.context_budget or (await self.backend.connect()).n_ctx_per_slot
         pack = Packer(
             self.backend,
             build,
             task,
-            [*work, *publics],
+            timeline.droppable,
             budget=budget,
             max_output_tokens=self.max_output_tokens,
             who="manager",
             report=acct.packing,
             dropped=acct.dropped,
+            levels=timeline.levels(),
         )
         request = ChatRequest(
             messages=await pack(),
