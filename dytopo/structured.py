@@ -34,6 +34,8 @@ class Attempt(BaseModel):
     """structured (a JSON answer) or tool_call."""
     reply: str = ""
     """The start of a rejected reply, to see what the model did wrong."""
+    usage: Usage = Field(default_factory=Usage)
+    """What this request used, cached prompt tokens included (zero when no reply came)."""
 
 
 class Structured(BaseModel, Generic[T]):
@@ -108,14 +110,14 @@ async def ask_structured(
         attempt_request = request.model_copy(
             update={"messages": messages, "json_schema": schema, "sampling": sampling}
         )
-        reply_text, finish = "", ""
+        reply_text, finish, used = "", "", Usage()
         value: T | None = None
         try:
             reply = await backend.chat(attempt_request)
         except MalformedReply as exc:
             error = _describe(exc)
         else:
-            result.usage = result.usage + reply.usage
+            result.usage, used = result.usage + reply.usage, reply.usage
             reply_text, finish = reply.content, reply.finish_reason
             value, error = _judge(model, reply, request.max_tokens)
         last = value is not None or number > reasks
@@ -133,6 +135,7 @@ async def ask_structured(
             error=error,
             finish_reason=finish,
             reply=reply_text[:300] if value is None else "",
+            usage=used,
         )
         result.attempts.append(attempt)
         result.raw = reply_text

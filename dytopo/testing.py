@@ -58,6 +58,8 @@ class Reply:
     delay_s: float = 0.0
     error: BaseException | None = None
     completion_tokens: int | None = None
+    cached_tokens: int = 0
+    """Prompt tokens the reply reports as served from the server's cache (capped at the prompt)."""
 
 
 ScriptItem = str | Reply | BaseException
@@ -169,9 +171,11 @@ class ScriptedBackend(Backend):
                 await asyncio.sleep(reply.delay_s)
             if reply.error is not None:
                 raise reply.error
+        prompt = await self.count_tokens(request.messages, request.tools)
         usage = Usage(
-            prompt_tokens=await self.count_tokens(request.messages, request.tools),
+            prompt_tokens=prompt,
             completion_tokens=reply.completion_tokens or max(1, len(reply.content) // 4),
+            cached_tokens=min(reply.cached_tokens, prompt),
             requests=1,
         )
         self._usage = self._usage + usage

@@ -94,7 +94,14 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    """Prompt tokens the server did not process again: reused from its prompt cache
+    (llama-server's `timings.cache_n`; counted in `prompt_tokens` too)."""
     requests: int = 0
+
+    @property
+    def cached_share(self) -> float:
+        """The share of prompt tokens served from the server's prompt cache (0 without any)."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(

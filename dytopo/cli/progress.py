@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
+from dytopo.backends.types import Usage
 from dytopo.result import RunResult
 
 
@@ -61,10 +62,11 @@ class RoundProgress:
             self._set(f"round {self.round}: {len(edges)} edges; manager deciding")
         elif kind == "round_end":
             failed = f", failed: {', '.join(event['failed'])}" if event["failed"] else ""
-            generated = event["usage"]["completion_tokens"]
+            usage = Usage.model_validate(event["usage"])
             self.console.print(
-                f"  round {event['round']}: {event['edges']} edges, {generated} tokens "
-                f"generated, {event['wall_s']:.1f}s{failed}"
+                f"  round {event['round']}: {event['edges']} edges, {usage.completion_tokens} "
+                f"tokens generated, {_cached(usage)} prompt tokens cached, "
+                f"{event['wall_s']:.1f}s{failed}"
             )
         elif kind == "manager_decision" and event["halt"]:
             verdict = (
@@ -92,6 +94,10 @@ class RoundProgress:
             self.status = None
 
 
+def _cached(usage: Usage) -> str:
+    return f"{usage.cached_share:.0%} of {usage.prompt_tokens}"
+
+
 def summary(result: RunResult, console: Console) -> None:
     console.rule("final answer")
     console.print(result.final_answer or "(empty)", markup=False, highlight=False)
@@ -100,16 +106,19 @@ def summary(result: RunResult, console: Console) -> None:
         title=f"usage (halt: {result.halt_reason}, {len(result.rounds)} rounds, "
         f"{result.wall_s:.1f}s)"
     )
-    for column in ("who", "requests", "prompt", "cached", "generated"):
+    for column in ("who", "requests", "prompt", "cached", "cached %", "generated"):
         table.add_column(column, justify="left" if column == "who" else "right")
     rows = [*result.usage_by_agent.items(), ("total", result.usage)]
+    rows += [(f"round {r.round}", r.usage) for r in result.rounds]
     for who, u in rows:
         table.add_row(
             who,
             str(u.requests),
             str(u.prompt_tokens),
             str(u.cached_tokens),
+            f"{u.cached_share:.0%}",
             str(u.completion_tokens),
+            end_section=who == "total",
         )
     console.print(table)
     if result.trace_path:

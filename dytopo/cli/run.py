@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
+from dytopo.backends.types import Usage
 from dytopo.checkpoint import checkpoint_path, resume_command
 from dytopo.cli._common import TRUST_HELP, check_urls, err, fail, out, run_async
 from dytopo.cli.progress import RoundProgress, summary
@@ -153,21 +154,21 @@ def _json(result: RunResult) -> dict[str, Any]:
         "final_answer": result.final_answer,
         "rounds": len(result.rounds),
         "halt_reason": result.halt_reason,
-        "usage": {
-            "prompt_tokens": result.usage.prompt_tokens,
-            "completion_tokens": result.usage.completion_tokens,
-            "cached_tokens": result.usage.cached_tokens,
-            "requests": result.usage.requests,
-        },
-        "usage_by_agent": {k: v.model_dump() for k, v in result.usage_by_agent.items()},
+        "usage": _usage(result.usage),
+        "usage_by_agent": {k: _usage(v) for k, v in result.usage_by_agent.items()},
         "edges_per_round": [len(r.routing.edges) for r in result.rounds],
-        "usage_by_round": [r.usage.model_dump() for r in result.rounds],
+        "usage_by_round": [_usage(r.usage) for r in result.rounds],
         "reasks": result.reasks,
         "stats": dict(result.stats),
         "failures": result.failures,
         "trace": result.trace_path,
         "wall_s": result.wall_s,
     }
+
+
+def _usage(usage: Usage) -> dict[str, Any]:
+    # cached_share: how much of the prompt the server's prompt cache spared it (0 to 1).
+    return {**usage.model_dump(), "cached_share": round(usage.cached_share, 4)}
 
 
 def validate(
