@@ -98,6 +98,15 @@ class Usage(BaseModel):
     (llama-server's `timings.cache_n`; counted in `prompt_tokens` too)."""
     requests: int = 0
 
+    def __sub__(self, other: Usage) -> Usage:
+        """What was used since `other` was taken from the same running total."""
+        return Usage(
+            prompt_tokens=self.prompt_tokens - other.prompt_tokens,
+            completion_tokens=self.completion_tokens - other.completion_tokens,
+            cached_tokens=self.cached_tokens - other.cached_tokens,
+            requests=self.requests - other.requests,
+        )
+
     @property
     def cached_share(self) -> float:
         """The share of prompt tokens served from the server's prompt cache (0 without any)."""

@@ -145,6 +145,7 @@ class _Ask:
                 stop=["</tool_call>"] if prefill else None,
                 tag=self.tag,
             )
+            before = phase.usage
             valid, refused, error, shown = await self._judge(request, phase)
             attempt = Attempt(
                 attempt=number,
@@ -153,6 +154,7 @@ class _Ask:
                 error=error,
                 kind="tool_call",
                 reply=shown[:300] if error else "",
+                usage=phase.usage - before,
             )
             phase.attempts.append(attempt)
             if self.emit:

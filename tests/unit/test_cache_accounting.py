@@ -1,16 +1,20 @@
 """Cached prompt tokens (llama-server's cache_n) are booked per request, round, agent and run."""
 
 from pathlib import Path
+from typing import Any
 
-from helpers import decision, goal, make_swarm, step
+from helpers import card, decision, goal, make_swarm, step
 from rich.console import Console
 
-from dytopo.backends.types import Usage
+from dytopo.agent import StepContext
+from dytopo.backends.types import ToolCall, Usage
 from dytopo.cli.progress import RoundProgress, summary
 from dytopo.cli.run import _json
+from dytopo.llm_agent import LLMAgent
 from dytopo.result import RunResult
 from dytopo.state import Ledger
 from dytopo.testing import Reply, ScriptedBackend
+from dytopo.tools import tool
 from dytopo.trace import read_trace
 
 
@@ -99,3 +103,37 @@ def test_ledger_books_cached_tokens_per_agent_and_round() -> None:
     assert ledger.by_agent["a"].cached_share == 0.45
     assert ledger.usage.cached_share == 160 / 300
     assert Usage().cached_share == 0.0
+
+
+async def test_tool_call_requests_carry_their_cached_tokens_too() -> None:
+    backend = ScriptedBackend(
+        [
+            Reply(tool_calls=[ToolCall(id="c1", name="echo", arguments='{"text": "x"}')]),
+            Reply(content="done with tools", cached_tokens=12),
+            Reply(content=step("p", "q", "r", "s"), cached_tokens=20),
+        ]
+    )
+    ladder: list[dict[str, Any]] = []
+    agent = LLMAgent("a", card("a"), backend, tools=[echo])
+    ctx = StepContext(
+        task="t",
+        goal="g",
+        round=1,
+        memory=[],
+        emit=lambda name, **f: ladder.append(f) if name == "ladder" else None,
+    )
+    await agent.step(ctx)
+    backend.assert_complete()
+    cached = [(a["kind"], a["usage"]["cached_tokens"]) for a in ladder]
+    assert cached == [("tool_call", 0), ("tool_call", 12), ("structured", 20)]
+    assert ctx.usage.cached_tokens == 32
+
+
+@tool
+def echo(text: str) -> str:
+    """Repeat a text.
+
+    Args:
+        text: what to repeat.
+    """
+    return text
