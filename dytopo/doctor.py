@@ -20,11 +20,37 @@ TEMPLATE_FIX = (
 )
 
 
+CACHE_FIX = (
+    "let the server reuse prompts: run llama-server without --no-cache-prompt (and never send "
+    "cache_prompt: false); with several slots keep its host prompt cache (--cache-ram above 0) "
+    "or slot similarity (-sps above 0)"
+)
+
+CACHE_PREFIX = "Reference notes for a prompt-cache check.\n" + "\n".join(
+    f"Note {i}: the {name} measured {i * 7} units on day {i + 3}."
+    for i, name in enumerate(
+        ["river", "forest", "harbor", "valley", "bridge", "tower", "market", "garden"] * 3
+    )
+)
+"""A ~300-token system prompt the prompt-cache check sends twice."""
+
+
 class Check(BaseModel):
     name: str
     ok: bool
     detail: str = ""
     fix: str = ""
+    warning: bool = False
+    """Works, but slower than it could (ok stays True: the server can still carry a swarm)."""
+
+
+class PromptCache(BaseModel):
+    """What the second of two requests with the same prefix got from the server's cache."""
+
+    reused: int = 0
+    """Prompt tokens the server did not process again (cache_n)."""
+    prompt: int = 0
+    """Prompt tokens of that request."""
 
 
 class Burst(BaseModel):
@@ -51,6 +77,7 @@ class DoctorReport(BaseModel):
     prompt_tokens_per_s: float = 0.0
     generation_tokens_per_s: float = 0.0
     burst: Burst = Field(default_factory=Burst)
+    prompt_cache: PromptCache = Field(default_factory=PromptCache)
     checks: list[Check] = Field(default_factory=list)
 
 
@@ -91,16 +118,18 @@ async def run_doctor(
         )
         await _check(report, "json_schema", _json_schema(backend, report))
         await _check(report, "speed", _speed(backend, report))
+        await _check(report, "prompt_cache", check_prompt_cache(backend, report))
         await _check(report, "embeddings", _embeddings(embed_url or url, report))
         await _check(report, "burst", _burst(backend, report, burst_factor))
     report.ok = all(c.ok for c in report.checks)
     return report
 
 
-async def _check(report: DoctorReport, name: str, probe: Awaitable[str]) -> None:
+async def _check(report: DoctorReport, name: str, probe: Awaitable[str | Check]) -> None:
     try:
         detail = await probe
-        report.checks.append(Check(name=name, ok=True, detail=str(detail)))
+        check = detail if isinstance(detail, Check) else Check(name=name, ok=True, detail=detail)
+        report.checks.append(check)
     except (DyTopoError, AssertionError, ValueError, KeyError) as exc:
         report.checks.append(Check(name=name, ok=False, detail=f"{type(exc).__name__}: {exc}"))
 
@@ -149,6 +178,47 @@ async def _speed(backend: LlamaCppBackend, report: DoctorReport) -> str:
     return (
         f"prompt {report.prompt_tokens_per_s} tok/s, "
         f"generation {report.generation_tokens_per_s} tok/s"
+    )
+
+
+async def check_prompt_cache(backend: LlamaCppBackend, report: DoctorReport) -> Check:
+    """Send one prefix twice; the second request should find it in the server's cache."""
+    replies = []
+    for question in ("Reply with yes.", "Reply with no."):
+        replies.append(
+            await backend.chat(
+                ChatRequest(
+                    messages=[
+                        ChatMessage(role="system", content=CACHE_PREFIX),
+                        ChatMessage(role="user", content=question),
+                    ],
+                    max_tokens=1,
+                    sampling=Sampling(temperature=0.0),
+                    tag="doctor",
+                )
+            )
+        )
+    second = replies[-1]
+    cache = PromptCache(reused=second.usage.cached_tokens, prompt=second.usage.prompt_tokens)
+    report.prompt_cache = cache
+    line = f"reused {cache.reused} of {cache.prompt} prompt tokens"
+    if cache.prompt and cache.reused * 2 >= cache.prompt:
+        return Check(name="prompt_cache", ok=True, detail=line)
+    if second.timings is None and not cache.reused:
+        return Check(
+            name="prompt_cache",
+            ok=True,
+            warning=True,
+            detail="the server reports no cached prompt tokens (not llama-server?): cannot tell "
+            "whether it reuses prompts",
+        )
+    return Check(
+        name="prompt_cache",
+        ok=True,
+        warning=True,
+        detail=f"{line}: the server processed the same prefix again, so every round of a "
+        "swarm costs its whole prompt",
+        fix=CACHE_FIX,
     )
 
 

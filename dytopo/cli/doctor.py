@@ -39,7 +39,9 @@ def doctor(
         table.add_column("result")
         table.add_column("detail / fix", overflow="fold")
         for c in report.checks:
-            mark = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            mark = (
+                "[red]FAIL[/]" if not c.ok else "[yellow]warn[/]" if c.warning else "[green]ok[/]"
+            )
             table.add_row(c.name, mark, c.detail + (f"\n[yellow]fix:[/] {c.fix}" if c.fix else ""))
         out.print(table)
         out.print("[green]all checks passed[/]" if report.ok else "[red]some checks failed[/]")
