@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from dytopo.checkpoint import checkpoint_path, read_checkpoint
 from dytopo.managed.server import pid_alive
+from dytopo.trace import read_trace
 
 HOLD_STACK = """
 import asyncio, json, sys
@@ -139,26 +141,45 @@ def test_background_backend_start_status_reuse_stop(dytopo_home: Path, tmp_path:
     assert dytopo("backend", "status").returncode == 1
 
 
+SHORT = "instructions: Keep every field under 15 words., budget: {max_output_tokens: 160}"
+SMALL = f"""\
+name: small
+task: Compare LRU and LFU cache eviction for a web cache in two sentences.
+max_rounds: 2
+min_rounds: 2
+structured_reasks: 1
+manager: {{{SHORT}}}
+agents:
+  - {{id: researcher, {SHORT}}}
+  - {{id: writer, {SHORT}}}
+"""
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_dytopo_run_interrupted_stops_its_servers_and_closes_the_trace(
+def test_dytopo_run_interrupted_stops_its_servers_and_can_be_resumed(
     dytopo_home: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    trace = tmp_path / "trace.jsonl"
+    """Ctrl-C (or SIGTERM) while round 2's requests are in flight: exit 130 at once, no orphan
+    server, the trace ends with run_end, round 1 is kept in the checkpoint, and `dytopo resume`
+    finishes the run on a server of its own."""
+    topology, trace = tmp_path / "small.yaml", tmp_path / "trace.jsonl"
+    topology.write_text(SMALL, encoding="utf-8")
     env = {**os.environ, "DYTOPO_HOME": str(dytopo_home)}
     env.pop("DYTOPO_BASE_URL", None)
+    env.pop("DYTOPO_EMBED_URL", None)
     run = subprocess.Popen(
-        [sys.executable, "-m", "dytopo", "run", "topologies/research.yaml", "--trace", str(trace)],
+        [sys.executable, "-m", "dytopo", "run", str(topology), "--trace", str(trace)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env=env,
         cwd=Path(__file__).resolve().parents[2],
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (
-            not trace.exists() or "round_start" not in trace.read_text()
-        ):
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not _started(trace, 2) and run.poll() is None:
             time.sleep(0.2)
+        assert _started(trace, 2), "round 2 never started"
         servers = [
             int(p)
             for p in subprocess.run(
@@ -166,12 +187,47 @@ def test_dytopo_run_interrupted_stops_its_servers_and_closes_the_trace(
             ).stdout.split()
         ]
         assert len(servers) == 2
+        signalled = time.monotonic()
         run.send_signal(sig)
         assert run.wait(timeout=60) == 130
+        exit_s = time.monotonic() - signalled
+        assert run.stderr is not None
+        stderr = run.stderr.read()
     finally:
         run.kill()
         run.wait()
+        if run.stderr is not None:
+            run.stderr.close()
     assert _wait_dead(servers) == []
+    assert exit_s < 20, f"{exit_s:.1f}s from {sig.name} to exit"
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"continue it with: dytopo resume {trace}"
     last = json.loads(trace.read_text().strip().splitlines()[-1])
     assert last["event"] == "run_end"
     assert last["error"] == "interrupted"
+    cp = read_checkpoint(checkpoint_path(trace))
+    assert (cp.status, cp.state.round) == ("interrupted", 1)
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dytopo", "resume", str(trace), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads(resumed.stdout)
+    assert result["rounds"] == 2
+    assert result["run_id"] == cp.run_id
+    assert read_checkpoint(checkpoint_path(trace)).status == "complete"
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [e["round"] for e in events if e["event"] == "round_end"] == [1, 2]
+    print(f"\n{sig.name}: exit 130 after {exit_s:.1f}s")
+
+
+def _started(trace: Path, round: int) -> bool:
+    """Has the trace's round `round` started (read while the run writes it)?"""
+    # A line being written may end mid-character: not UTF-8 yet (ValueError).
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return any(e["event"] == "round_start" and e["round"] == round for e in read_trace(trace))
+    return False
