@@ -33,6 +33,9 @@ def deliver(
     memory = {agent: list(items) for agent, items in state.memory.items()}
     transcript = list(state.transcript)
     position = {a: k for k, a in enumerate(routing.order)}
+    edges_to: dict[str, list[Edge]] = {}  # one pass: a dense round has n^2 edges
+    for e in routing.edges:
+        edges_to.setdefault(e.target, []).append(e)
     deliveries: list[Delivery] = []
     for agent in routing.order:
         public = outputs[agent].public
@@ -45,7 +48,7 @@ def deliver(
             for m in early
         ]
         already = {m.source for m in early}
-        incoming = [e for e in routing.edges if e.target == agent and e.source not in already]
+        incoming = [e for e in edges_to.get(agent, []) if e.source not in already]
         for e in sorted(incoming, key=lambda e: position[e.source]):
             memory[agent].append(_private(round, e, outputs[e.source]))
             deliveries.append(Delivery(source=e.source, target=agent, score=e.score))

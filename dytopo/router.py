@@ -1,4 +1,10 @@
-"""Semantic matching and graph induction: similarity matrix, edges, delivery order sigma."""
+"""Semantic matching and graph induction: similarity matrix, edges, delivery order sigma.
+
+A round of n agents has n^2 scores and up to n^2 edges, so the matrix, the edge rule and sigma
+work on numpy arrays of agent positions; only the edges the trace shows become objects. Their
+results are exactly those of the plain definitions in ALGORITHM.md (the unit tests keep a loop
+reference and compare on random inputs).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,18 @@ import random
 from collections.abc import Sequence
 
 import networkx as nx
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel
 
 from dytopo.embedders.base import Embedder
 from dytopo.routing import RoutingConfig
+
+Ints = npt.NDArray[np.intp]
+Floats = npt.NDArray[np.float64]
+
+# Unit roundoff of float64: the error bound of a dot product is about dim * _U * |q| * |k|.
+_U = 2.0**-53
 
 
 class Edge(BaseModel):
@@ -46,9 +60,76 @@ class Routing(BaseModel):
 def similarity_matrix(
     queries: Sequence[Sequence[float]], keys: Sequence[Sequence[float]]
 ) -> list[list[float]]:
-    """Cosine of L2-normalised vectors: r[i][j] = q_i . k_j."""
+    """Cosine of L2-normalised vectors: r[i][j] = q_i . k_j, rounded to 6 places."""
+    rows: list[list[float]] = similarity_array(queries, keys).tolist()
+    return rows
+
+
+def similarity_array(queries: Sequence[Sequence[float]], keys: Sequence[Sequence[float]]) -> Floats:
+    """`similarity_matrix` as an array, each score exactly `round(sum(q * k), 6)`.
+
+    The matrix product sums in another order than a plain loop, so a score may differ in its
+    last bits; that changes the rounded value only within that error of a rounding boundary
+    (an odd multiple of 5e-7). The few scores that close are summed again the plain way.
+    """
+    if not len(queries) or not len(keys):
+        return np.zeros((len(queries), len(keys)))
+    q, k = np.asarray(queries, dtype=np.float64), np.asarray(keys, dtype=np.float64)
+    if q.ndim != 2 or k.ndim != 2 or q.shape[1] != k.shape[1]:
+        raise ValueError(f"queries {q.shape} and keys {k.shape} are not vectors of one length")
+    scaled = (q @ k.T) * 1e6
+    # Both sums lie within (dim + 1) * _U * |q| * |k| of the exact one, whatever their order
+    # (Higham, Accuracy and Stability, 3.1); 8x that bound leaves a wide margin.
+    norms = np.outer(np.linalg.norm(q, axis=1), np.linalg.norm(k, axis=1))
+    slack = 8 * (q.shape[1] + 2) * _U * 1e6 * norms + 8 * _U * np.abs(scaled)
+    near = np.abs(scaled - np.floor(scaled) - 0.5) <= slack
+    out: Floats = np.rint(scaled) / 1e6
+    for i, j in zip(*np.nonzero(near), strict=True):
+        out[i, j] = round(sum(a * b for a, b in zip(queries[i], keys[j], strict=True)), 6)
+    return out
+
+
+def _dynamic_pairs(sim: Floats, cfg: RoutingConfig) -> tuple[Ints, Ints, npt.NDArray[np.bool_]]:
+    """The dynamic rule as (targets, sources, forced), ordered by target, then score
+    descending, then source position."""
+    n = sim.shape[0]
+    above = sim > cfg.tau
+    np.fill_diagonal(above, False)
+    tgt, src = np.nonzero(above)
+    order = np.lexsort((src, -sim[tgt, src], tgt))
+    tgt, src = tgt[order], src[order]
+    counts = np.bincount(tgt, minlength=n)
+    caps = [c for c in (cfg.top_k, cfg.max_in_degree) if c is not None]
+    if caps:
+        rank = np.arange(len(tgt)) - (np.cumsum(counts) - counts)[tgt]
+        keep = rank < min(caps)
+        tgt, src = tgt[keep], src[keep]
+    forced = np.zeros(len(tgt), dtype=bool)
+    lonely = np.flatnonzero(counts == 0)
+    if cfg.force_connect and n > 1 and len(lonely):
+        rows = sim[lonely]  # a copy: fancy indexing
+        rows[np.arange(len(lonely)), lonely] = -np.inf
+        best = np.argmax(rows, axis=1)  # the first maximum: ties go to the lower position
+        tgt = np.concatenate([tgt, lonely])
+        src = np.concatenate([src, best])
+        forced = np.concatenate([forced, np.ones(len(lonely), dtype=bool)])
+        order = np.argsort(tgt, kind="stable")
+        tgt, src, forced = tgt[order], src[order], forced[order]
+    return tgt, src, forced
+
+
+def _edges(
+    agents: Sequence[str],
+    sim: Floats,
+    tgt: Ints,
+    src: Ints,
+    forced: npt.NDArray[np.bool_] | None = None,
+) -> list[Edge]:
+    scores = sim[tgt, src].tolist()
+    flags = forced.tolist() if forced is not None else [False] * len(scores)
     return [
-        [round(sum(a * b for a, b in zip(q, k, strict=True)), 6) for k in keys] for q in queries
+        Edge(source=agents[j], target=agents[i], score=s, forced=f)
+        for i, j, s, f in zip(tgt.tolist(), src.tolist(), scores, flags, strict=True)
     ]
 
 
@@ -56,25 +137,8 @@ def dynamic_edges(
     agents: Sequence[str], sim: Sequence[Sequence[float]], cfg: RoutingConfig
 ) -> list[Edge]:
     """The paper's rule (strict `> tau`, no self-loops) plus the optional, labelled extensions."""
-    n = len(agents)
-    edges: list[Edge] = []
-    for i in range(n):
-        incoming = sorted(
-            ((sim[i][j], j) for j in range(n) if j != i and sim[i][j] > cfg.tau),
-            key=lambda sj: (-sj[0], sj[1]),
-        )
-        if cfg.top_k is not None:
-            incoming = incoming[: cfg.top_k]
-        forced = False
-        if not incoming and cfg.force_connect and n > 1:
-            best = max((sim[i][j], -j) for j in range(n) if j != i)
-            incoming, forced = [(best[0], -best[1])], True
-        if cfg.max_in_degree is not None:
-            incoming = incoming[: cfg.max_in_degree]
-        edges += [
-            Edge(source=agents[j], target=agents[i], score=s, forced=forced) for s, j in incoming
-        ]
-    return edges
+    scores = np.asarray(sim, dtype=np.float64).reshape(len(agents), len(agents))
+    return _edges(agents, scores, *_dynamic_pairs(scores, cfg))
 
 
 def baseline_edges(
@@ -86,22 +150,38 @@ def baseline_edges(
     dynamic_count: int,
 ) -> list[Edge]:
     """Fixed patterns through the same code path; scores are still the measured similarities."""
+    scores = np.asarray(sim, dtype=np.float64).reshape(len(agents), len(agents))
+    return _edges(agents, scores, *_baseline_pairs(agents, cfg, rng, dynamic_count))
+
+
+def _baseline_pairs(
+    agents: Sequence[str], cfg: RoutingConfig, rng: random.Random, dynamic_count: int
+) -> tuple[Ints, Ints]:
+    """(targets, sources) of a fixed pattern, in the order its edges are listed."""
     n = len(agents)
-    pairs: list[tuple[int, int]]  # (source j, target i)
+    k = np.arange(n)
     if cfg.mode == "broadcast":
-        pairs = [(j, i) for i in range(n) for j in range(n) if i != j]
+        tgt, src = np.nonzero(~np.eye(n, dtype=bool))
     elif cfg.mode == "chain":
-        pairs = [(k, k + 1) for k in range(n - 1)]
+        tgt, src = k[1:], k[:-1]
     elif cfg.mode == "star":
         center = star_hub(agents, cfg)
         hub = agents.index(center) if center is not None else 0
-        pairs = [(hub, k) for k in range(n) if k != hub] + [(k, hub) for k in range(n) if k != hub]
+        others = k[k != hub]
+        src = np.concatenate([np.full(len(others), hub), others])
+        tgt = np.concatenate([others, np.full(len(others), hub)])
     elif cfg.mode == "random":
-        every = [(j, i) for i in range(n) for j in range(n) if i != j]
-        pairs = sorted(rng.sample(every, min(dynamic_count, len(every))))
+        # Sampled from the (source, target) pairs listed target by target; sampling the pairs'
+        # indices draws exactly what sampling the list would, without building n^2 tuples.
+        every = n * (n - 1)
+        picks = np.array(rng.sample(range(every), min(dynamic_count, every)), dtype=int)
+        tgt, rest = np.divmod(picks, max(1, n - 1))
+        src = rest + (rest >= tgt)
+        order = np.lexsort((tgt, src))  # sorted as (source, target) pairs
+        tgt, src = tgt[order], src[order]
     else:  # single: one agent, nobody to talk to
-        pairs = []
-    return [Edge(source=agents[j], target=agents[i], score=sim[i][j]) for j, i in pairs]
+        tgt = src = np.zeros(0, dtype=int)
+    return tgt, src
 
 
 def star_hub(agents: Sequence[str], cfg: RoutingConfig) -> str | None:
@@ -114,8 +194,9 @@ def star_hub(agents: Sequence[str], cfg: RoutingConfig) -> str | None:
 def build_graph(agents: Sequence[str], edges: Sequence[Edge]) -> nx.DiGraph[str]:
     graph: nx.DiGraph[str] = nx.DiGraph()
     graph.add_nodes_from(agents)
-    for e in edges:
-        graph.add_edge(e.source, e.target, weight=e.score, forced=e.forced)
+    graph.add_edges_from(
+        (e.source, e.target, {"weight": e.score, "forced": e.forced}) for e in edges
+    )
     return graph
 
 
@@ -123,31 +204,100 @@ def delivery_order(agents: Sequence[str], graph: nx.DiGraph[str]) -> list[str]:
     """Sigma: topological with ties by agent position; with cycles, repeatedly the agent with the
     fewest incoming edges from agents not yet placed (ties by position). No edge is deleted."""
     position = {a: k for k, a in enumerate(agents)}
-    if nx.is_directed_acyclic_graph(graph):
-        return list(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
-    placed: list[str] = []
-    remaining = list(agents)
-    while remaining:
+    pairs = np.array([(position[u], position[v]) for u, v in graph.edges], dtype=int)
+    src, tgt = pairs.reshape(-1, 2).T
+    return [agents[k] for k in _sigma(len(agents), src, tgt)[0]]
 
-        def unplaced_in(a: str) -> int:
-            return sum(1 for p in graph.predecessors(a) if p not in placed)
 
-        pick = min(remaining, key=lambda a: (unplaced_in(a), position[a]))
-        placed.append(pick)
-        remaining.remove(pick)
-    return placed
+def _sigma(n: int, src: Ints, tgt: Ints) -> tuple[list[int], bool]:
+    """Sigma over positions, and whether the graph is acyclic.
+
+    One greedy rule serves both cases: on a DAG the agent with the fewest unplaced
+    predecessors has none, so the rule is the topological sort with ties by position; the
+    graph has a cycle exactly when some pick still had an unplaced predecessor.
+    """
+    waiting = np.bincount(tgt, minlength=n).astype(np.int64)  # predecessors not yet placed
+    placed = 2 * len(tgt) + 1  # above any count, even after the decrements it still gets
+    by_source = np.argsort(src, kind="stable")
+    successors = tgt[by_source]
+    bounds = np.searchsorted(src[by_source], np.arange(n + 1))
+    order: list[int] = []
+    acyclic = True
+    for _ in range(n):
+        pick = int(np.argmin(waiting))  # the first minimum: ties go to the lower position
+        acyclic = acyclic and waiting[pick] == 0
+        order.append(pick)
+        waiting[pick] = placed
+        waiting[successors[bounds[pick] : bounds[pick + 1]]] -= 1
+    return order, bool(acyclic)
 
 
 def tiers(agents: Sequence[str], edges: Sequence[Edge]) -> list[list[str]]:
-    """`tiered` execution: drop the weakest edge of each cycle until acyclic, then group agents
-    into topological generations (each tier only depends on earlier ones)."""
-    graph = build_graph(agents, edges)
-    while not nx.is_directed_acyclic_graph(graph):
-        cycle = nx.find_cycle(graph)
-        u, v = min(cycle, key=lambda uv: (graph.edges[uv[0], uv[1]]["weight"], uv))[:2]
-        graph.remove_edge(u, v)
+    """`tiered` execution: drop the weakest edge of every cycle, then group agents into
+    topological generations (each tier only depends on earlier ones), each in agent order.
+
+    Edges are kept strongest first (equal scores: the larger (source, target) pair first), each
+    unless it closes a cycle with the edges already kept. So every dropped edge is the weakest
+    of a cycle, and the result does not depend on which cycle a search meets first.
+    """
+    n = len(agents)
     position = {a: k for k, a in enumerate(agents)}
-    return [sorted(gen, key=position.__getitem__) for gen in nx.topological_generations(graph)]
+    src = np.array([position[e.source] for e in edges], dtype=int)
+    tgt = np.array([position[e.target] for e in edges], dtype=int)
+    scores = np.array([e.score for e in edges], dtype=np.float64)
+    name_rank = np.argsort(np.argsort(np.array(agents, dtype=object)))  # ties by name
+    order = np.lexsort((name_rank[tgt], name_rank[src], scores))[::-1]  # strongest first
+    src, tgt = src[order], tgt[order]
+    kept = _acyclic(n, src, tgt)
+    return [[agents[k] for k in tier] for tier in _generations(n, src[kept], tgt[kept])]
+
+
+def _acyclic(n: int, src: Ints, tgt: Ints) -> npt.NDArray[np.bool_]:
+    """Which edges, taken in this order, do not close a cycle with the ones kept before."""
+    # reach[x] holds, one bit per agent, the agents x reaches along kept edges.
+    reach = np.zeros((n, (n + 7) // 8), dtype=np.uint8)
+
+    def reaches(x: Ints, y: Ints) -> npt.NDArray[np.bool_]:
+        bits: npt.NDArray[np.uint8] = reach[x, y >> 3] >> (7 - (y & 7)) & 1
+        return bits.astype(bool)
+
+    kept = np.zeros(len(src), dtype=bool)
+    start, batch = 0, 64
+    while start < len(src):
+        stop = min(len(src), start + batch)
+        u, v = src[start:stop], tgt[start:stop]
+        # Edges already implied (kept) or closing a cycle (dropped) stay so, whatever the
+        # batch adds; only the others need a look one by one. In a dense graph that is few.
+        implied, closing = reaches(u, v), reaches(v, u) | (u == v)
+        kept[start:stop] = implied
+        for k in np.flatnonzero(~implied & ~closing).tolist():
+            a, b = u[k : k + 1], v[k : k + 1]
+            if reaches(b, a)[0]:
+                continue
+            if not reaches(a, b)[0]:
+                before = reaches(np.arange(n), np.full(n, a[0]))
+                before[a] = True
+                after = reach[b[0]].copy()
+                after[b[0] >> 3] |= 1 << (7 - (b[0] & 7))
+                reach[before] |= after
+            kept[start + k] = True
+        start, batch = stop, batch * 2
+    return kept
+
+
+def _generations(n: int, src: Ints, tgt: Ints) -> list[list[int]]:
+    """Topological generations of a DAG over positions, each in position order."""
+    waiting = np.bincount(tgt, minlength=n)
+    by_source = np.argsort(src, kind="stable")
+    successors, bounds = tgt[by_source], np.searchsorted(src[by_source], np.arange(n + 1))
+    tier = np.flatnonzero(waiting == 0)
+    out: list[list[int]] = []
+    while len(tier):
+        out.append(tier.tolist())
+        nxt = np.concatenate([successors[bounds[u] : bounds[u + 1]] for u in tier])
+        np.subtract.at(waiting, nxt, 1)
+        tier = np.unique(nxt[waiting[nxt] == 0])
+    return out
 
 
 async def route(
@@ -162,21 +312,23 @@ async def route(
     """Embed every need and offer in one batch, then build the round's graph and sigma."""
     vectors = await embedder.embed([*queries, *keys]) if agents else []
     n = len(agents)
-    sim = similarity_matrix(vectors[:n], vectors[n:])
-    dynamic = dynamic_edges(agents, sim, cfg)
-    edges = (
-        dynamic
-        if cfg.mode == "dynamic"
-        else baseline_edges(agents, sim, cfg, rng=rng, dynamic_count=len(dynamic))
-    )
-    graph = build_graph(agents, edges)
-    return Routing(
+    sim = similarity_array(vectors[:n], vectors[n:])
+    forced = None
+    if cfg.mode == "dynamic":
+        tgt, src, forced = _dynamic_pairs(sim, cfg)
+    else:
+        count = len(_dynamic_pairs(sim, cfg)[0]) if cfg.mode == "random" else 0
+        tgt, src = _baseline_pairs(agents, cfg, rng, count)
+    order, acyclic = _sigma(n, src, tgt)
+    # Built from checked parts: validating n^2 scores and edges again would cost more than
+    # computing them.
+    return Routing.model_construct(
         mode=cfg.mode,
         agents=list(agents),
-        similarity=sim,
+        similarity=sim.tolist(),
         tau=cfg.tau,
-        edges=edges,
-        order=delivery_order(agents, graph),
-        acyclic=nx.is_directed_acyclic_graph(graph),
+        edges=_edges(agents, sim, tgt, src, forced),
+        order=[agents[k] for k in order],
+        acyclic=acyclic,
         hub=star_hub(agents, cfg) if cfg.mode == "star" else None,
     )
