@@ -38,6 +38,7 @@ from dytopo.manager import LLMManager, Manager, ManagerDecision
 from dytopo.result import RoundRecord, RunResult
 from dytopo.routing import RoutingConfig
 from dytopo.runner import connect, resume, resume_run, run, run_topology
+from dytopo.simulated import SimulatedBackend
 from dytopo.state import RunState
 from dytopo.swarm import Swarm
 from dytopo.topology import Topology
@@ -81,6 +82,7 @@ __all__ = [
     "RunState",
     "Sampling",
     "ServerInfo",
+    "SimulatedBackend",
     "SlotLimiter",
     "StepContext",
     "Swarm",

@@ -82,23 +82,27 @@ class SlotLimiter:
             if clock is not None:
                 clock.served()
 
-    def release(self) -> None:
+    def release(self) -> bool:
+        """Free a slot; True when that woke a waiter (its task runs at the loop's next turn)."""
         if self._in_use <= 0:
             raise RuntimeError("release() without a matching acquire()")
         self._in_use -= 1
-        self._wake()
+        return self._wake()
 
     def _take(self) -> None:
         self._in_use += 1
         self.max_in_use = max(self.max_in_use, self._in_use)
 
-    def _wake(self) -> None:
+    def _wake(self) -> bool:
+        woke = False
         while self._waiters and self._in_use < self._capacity:
             fut = next(iter(self._waiters))
             del self._waiters[fut]
             if not fut.done():  # a cancelled waiter that has not run yet is skipped
                 self._take()
                 fut.set_result(None)
+                woke = True
+        return woke
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -109,7 +113,10 @@ class SlotLimiter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        if self.release() and exc_type is None:
+            # Let the woken waiter send its request before this task goes on with the reply
+            # (parsing, validating, tracing): else the slot idles for all that work.
+            await asyncio.sleep(0)
 
 
 def _check(capacity: int) -> None:
