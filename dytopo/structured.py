@@ -7,6 +7,7 @@ re-ask, return a recorded failure for the caller to handle.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -52,7 +53,9 @@ class Structured(BaseModel, Generic[T]):
         return self.attempts[-1].error if self.attempts and self.value is None else ""
 
 
+@functools.cache
 def schema_for(model: type[BaseModel]) -> dict[str, Any]:
+    # Built once per model (pydantic takes milliseconds to build one); shared, never mutated.
     return model.model_json_schema()
 
 

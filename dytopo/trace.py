@@ -68,6 +68,9 @@ class Trace:
         }
         if round is not None:
             record["round"] = round
+        if self._file is None and not self.observers:
+            record.update(fields)  # nobody reads it: spare converting every model in it
+            return record
         record.update({k: _plain(v) for k, v in fields.items()})
         if self._file is not None:
             self._file.write(json.dumps(record, ensure_ascii=False) + "\n")

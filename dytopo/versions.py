@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from importlib import metadata
 
 
 def versions() -> dict[str, str]:
+    return dict(_versions())
+
+
+@functools.cache  # reading package metadata takes tens of milliseconds
+def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for package in ("dytopo", "httpx", "pydantic", "networkx", "tenacity"):
         try:

@@ -17,7 +17,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from dytopo.embedders.base import Embedder
+from dytopo.embedders.base import Embedder, normalise
 from dytopo.router import (
     Edge,
     Routing,
@@ -395,3 +395,11 @@ def test_delivery_reads_the_edge_list_once_not_once_per_agent() -> None:
     _, deliveries = deliver(state, 1, routing, outputs)
     assert len(deliveries) == 30
     assert CountingList.iterations == 1
+
+
+def test_normalising_an_embedding_makes_no_python_call_per_component() -> None:
+    vector = [float(k % 7) - 3.5 for k in range(10_000)]
+    with python_calls() as calls:
+        unit = normalise(vector)
+    assert calls[0] < 10
+    assert abs(sum(x * x for x in unit) - 1.0) < 1e-12
