@@ -7,7 +7,7 @@ Three kill points, each found from the run's own trace events (an observer), not
   the routing request waits unread in its socket, then killed with that request in flight;
 - the manager's decision: round 2 is routed and /slots shows the manager's request processing.
 
-Each test has its own servers (it kills them), a 3-agent topology with short replies, and
+Each test has its own servers (it kills them), a 2-agent topology with short replies, and
 fast-failing retries, to stay around a minute of CPU on two cores.
 """
 
@@ -37,26 +37,25 @@ from dytopo.runner import resume_run, run_topology
 
 Event = dict[str, Any]
 
-TOPOLOGY = """\
+# Short replies: less to generate on two cores, and fewer replies cut off at max_tokens.
+SHORT = "instructions: Keep every field under 15 words., budget: {max_output_tokens: 160}"
+AGENT_IDS = ["researcher", "writer"]
+AGENTS = len(AGENT_IDS)
+TOPOLOGY = f"""\
 name: faults
 task: Compare LRU and LFU cache eviction for a web cache in two sentences.
 backend:
   max_attempts: 2        # a dead server fails the run in about a second
   backoff_initial_s: 0.2
   backoff_max_s: 0.5
-routing: {mode: dynamic, tau: 0.3}
+routing: {{mode: dynamic, tau: 0.3}}
 max_rounds: 2
 min_rounds: 2
 seed: 7
 structured_reasks: 1
-manager:
-  budget: {max_output_tokens: 160}
+manager: {{{SHORT}}}
 agents:
-  - {id: researcher, budget: {max_output_tokens: 160}}
-  - {id: analyst, budget: {max_output_tokens: 160}}
-  - {id: writer, budget: {max_output_tokens: 160}}
-"""
-AGENTS = 3
+""" + "".join(f"  - {{id: {a}, {SHORT}}}\n" for a in AGENT_IDS)
 
 
 @dataclass
