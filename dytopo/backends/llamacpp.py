@@ -177,6 +177,7 @@ class LlamaCppBackend(Backend):
             attempts=attempts,
             wall_s=round(reply.wall_s, 3),
             prompt=reply.usage.prompt_tokens,
+            cached=reply.usage.cached_tokens,
             completion=reply.usage.completion_tokens,
         )
         return reply

@@ -146,11 +146,29 @@ class LlamaServerProcess:
         log.info("managed.stopped", name=self.name, pid=process.pid)
 
 
-def chat_server(
-    *, slots: int = 2, ctx_per_slot: int = 4096, detached: bool = False
-) -> LlamaServerProcess:
-    """SmolLM2-135M-Instruct with DyTopo's tools-capable ChatML template."""
-    args = [
+CACHE_FLAGS: list[str] = [
+    # A host-RAM prompt cache: a slot's prompt is saved there before another request takes the
+    # slot, and the longest matching one is restored, so agents reuse their prefixes although
+    # they outnumber the slots. Without it (--cache-ram 0) 3 agents and a manager on 2 slots
+    # reused 2% of their prompt tokens instead of 56% (the bound). Written out, not left to
+    # the build's defaults, so the measured setting is the one that runs.
+    "--cache-ram",
+    "8192",
+    "--cache-idle-slots",
+    "--slot-prompt-similarity",
+    "0.10",
+    # One KV pool per slot: DyTopo plans each request for the per-slot context /props reports
+    # (a unified pool would report the whole pool); unified measured no better.
+    "--no-kv-unified",
+]
+"""Prompt-cache flags of the embedded chat server (measured: benchmarks/server_cache.md)."""
+
+
+def chat_args(
+    *, slots: int = 2, ctx_per_slot: int = 4096, cache_flags: list[str] | None = None
+) -> list[str]:
+    """llama-server arguments of the embedded chat server (`cache_flags`: CACHE_FLAGS)."""
+    return [
         "-m",
         str(assets.chat_model()),
         "--jinja",
@@ -166,7 +184,15 @@ def chat_server(
         "--slots",
         "--alias",
         "smollm2-135m-instruct",
+        *(CACHE_FLAGS if cache_flags is None else cache_flags),
     ]
+
+
+def chat_server(
+    *, slots: int = 2, ctx_per_slot: int = 4096, detached: bool = False
+) -> LlamaServerProcess:
+    """SmolLM2-135M-Instruct with DyTopo's tools-capable ChatML template."""
+    args = chat_args(slots=slots, ctx_per_slot=ctx_per_slot)
     return LlamaServerProcess("chat", args, detached=detached)
 
 
