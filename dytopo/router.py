@@ -78,12 +78,14 @@ def similarity_array(queries: Sequence[Sequence[float]], keys: Sequence[Sequence
     if q.ndim != 2 or k.ndim != 2 or q.shape[1] != k.shape[1]:
         raise ValueError(f"queries {q.shape} and keys {k.shape} are not vectors of one length")
     scaled = _product(q, k) * 1e6
+    nearest = np.rint(scaled)
     # Both sums lie within (dim + 1) * _U * |q| * |k| of the exact one, whatever their order
-    # (Higham, Accuracy and Stability, 3.1); 8x that bound leaves a wide margin.
-    norms = np.outer(np.linalg.norm(q, axis=1), np.linalg.norm(k, axis=1))
-    slack = 8 * (q.shape[1] + 2) * _U * 1e6 * norms + 8 * _U * np.abs(scaled)
-    near = np.abs(scaled - np.floor(scaled) - 0.5) <= slack
-    out: Floats = np.rint(scaled) / 1e6
+    # (Higham, Accuracy and Stability, 3.1); 8x that bound, for the largest norms, leaves a
+    # wide margin. Scaling by 1e6 adds an error of _U * |scaled| at most.
+    top_q, top_k = np.linalg.norm(q, axis=1).max(), np.linalg.norm(k, axis=1).max()
+    slack = 8 * _U * ((q.shape[1] + 2) * 1e6 * top_q * top_k + np.abs(scaled).max())
+    near = np.abs(scaled - nearest) >= 0.5 - slack
+    out: Floats = nearest / 1e6
     for i, j in zip(*np.nonzero(near), strict=True):
         out[i, j] = round(sum(a * b for a, b in zip(queries[i], keys[j], strict=True)), 6)
     return out
