@@ -176,6 +176,9 @@ def servers(dytopo_home: Path, monkeypatch: pytest.MonkeyPatch) -> ManagedStack:
     return ManagedStack(slots=2, ctx_per_slot=2048)
 
 
+# Two runs' worth of generation plus a server restart: ~4 min idle, but 15 min when the two
+# cores are shared (CI once hit 900 s in the resumed run's last manager call, all steps valid).
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("where", sorted(POINTS))
 async def test_kill_restart_resume(servers: ManagedStack, tmp_path: Path, where: str) -> None:
     topology, trace = tmp_path / "faults.yaml", tmp_path / "run.jsonl"
