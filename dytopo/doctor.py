@@ -32,7 +32,7 @@ CACHE_PREFIX = "Reference notes for a prompt-cache check.\n" + "\n".join(
         ["river", "forest", "harbor", "valley", "bridge", "tower", "market", "garden"] * 3
     )
 )
-"""A ~300-token system prompt the prompt-cache check sends twice."""
+"""A system prompt of ~470 tokens (SmolLM2) that the prompt-cache check sends twice."""
 
 
 class Check(BaseModel):

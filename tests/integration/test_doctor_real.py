@@ -14,7 +14,7 @@ async def test_the_embedded_server_reuses_a_repeated_prefix(stack: ManagedStack)
     assert check.ok
     assert not check.warning, check
     cache = report.prompt_cache
-    # The ~300-token system prefix comes from the cache; only the question is processed.
+    # The ~470-token system prefix comes from the cache; only the question is processed.
     assert cache.prompt > 250
     assert cache.reused >= cache.prompt - 20
     assert check.detail == f"reused {cache.reused} of {cache.prompt} prompt tokens"
