@@ -238,6 +238,8 @@ class RoundLoop:
         """The round in progress (kept in the result if the run stops during it)."""
         self.unfinished_traced = False
         """Whether its agent_output events are in the trace."""
+        self.ended = False
+        """Whether the run completed and its end was handed to the checkpoint writer."""
 
     async def execute(self) -> RunResult:
         meter_token = run_meter.set(self.meter)
@@ -245,19 +247,27 @@ class RoundLoop:
             await self._rounds()
             result = self._end()
             self._checkpoint("complete")
+            self.ended = True
+            await self._written()
             return result
         except Exception as exc:
             error = _leaf(exc)
             partial = self._stopped(f"{type(error).__name__}: {error}")
             self._checkpoint("failed")
+            await self._written()
             cause = error.__cause__ if isinstance(error, AgentAborted) else error
             raise self._run_error(error, partial) from cause
         except BaseException:  # cancelled, Ctrl-C: stop at once, keep the last complete round
-            self._stopped("interrupted")
-            self._checkpoint("interrupted")
+            if not self.ended:  # else only the wait for the last write was cut short
+                self._stopped("interrupted")
+                self._checkpoint("interrupted")
+            if self.saver is not None:
+                self.saver.wait()  # a cancelled task cannot count on its next await
             raise
         finally:
             run_meter.reset(meter_token)
+            if self.saver is not None:
+                self.saver.close()
             self.trace.close()
 
     async def _rounds(self) -> None:
@@ -377,6 +387,11 @@ class RoundLoop:
             self.saver.save(self.state)
         else:
             self.saver.finish(status, self.state if status == "complete" else None)
+
+    async def _written(self) -> None:
+        """The run's last status is on disk (the writer works while the rounds go on)."""
+        if self.saver is not None:
+            await self.saver.drain()
 
     def _over_budget(self, t: int, *, ahead: bool = True) -> bool:
         state = self.state

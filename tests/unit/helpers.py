@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import pytest
+
+from dytopo import checkpoint as checkpoint_module
 from dytopo.agent import Agent
 from dytopo.cards import RoleCard
+from dytopo.checkpoint import Checkpoint
 from dytopo.embedders import HashEmbedder
 from dytopo.llm_agent import LLMAgent
 from dytopo.manager import LLMManager
@@ -54,3 +59,17 @@ def make_swarm(
         routing=routing,
         **options,
     )  # type: ignore[arg-type]
+
+
+def after_each_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, callback: Callable[[Checkpoint, Path], None]
+) -> None:
+    """Call `callback(checkpoint, path)` on the writer thread as each checkpoint write lands (the
+    writes run while the next round goes on, so a trace observer cannot see them land)."""
+    real = checkpoint_module.write_checkpoint
+
+    def write(cp: Checkpoint, path: Path) -> None:
+        real(cp, path)
+        callback(cp, path)
+
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", write)

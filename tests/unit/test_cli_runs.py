@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import decision, final, goal, make_swarm, step
+from helpers import after_each_checkpoint, decision, final, goal, make_swarm, step
 from rich.console import Console
 from typer.testing import CliRunner
 
 from dytopo import runlock
 from dytopo import runner as library_runner
 from dytopo.agent import AgentOutput, FunctionAgent, StepContext
-from dytopo.checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
+from dytopo.checkpoint import Checkpoint, checkpoint_path, read_checkpoint, write_checkpoint
 from dytopo.cli import app, main
 from dytopo.cli import runs as runs_cli
 from dytopo.cli.progress import RoundProgress
@@ -145,14 +145,20 @@ async def test_lists_library_traces_newest_first_with_status_rounds_tokens(
     assert lines[-1] == f"continue a stopped run with: dytopo resume ID --dir {tmp_path}"
 
 
-async def _killed(trace: Path) -> None:
-    """SIGKILL as round 2 starts: the trace and checkpoint as they were then, torn last line."""
+async def _killed(trace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL as round 2 starts: the trace as it was then, torn last line, and round 1's
+    checkpoint (written while round 2 goes on)."""
     kept: dict[Path, bytes] = {}
 
     def snapshot(event: dict[str, Any]) -> None:
         if event["event"] == "round_start" and event["round"] == 2:
-            for path in (trace, checkpoint_path(trace)):
-                kept[path] = path.read_bytes()
+            kept[trace] = trace.read_bytes()
+
+    def landed(cp: Checkpoint, path: Path) -> None:
+        if (cp.status, cp.state.round) == ("running", 1):
+            kept[path] = path.read_bytes()
+
+    after_each_checkpoint(monkeypatch, landed)
 
     script = _script(2)
     script["manager"] = [goal("go"), decision(False), decision(True, "A"), final("A")]
@@ -173,10 +179,12 @@ time.sleep(60)
 """
 
 
-async def test_a_run_is_running_while_its_writer_lives_then_interrupted(tmp_path: Path) -> None:
+async def test_a_run_is_running_while_its_writer_lives_then_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Running while a process holds the trace's lock; interrupted once it was SIGKILLed."""
     trace = tmp_path / "killed.jsonl"
-    await _killed(trace)
+    await _killed(trace, monkeypatch)
     cp = read_checkpoint(checkpoint_path(trace))
     assert cp.status == "running"
     with _writer(trace):

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import decision, final, goal, make_swarm, step
+from helpers import after_each_checkpoint, decision, final, goal, make_swarm, step
 
 from dytopo import runner
 from dytopo.agent import AgentOutput, FunctionAgent, StepContext
 from dytopo.checkpoint import (
+    Checkpoint,
     changed_fields,
     checkpoint_path,
     find_checkpoint,
@@ -191,10 +192,11 @@ async def test_a_cancelled_run_keeps_round_1_and_resumes_like_the_uninterrupted_
 
 
 async def test_a_killed_run_resumes_from_its_running_checkpoint_and_a_torn_trace(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGKILL mid-round: no run_end, the checkpoint still says running, the trace's last line
-    may be cut short. Simulated by copying both files as round 2 starts."""
+    may be cut short. Simulated by copying the trace as round 2 starts and the checkpoint as
+    round 1's write lands."""
     full, _ = await uninterrupted(tmp_path / "full.jsonl")
     trace, kept = tmp_path / "run.jsonl", tmp_path / "kept"
     kept.mkdir()
@@ -202,7 +204,12 @@ async def test_a_killed_run_resumes_from_its_running_checkpoint_and_a_torn_trace
     def snapshot(event: dict[str, Any]) -> None:
         if event["event"] == "round_start" and event["round"] == 2:
             shutil.copy(trace, kept / trace.name)
-            shutil.copy(checkpoint_path(trace), kept / checkpoint_path(trace).name)
+
+    def landed(cp: Checkpoint, path: Path) -> None:
+        if (cp.status, cp.state.round) == ("running", 1):
+            shutil.copy(path, kept / path.name)
+
+    after_each_checkpoint(monkeypatch, landed)
 
     script = agent_replies(range(1, 4))
     script["manager"] = [goal("goal 1"), *DECISIONS, final("ANSWER")]
@@ -223,17 +230,18 @@ async def test_a_killed_run_resumes_from_its_running_checkpoint_and_a_torn_trace
 
 
 async def test_a_run_killed_after_its_halting_round_finishes_without_a_request(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trace, kept = tmp_path / "run.jsonl", tmp_path / "kept.checkpoint.json"
 
-    def snapshot(event: dict[str, Any]) -> None:
-        if event["event"] == "run_end":
-            shutil.copy(checkpoint_path(trace), kept)
+    def landed(cp: Checkpoint, path: Path) -> None:
+        if (cp.status, cp.state.round) == ("running", 1):  # killed before its run_end
+            shutil.copy(path, kept)
 
+    after_each_checkpoint(monkeypatch, landed)
     script = agent_replies(range(1, 2))
     script["manager"] = [goal("goal 1"), decision(True, "HALTED ANSWER")]
-    await swarm(ScriptedBackend(by_tag=script)).run("task", trace_path=trace, observers=[snapshot])
+    await swarm(ScriptedBackend(by_tag=script)).run("task", trace_path=trace)
     assert read_checkpoint(kept).status == "running"
     nothing = ScriptedBackend()
     result = await swarm(nothing).resume(read_checkpoint(kept), trace_path=tmp_path / "t2.jsonl")
@@ -302,21 +310,28 @@ async def test_a_run_without_a_trace_writes_no_checkpoint_and_names_no_command(
 # --- the checkpoint file ----------------------------------------------------------------------
 
 
-async def test_the_checkpoint_is_replaced_whole_and_leaves_no_temp_file(tmp_path: Path) -> None:
+async def test_the_checkpoint_is_replaced_whole_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trace = tmp_path / "run.jsonl"
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, str | None]] = []
 
-    def after_round(event: dict[str, Any]) -> None:
-        if event["event"] in ("round_start", "final_answer"):
-            cp = read_checkpoint(checkpoint_path(trace))
-            seen.append((cp.status, cp.state.round))
+    def landed(_: Checkpoint, path: Path) -> None:
+        cp = read_checkpoint(path)  # the whole file, as each write leaves it
+        seen.append((cp.status, cp.state.round, cp.state.goal))
 
+    after_each_checkpoint(monkeypatch, landed)
     script = agent_replies(range(1, 4))
     script["manager"] = [goal("goal 1"), *DECISIONS, final("ANSWER")]
-    await swarm(ScriptedBackend(by_tag=script)).run(
-        "task", trace_path=trace, observers=[after_round]
-    )
-    assert seen == [("running", 0), ("running", 1), ("running", 2), ("running", 3)]
+    await swarm(ScriptedBackend(by_tag=script)).run("task", trace_path=trace)
+    assert seen == [
+        ("running", 0, None),  # started
+        ("running", 0, "goal 1"),  # opened
+        ("running", 1, "goal 2"),
+        ("running", 2, "goal 3"),
+        ("running", 3, "goal 4"),
+        ("complete", 3, "goal 4"),
+    ]
     assert names(tmp_path) == ["run.checkpoint.json", "run.jsonl"]
     cp = read_checkpoint(checkpoint_path(trace))
     assert cp.status == "complete"
