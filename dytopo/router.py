@@ -8,15 +8,17 @@ reference and compare on random inputs).
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Iterator, Sequence
+from typing import TypeAlias
 
 import networkx as nx
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
-from dytopo.embedders.base import Embedder
+from dytopo.embedders.base import Embedder, Embeddings
 from dytopo.routing import RoutingConfig
 
 Ints = npt.NDArray[np.intp]
@@ -57,15 +59,21 @@ class Routing(BaseModel):
         return build_graph(self.agents, self.edges)
 
 
-def similarity_matrix(
-    queries: Sequence[Sequence[float]], keys: Sequence[Sequence[float]]
-) -> list[list[float]]:
+# Edges are built in one validation call: pydantic's core makes the objects without a Python
+# __init__ per edge (1,000 edges: 1.9 ms instead of 2.9).
+_EDGE_LIST = TypeAdapter(list[Edge])
+
+Matrix: TypeAlias = Sequence[Sequence[float]] | Floats
+"""Vectors as rows of floats or as one float64 array (which is used without a copy)."""
+
+
+def similarity_matrix(queries: Matrix, keys: Matrix) -> list[list[float]]:
     """Cosine of L2-normalised vectors: r[i][j] = q_i . k_j, rounded to 6 places."""
     rows: list[list[float]] = similarity_array(queries, keys).tolist()
     return rows
 
 
-def similarity_array(queries: Sequence[Sequence[float]], keys: Sequence[Sequence[float]]) -> Floats:
+def similarity_array(queries: Matrix, keys: Matrix) -> Floats:
     """`similarity_matrix` as an array, each score exactly `round(sum(q * k), 6)`.
 
     The matrix product sums in another order than a plain loop, so a score may differ in its
@@ -86,8 +94,11 @@ def similarity_array(queries: Sequence[Sequence[float]], keys: Sequence[Sequence
     slack = 8 * _U * ((q.shape[1] + 2) * 1e6 * top_q * top_k + np.abs(scaled).max())
     near = np.abs(scaled - nearest) >= 0.5 - slack
     out: Floats = nearest / 1e6
-    for i, j in zip(*np.nonzero(near), strict=True):
-        out[i, j] = round(sum(a * b for a, b in zip(queries[i], keys[j], strict=True)), 6)
+    if near.any():
+        for i, j in zip(*np.nonzero(near), strict=True):
+            # Python floats: numpy's round(x, 6) is rint(x * 1e6) / 1e6, not the decimal rounding
+            pairs = zip(q[i].tolist(), k[j].tolist(), strict=True)
+            out[i, j] = round(sum(a * b for a, b in pairs), 6)
     return out
 
 
@@ -102,8 +113,11 @@ _MAX_TILES = 256
 def _product(q: Floats, k: Floats) -> Floats:
     """q @ k.T, in tiles small enough for BLAS to compute on the calling thread."""
     dim = max(1, q.shape[1])
-    cols = max(1, min(len(k), _TILE // (8 * dim)))
-    rows = max(1, min(len(q), _TILE // (cols * dim)))
+    # 16 rows by a multiple of 8 columns fit OpenBLAS's kernels best (256 agents: 4.2 ms in
+    # 16 x 40 tiles, 5.0 in 8 x 85, on an EPYC).
+    rows = max(1, min(len(q), 16, _TILE // dim))
+    cols = max(1, min(len(k), _TILE // (rows * dim)))
+    cols -= cols % 8 if cols > 8 else 0
     tiles = -(-len(q) // rows) * -(-len(k) // cols)
     if tiles == 1 or tiles > _MAX_TILES:
         product: Floats = q @ k.T
@@ -111,7 +125,7 @@ def _product(q: Floats, k: Floats) -> Floats:
     out = np.empty((len(q), len(k)))
     for i in range(0, len(q), rows):
         for j in range(0, len(k), cols):
-            out[i : i + rows, j : j + cols] = q[i : i + rows] @ k[j : j + cols].T
+            np.matmul(q[i : i + rows], k[j : j + cols].T, out=out[i : i + rows, j : j + cols])
     return out
 
 
@@ -153,10 +167,13 @@ def _edges(
 ) -> list[Edge]:
     scores = sim[tgt, src].tolist()
     flags = forced.tolist() if forced is not None else [False] * len(scores)
-    return [
-        Edge(source=agents[j], target=agents[i], score=s, forced=f)
-        for i, j, s, f in zip(tgt.tolist(), src.tolist(), scores, flags, strict=True)
-    ]
+    edges: list[Edge] = _EDGE_LIST.validate_python(
+        [
+            {"source": agents[j], "target": agents[i], "score": s, "forced": f}
+            for i, j, s, f in zip(tgt.tolist(), src.tolist(), scores, flags, strict=True)
+        ]
+    )
+    return edges
 
 
 def dynamic_edges(
@@ -242,6 +259,43 @@ def _sigma(n: int, src: Ints, tgt: Ints) -> tuple[list[int], bool]:
     predecessors has none, so the rule is the topological sort with ties by position; the
     graph has a cycle exactly when some pick still had an unplaced predecessor.
     """
+    # A heap costs per edge, the array scan per agent (a pass over n counts each): a round of
+    # dynamic routing has a few edges per agent, a dense one n.
+    if len(src) <= _HEAP_EDGES_PER_AGENT * n:
+        return _sigma_heap(n, src, tgt)
+    return _sigma_scan(n, src, tgt)
+
+
+_HEAP_EDGES_PER_AGENT = 16
+
+
+def _sigma_heap(n: int, src: Ints, tgt: Ints) -> tuple[list[int], bool]:
+    """`_sigma` with a heap of (unplaced predecessors, position): O((n + edges) log n)."""
+    waiting: list[int] = np.bincount(tgt, minlength=n).tolist()
+    by_source = np.argsort(src, kind="stable")
+    successors: list[int] = tgt[by_source].tolist()
+    bounds: list[int] = np.searchsorted(src[by_source], np.arange(n + 1)).tolist()
+    heap = list(zip(waiting, range(n), strict=True))
+    heapq.heapify(heap)
+    placed = [False] * n
+    order: list[int] = []
+    acyclic = True
+    while heap:
+        count, pick = heapq.heappop(heap)
+        if placed[pick] or count != waiting[pick]:
+            continue  # placed, or a count from before a predecessor was placed
+        acyclic = acyclic and count == 0
+        order.append(pick)
+        placed[pick] = True
+        for v in successors[bounds[pick] : bounds[pick + 1]]:
+            if not placed[v]:
+                waiting[v] -= 1
+                heapq.heappush(heap, (waiting[v], v))
+    return order, acyclic
+
+
+def _sigma_scan(n: int, src: Ints, tgt: Ints) -> tuple[list[int], bool]:
+    """`_sigma` as n scans of an array of counts: O(n^2) in numpy, for dense graphs."""
     waiting = np.bincount(tgt, minlength=n).astype(np.int64)  # predecessors not yet placed
     placed = 2 * len(tgt) + 1  # above any count, even after the decrements it still gets
     by_source = np.argsort(src, kind="stable")
@@ -331,7 +385,9 @@ async def route(
     """Embed every need and offer in one batch, then build the round's graph and sigma."""
     vectors = await embedder.embed([*queries, *keys]) if agents else []
     n = len(agents)
-    sim = similarity_array(vectors[:n], vectors[n:])
+    # An embedder's own array is used as it is: no conversion of n * dim floats.
+    rows: Matrix = vectors.array if isinstance(vectors, Embeddings) else vectors
+    sim = similarity_array(rows[:n], rows[n:])
     forced = None
     if cfg.mode == "dynamic":
         tgt, src, forced = _dynamic_pairs(sim, cfg)

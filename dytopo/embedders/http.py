@@ -8,7 +8,7 @@ import httpx
 
 from dytopo.backends.http import HttpTransport, build_client
 from dytopo.backends.settings import BackendSettings
-from dytopo.embedders.base import Embedder, normalise
+from dytopo.embedders.base import Embedder, Embeddings, normalise_rows
 from dytopo.errors import BackendError
 
 # Sentence encoders have small windows (MiniLM: 512 tokens, and llama-server answers HTTP 500
@@ -33,9 +33,9 @@ class HttpEmbedder(Embedder):
         self._own_client = client is None
         self.http = HttpTransport(base_url, settings, client or build_client(settings))
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
         if not texts:
-            return []
+            return normalise_rows([])
         body: dict[str, object] = {"input": [t[:MAX_INPUT_CHARS] for t in texts]}
         if self.model:
             body["model"] = self.model
@@ -48,7 +48,14 @@ class HttpEmbedder(Embedder):
                 f"{len(texts)} texts (is the server started with --embeddings?)",
                 url=self.http.url("/v1/embeddings"),
             )
-        return [normalise(d["embedding"]) for d in data]
+        try:
+            return normalise_rows([d["embedding"] for d in data])
+        except (ValueError, TypeError) as exc:
+            raise BackendError(
+                f"{self.http.url('/v1/embeddings')} returned vectors that are not flat lists "
+                f"of numbers of one length ({exc}); use a pooled sentence-embedding model",
+                url=self.http.url("/v1/embeddings"),
+            ) from exc
 
     async def aclose(self) -> None:
         if self._own_client:
