@@ -22,6 +22,7 @@ import re
 import shlex
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +32,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from dytopo.errors import ConfigError
-from dytopo.state import RunState
+from dytopo.state import Ledger, RunState
 from dytopo.topology import Topology
 from dytopo.versions import versions
 
@@ -106,8 +107,12 @@ def checkpoint_path(trace_path: Path) -> Path:
 
 
 def write_checkpoint(cp: Checkpoint, path: Path) -> None:
-    """Replace `path` with `cp` atomically and durably."""
-    write_bytes_atomically(_encode(cp), path)
+    """Replace `path` with `cp` atomically and durably.
+
+    A run's last status (complete, failed, interrupted) skips the folder's sync, which the run
+    waits for: if a power loss undoes that rename, the checkpoint before it is back, with the
+    same complete rounds and status `running`, and resume finishes the run from there."""
+    write_bytes_atomically(_encode(cp), path, sync_folder=cp.status == "running")
 
 
 def _encode(cp: Checkpoint) -> bytes:
@@ -122,8 +127,9 @@ def _encode(cp: Checkpoint) -> bytes:
         return json.dumps(data, ensure_ascii=False).encode("utf-8", "replace")
 
 
-def write_bytes_atomically(data: bytes, path: Path) -> None:
-    """Replace `path` with `data`: a crash at any moment leaves the old file or the new one."""
+def write_bytes_atomically(data: bytes, path: Path, *, sync_folder: bool = True) -> None:
+    """Replace `path` with `data`: a crash at any moment leaves the old file or the new one
+    (and, with `sync_folder`, the new one once this returns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -136,6 +142,8 @@ def write_bytes_atomically(data: bytes, path: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not sync_folder:
+        return
     # The rename itself is durable once the folder is synced.
     folder = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -236,18 +244,29 @@ def _snapshot(state: RunState) -> RunState:
     """A copy later changes to `state` cannot reach, in microseconds rather than the
     milliseconds a dump takes (a dump of the whole state grows every round). The round loop
     only appends to the state's lists, replaces their records whole (delivery builds new memory
-    and transcript lists) and edits the ledger in place: so the lists are copied, their records
-    shared, the ledger and the manager's state copied deep."""
+    and transcript lists) and edits the ledger's dicts in place: so the lists and dicts are
+    copied, their records shared; the manager's own state is copied deep."""
     return state.model_copy(
         update={
             "agents": list(state.agents),
             "memory": {agent: list(items) for agent, items in state.memory.items()},
             "transcript": list(state.transcript),
             "rounds": list(state.rounds),
-            "ledger": state.ledger.model_copy(deep=True),
-            "rng": copy.deepcopy(state.rng),
+            "ledger": _ledger_copy(state.ledger),
+            "rng": [list(x) if isinstance(x, list) else x for x in state.rng],
             "manager": copy.deepcopy(state.manager),
             "meter": state.meter.model_copy() if state.meter else None,
+        }
+    )
+
+
+def _ledger_copy(ledger: Ledger) -> Ledger:
+    # Charging replaces Usage values (Usage + Usage is a new one): copying the dicts is enough.
+    return ledger.model_copy(
+        update={
+            "by_agent": dict(ledger.by_agent),
+            "by_round": dict(ledger.by_round),
+            "stats": Counter(ledger.stats),
         }
     )
 

@@ -344,7 +344,8 @@ class RoundLoop:
         swarm, ids = self.swarm, list(outputs)
         queries, keys = [outputs[i].query for i in ids], [outputs[i].key for i in ids]
         routing = await route(ids, queries, keys, swarm.embedder, swarm.routing, rng=self.rng)
-        self.trace.emit("routing", round=t, **routing.model_dump())
+        if self.trace.has_readers:
+            self.trace.emit("routing", round=t, **routing.model_dump())
         if routing.hub is not None and swarm.routing.hub not in (None, routing.hub):
             log.warning(
                 "star.hub_replaced", round=t, hub=swarm.routing.hub, replaced_by=routing.hub
@@ -419,6 +420,8 @@ class RoundLoop:
         return self._end(error)
 
     def _trace_steps(self, t: int, steps: Sequence[AgentStep]) -> None:
+        if not self.trace.has_readers:
+            return
         for step in steps:
             self.trace.emit(
                 "agent_output",
