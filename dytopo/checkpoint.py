@@ -27,10 +27,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-import pydantic_core
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from dytopo._checkpoint_json import StateEncoder
 from dytopo.errors import ConfigError
 from dytopo.state import Ledger, RunState
 from dytopo.topology import Topology
@@ -106,25 +106,16 @@ def checkpoint_path(trace_path: Path) -> Path:
     return trace_path.with_name(trace_path.stem + SUFFIX)
 
 
-def write_checkpoint(cp: Checkpoint, path: Path) -> None:
-    """Replace `path` with `cp` atomically and durably.
+def write_checkpoint(cp: Checkpoint, path: Path, encoder: StateEncoder | None = None) -> None:
+    """Replace `path` with `cp` atomically and durably. `encoder`: the one that encoded this
+    run's earlier checkpoints (it reuses what they had), else a fresh one.
 
     A run's last status (complete, failed, interrupted) skips the folder's sync, which the run
     waits for: if a power loss undoes that rename, the checkpoint before it is back, with the
     same complete rounds and status `running`, and resume finishes the run from there."""
-    write_bytes_atomically(_encode(cp), path, sync_folder=cp.status == "running")
-
-
-def _encode(cp: Checkpoint) -> bytes:
-    """`cp` as UTF-8 JSON. pydantic's own model JSON would write a NaN (an embedder may return
-    one) as null, which does not read back: the plain dump is written with NaN kept. A lone
-    surrogate (an agent's error text may hold one) has no UTF-8 form: then the json module
-    writes it as "?"."""
-    data = cp.model_dump(mode="json")
-    try:
-        return pydantic_core.to_json(data, inf_nan_mode="constants")
-    except ValueError:
-        return json.dumps(data, ensure_ascii=False).encode("utf-8", "replace")
+    head = cp.model_dump(mode="json", exclude={"state"})
+    data = (encoder or StateEncoder()).encode_with(head, cp.state)
+    write_bytes_atomically(data, path, sync_folder=cp.status == "running")
 
 
 def write_bytes_atomically(data: bytes, path: Path, *, sync_folder: bool = True) -> None:
@@ -311,6 +302,8 @@ class Checkpointer:
         """Whether a checkpoint of this run is on disk (so it can be resumed)."""
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dytopo-checkpoint")
         self._last: Future[None] | None = None
+        self._encoder = StateEncoder()
+        """Used on the writer thread only."""
 
     def save(self, state: RunState) -> None:
         """The run completed a step it must never redo: keep a copy of its state."""
@@ -346,7 +339,7 @@ class Checkpointer:
 
     def _write(self, cp: Checkpoint) -> None:
         try:
-            write_checkpoint(cp, self.path)
+            write_checkpoint(cp, self.path, self._encoder)
         except Exception as exc:  # logged: a lost write must not end the run
             log.warning(
                 "checkpoint.failed", path=str(self.path), error=f"{type(exc).__name__}: {exc}"

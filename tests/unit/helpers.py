@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,8 +69,8 @@ def after_each_checkpoint(
     writes run while the next round goes on, so a trace observer cannot see them land)."""
     real = checkpoint_module.write_checkpoint
 
-    def write(cp: Checkpoint, path: Path) -> None:
-        real(cp, path)
+    def write(cp: Checkpoint, path: Path, *encoder: Any) -> None:
+        real(cp, path, *encoder)
         callback(cp, path)
 
     monkeypatch.setattr(checkpoint_module, "write_checkpoint", write)

@@ -5,6 +5,7 @@ fails or is cancelled returns only once its last status is on disk."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import threading
 import time
@@ -15,10 +16,13 @@ import pytest
 from helpers import decision, final, goal, make_swarm, step
 
 from dytopo import checkpoint as checkpoint_module
+from dytopo._checkpoint_json import StateEncoder
 from dytopo.agent import AgentOutput, FunctionAgent, StepContext
-from dytopo.checkpoint import Checkpoint, checkpoint_path, read_checkpoint
+from dytopo.checkpoint import Checkpoint, Checkpointer, checkpoint_path, read_checkpoint
 from dytopo.errors import BackendUnavailable, RunError
+from dytopo.memory import MemoryItem
 from dytopo.result import RunResult
+from dytopo.state import RunState
 from dytopo.swarm import Swarm
 from dytopo.testing import ScriptedBackend
 
@@ -37,8 +41,8 @@ def two_rounds() -> ScriptedBackend:
     return script(2, [goal("g1"), decision(False, goal_next="g2"), decision(False), final("F")])
 
 
-def team(backend: ScriptedBackend, *extra: FunctionAgent) -> Swarm:
-    return make_swarm(backend, ["a", "b"], extra=extra, max_rounds=2, min_rounds=2)
+def team(backend: ScriptedBackend, *extra: FunctionAgent, rounds: int = 2) -> Swarm:
+    return make_swarm(backend, ["a", "b"], extra=extra, max_rounds=rounds, min_rounds=rounds)
 
 
 def writes(monkeypatch: pytest.MonkeyPatch, slow_s: float) -> list[tuple[str, int]]:
@@ -46,10 +50,10 @@ def writes(monkeypatch: pytest.MonkeyPatch, slow_s: float) -> list[tuple[str, in
     in the order they land."""
     real, landed = checkpoint_module.write_checkpoint, []
 
-    def write(cp: Checkpoint, path: Path) -> None:
+    def write(cp: Checkpoint, path: Path, *encoder: Any) -> None:
         if cp.status == "running":
             time.sleep(slow_s)
-        real(cp, path)
+        real(cp, path, *encoder)
         landed.append((cp.status, cp.state.round))
 
     monkeypatch.setattr(checkpoint_module, "write_checkpoint", write)
@@ -118,10 +122,10 @@ async def test_the_next_round_starts_while_the_last_round_is_still_being_written
     waited: list[bool] = []
     trace, kept = tmp_path / "run.jsonl", tmp_path / "kept.checkpoint.json"
 
-    def write(cp: Checkpoint, path: Path) -> None:
+    def write(cp: Checkpoint, path: Path, *encoder: Any) -> None:
         if (cp.status, cp.state.round) == ("running", 1):
             waited.append(round_2_started.wait(timeout=5))
-        real(cp, path)
+        real(cp, path, *encoder)
 
     async def marks(ctx: StepContext) -> AgentOutput:
         if ctx.round == 2:
@@ -138,3 +142,45 @@ async def test_the_next_round_starts_while_the_last_round_is_still_being_written
     lost = read_checkpoint(kept)
     assert (lost.status, lost.state.round, lost.state.goal) == ("running", 0, "g1")
     assert isinstance(result, RunResult)
+
+
+async def test_each_checkpoint_holds_the_state_as_it_was_when_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot shares the state's records: nothing the run does later may reach them. And
+    the JSON that reuses earlier writes' parts reads back as the whole state encoded afresh."""
+    saved: list[dict[str, Any]] = []
+    real_save = Checkpointer.save
+
+    def save(self: Checkpointer, state: RunState) -> None:
+        saved.append(state.model_dump(mode="json"))  # the state at the moment it is handed over
+        real_save(self, state)
+
+    landed: list[tuple[Checkpoint, bytes]] = []
+    real_write = checkpoint_module.write_checkpoint
+
+    def write(cp: Checkpoint, path: Path, *encoder: Any) -> None:
+        time.sleep(0.03)  # the next round runs meanwhile, changing the live state
+        real_write(cp, path, *encoder)
+        landed.append((cp, path.read_bytes()))
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", write)
+    await team(script(3, [goal("g1"), *[decision(False)] * 3, final("F")]), rounds=3).run(
+        "task", trace_path=tmp_path / "run.jsonl"
+    )
+    running = [(cp, data) for cp, data in landed if cp.status == "running"]
+    assert len(running) == len(saved) == 5  # start, opening, 3 rounds
+    for (cp, data), state in zip(running, saved, strict=True):
+        assert json.loads(data)["state"] == state
+        afresh = json.loads(StateEncoder().encode(cp.state))
+        assert json.loads(data)["state"] == afresh == cp.state.model_dump(mode="json")
+
+
+def test_a_list_that_did_not_just_grow_is_encoded_afresh() -> None:
+    item = MemoryItem(round=1, kind="own", source="a", text="first")
+    state = RunState.begin("r", "task", ["a"], seed=0)
+    encoder = StateEncoder()
+    for memory in ([item, item.model_copy()], [item], [item.model_copy(update={"text": "new"})]):
+        state.memory["a"] = memory
+        assert json.loads(encoder.encode(state)) == state.model_dump(mode="json")
