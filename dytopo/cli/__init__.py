@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from dytopo.cli import backend, doctor, plan, resume, run, runs, tools
+from dytopo.cli import backend, doctor, plan, resume, run, runs, skill, tools
 from dytopo.cli._common import State, error_line, setup
 from dytopo.errors import ConfigError, DyTopoError
 
@@ -38,6 +38,7 @@ app.command("resume")(resume.resume)
 app.command("doctor")(doctor.doctor)
 app.add_typer(backend.app, name="backend")
 app.add_typer(tools.app, name="tools")
+app.add_typer(skill.app, name="skill")
 
 
 def _interrupt(signum: int, frame: object) -> None:
