@@ -87,7 +87,7 @@ def test_refuses_a_different_folder_without_force(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [SKILL_NAME]
 
 
-@pytest.mark.parametrize("kind", ["file", "symlink", "subfolder"])
+@pytest.mark.parametrize("kind", ["file", "symlink", "subfolder", "linked_file"])
 def test_odd_things_at_the_target_need_force(tmp_path: Path, kind: str) -> None:
     target = tmp_path / SKILL_NAME
     elsewhere = tmp_path / "elsewhere"
@@ -97,9 +97,14 @@ def test_odd_things_at_the_target_need_force(tmp_path: Path, kind: str) -> None:
     elif kind == "symlink":
         export_skill(elsewhere)
         target.symlink_to(elsewhere / SKILL_NAME)  # same content, but not our folder
-    else:
+    elif kind == "subfolder":
         export_skill(tmp_path)
         (target / "node_modules").mkdir()
+    else:  # same bytes, but handler.js would follow a link out of the folder
+        export_skill(tmp_path)
+        (elsewhere / "handler.js").write_bytes((target / "handler.js").read_bytes())
+        (target / "handler.js").unlink()
+        (target / "handler.js").symlink_to(elsewhere / "handler.js")
     with pytest.raises(ConfigError, match="--force"):
         export_skill(tmp_path)
     export_skill(tmp_path, force=True)
