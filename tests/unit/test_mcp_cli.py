@@ -24,7 +24,8 @@ def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
 def test_missing_serve_extra_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "mcp", None)  # what `import mcp` meets when not installed
+    for name in [n for n in sys.modules if n == "mcp" or n.startswith("mcp.")] or ["mcp"]:
+        monkeypatch.setitem(sys.modules, name, None)  # what `import mcp...` meets when missing
     monkeypatch.delitem(sys.modules, "dytopo.service.mcp", raising=False)
     assert run_main(monkeypatch, "--backend-url", NOWHERE, "--embed-url", NOWHERE) == 2
     err = capsys.readouterr().err
