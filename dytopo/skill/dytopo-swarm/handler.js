@@ -160,7 +160,11 @@ async function call(settings, method, path, body, remainingMs) {
 
 function roundLine(summary, maxRounds) {
   const edges = Array.isArray(summary.edges) ? summary.edges : [];
-  const shown = edges.slice(0, 12).map((edge) => `${edge[0]} -> ${edge[1]}`);
+  const shown = edges.slice(0, 12).map((edge) => {
+    // The service sends [sender, receiver]; an object form is read too.
+    const [from, to] = Array.isArray(edge) ? edge : [edge?.source, edge?.target];
+    return `${from} -> ${to}`;
+  });
   if (edges.length > shown.length) shown.push(`and ${edges.length - shown.length} more`);
   const goal = oneLine(summary.goal, 200) || "(none)";
   const talk = shown.length ? shown.join(", ") : "no messages passed";
