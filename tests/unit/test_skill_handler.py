@@ -106,14 +106,16 @@ def service() -> Iterator[Callable[[Callable[[str, str, Any], Reply]], FakeServi
         server.server_close()
 
 
-def info(status: str, rounds: int = 0, **extra: Any) -> dict[str, Any]:
+EDGES: dict[int, list[Any]] = {
+    1: [["researcher", "analyst"], ["critic", "writer"]],
+    2: [],
+    3: [{"source": "researcher", "target": "analyst"}, {"source": "critic", "target": "writer"}],
+}
+
+
+def info(status: str, rounds: int = 0) -> dict[str, Any]:
     summaries = [
-        {
-            "round": r,
-            "goal": f"goal {r}",
-            "edges": [["researcher", "analyst"], ["critic", "writer"]] if r % 2 else [],
-            "finished": False,
-        }
+        {"round": r, "goal": f"goal {r}", "edges": EDGES[r], "finished": False}
         for r in range(1, rounds + 1)
     ]
     return {"id": "r1", "status": status, "round": rounds, "max_rounds": 3, "rounds": summaries}
