@@ -40,8 +40,9 @@ def _settings(
             raise ConfigError(f"--url: {problem}")
         values["DYTOPO_URL"] = url.rstrip("/")
     if token is not None:
-        if not token or any(c.isspace() for c in token):
-            raise ConfigError("--token: give the service's token, one word without spaces")
+        # The same rule as `dytopo serve --token`: it travels in an HTTP header.
+        if not token or not token.isascii() or not token.isprintable() or " " in token:
+            raise ConfigError("--token: give the service's token: printable ASCII, no spaces")
         values["DYTOPO_TOKEN"] = token
     if topology is not None:
         if not _TOPOLOGY_NAME.fullmatch(topology) or ".." in topology:

@@ -121,6 +121,7 @@ def test_odd_things_at_the_target_need_force(tmp_path: Path, kind: str) -> None:
         ("--url", "host.docker.internal:8765", "--url: 'host.docker.internal:8765' is not"),
         ("--url", "http://127.0.0.1:8765/?x=1", "--url: 'http://127.0.0.1:8765/?x=1' has a query"),
         ("--token", "two words", "--token: give the service's token"),
+        ("--token", "t\u00f6k", "--token: give the service's token"),
         ("--topology", "../etc/passwd", "--topology '../etc/passwd': give a topology name"),
         ("--timeout", "0", "--timeout 0.0: give seconds"),
         ("--timeout", "nan", "--timeout nan: give seconds"),
