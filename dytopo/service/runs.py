@@ -1,0 +1,397 @@
+"""RunService: runs submitted by callers, queued, run on one shared backend, kept on disk.
+
+    async with RunService(settings) as service:
+        info = await service.submit(RunRequest(task="..."))
+        async for index, event in service.events(info.id): ...
+        info = await service.wait(info.id)
+
+Every run is a task in the service's TaskGroup; `max_running` of them hold a turn at once (the
+backend's slot limiter bounds the requests), the rest wait, and beyond `max_queued` waiting a
+submit is refused with QueueFull. Cancelling a run cancels its task: its in-flight requests end
+at once and its checkpoint keeps the last complete round. Leaving the `async with` stops every
+run the same way; they are `interrupted`, and `resume` continues them (also after a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from dytopo.backends.base import Backend
+from dytopo.backends.llamacpp import LlamaCppBackend
+from dytopo.backends.settings import BackendSettings
+from dytopo.budget import plan_budgets, server_context
+from dytopo.build import build_swarm
+from dytopo.checkpoint import check_resumable, read_checkpoint
+from dytopo.embedders.base import Embedder
+from dytopo.errors import BudgetExceeded, ConfigError, DyTopoError, RunError
+from dytopo.managed.resolve import endpoints
+from dytopo.result import RunResult
+from dytopo.runner import make_embedder
+from dytopo.service import catalog
+from dytopo.service.models import TERMINAL, RunInfo, RunRequest, RunStatus
+from dytopo.service.progress import Progress
+from dytopo.service.settings import ServiceSettings
+from dytopo.service.store import RUN_ID, RunFiles, now
+from dytopo.service.tail import tail
+from dytopo.topology import EmbedderSpec, Topology
+
+log = structlog.get_logger("dytopo.service")
+
+__all__ = ["QueueFull", "RunService", "ServiceClosed", "UnknownTopology"]
+
+UnknownTopology = catalog.UnknownTopology
+
+
+class QueueFull(DyTopoError):
+    """Too many runs are waiting; try again after `retry_after_s` seconds (HTTP 429)."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ServiceClosed(DyTopoError):
+    """The service is shutting down and takes no new runs (HTTP 503)."""
+
+
+@dataclass
+class _Run:
+    info: RunInfo
+    topology: Topology | None = None
+    source: Path | None = None
+    from_checkpoint: bool = False
+    task: asyncio.Task[None] | None = None
+    cancel_requested: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    pulse: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        """Wake everyone following this run (a new trace line, a new status)."""
+        pulse, self.pulse = self.pulse, asyncio.Event()
+        pulse.set()
+
+
+class RunService:
+    """The runs of one service; the HTTP app and the MCP server both drive it."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        backend: Backend | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        """`backend`/`embedder`: injected ones (tests), used as they are and not closed here;
+        by default the configured server, or an embedded stack started for the service."""
+        self.settings = settings
+        self.files = RunFiles(settings.runs_dir)
+        self.backend, self.embedder = backend, embedder
+        self.backend_source = "injected" if backend is not None else "not started"
+        self._runs: dict[str, _Run] = {}
+        self._turns = asyncio.Semaphore(settings.max_running)
+        self._stack = AsyncExitStack()
+        self._group: asyncio.TaskGroup | None = None
+        self._closing = False
+        self._durations: list[float] = []
+
+    async def __aenter__(self) -> Self:
+        self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        async with AsyncExitStack() as stack:
+            if self.backend is None or self.embedder is None:
+                await self._connect(stack)
+            self._group = await stack.enter_async_context(asyncio.TaskGroup())
+            for info in await asyncio.to_thread(self._recover):
+                self._runs[info.id] = _Run(info)
+                self._runs[info.id].done.set()
+            self._stack = stack.pop_all()
+        return self
+
+    async def _connect(self, stack: AsyncExitStack) -> None:
+        """One backend and embedder for every run (an embedded stack starts once, here)."""
+        s = self.settings
+        ends = await stack.enter_async_context(endpoints(s.backend_url, s.embed_url))
+        backend = LlamaCppBackend(BackendSettings(base_url=ends.chat_url))
+        stack.push_async_callback(backend.aclose)
+        embedder = make_embedder(EmbedderSpec(), ends)
+        stack.push_async_callback(embedder.aclose)
+        self.backend, self.embedder = backend, embedder
+        self.backend_source = f"{ends.source} {ends.chat_url}"
+
+    def _recover(self) -> list[RunInfo]:
+        infos = []
+        for info in self.files.load_all():
+            fixed = self.files.recovered(info)
+            if fixed is not info:
+                self.files.save(fixed)
+            infos.append(fixed)
+        return infos
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_runs()
+        await self._stack.__aexit__(exc_type, exc, tb)
+
+    def stop_runs(self) -> None:
+        """Take no new runs and stop every run (each becomes `interrupted`, resumable)."""
+        self._closing = True
+        for run in self._runs.values():
+            if run.task is not None and not run.task.done():
+                run.task.cancel()
+
+    # -- what callers use -------------------------------------------------------------------
+
+    async def submit(self, request: RunRequest) -> RunInfo:
+        """Queue a run. ConfigError for a refused topology or override (UnknownTopology for a
+        name the folder lacks), QueueFull when too many wait."""
+        self._check_open()
+        s = self.settings
+        chosen = await asyncio.to_thread(
+            catalog.choose, request, s.topologies_dir, s.default_topology
+        )
+        self._check_room()
+        run_id = uuid.uuid4().hex[:12]
+        info = RunInfo(
+            id=run_id,
+            status="queued",
+            topology=chosen.label,
+            task=request.task,
+            created_at=now(),
+            max_rounds=chosen.topology.max_rounds,
+            progress="queued",
+        )
+        run = _Run(info, chosen.topology, chosen.source)
+        self.files.save_topology(run_id, chosen.topology)
+        self._start(run)
+        return info.model_copy(deep=True)
+
+    def get(self, run_id: str) -> RunInfo:
+        """The run's record; KeyError when there is no such run."""
+        return self._run(run_id).info.model_copy(deep=True)
+
+    def runs(self) -> list[RunInfo]:
+        """Every run, newest first."""
+        runs = sorted(self._runs.values(), key=lambda r: r.info.created_at, reverse=True)
+        return [r.info.model_copy(deep=True) for r in runs]
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunInfo:  # noqa: ASYNC109
+        """The run once it ended, or as it stands after `timeout` seconds (the contract the MCP
+        server and `?wait=true` share)."""
+        run = self._run(run_id)
+        with_deadline = asyncio.timeout(timeout)
+        try:
+            async with with_deadline:
+                while run.info.status not in TERMINAL or not run.done.is_set():
+                    await run.done.wait()
+        except TimeoutError:
+            if not with_deadline.expired():
+                raise
+        return run.info.model_copy(deep=True)
+
+    async def cancel(self, run_id: str) -> RunInfo:
+        """Stop a queued or running run at once (its in-flight requests are cancelled); a run
+        that already ended is returned as it is."""
+        run = self._run(run_id)
+        if run.task is not None and not run.task.done():
+            run.cancel_requested = True
+            run.task.cancel()
+            await asyncio.shield(run.done.wait())
+        return run.info.model_copy(deep=True)
+
+    async def resume(self, run_id: str) -> RunInfo:
+        """Queue a stopped run again: from its last complete round, or from the start if it
+        never started. ConfigError when there is nothing to resume."""
+        self._check_open()
+        run = self._run(run_id)
+        info = run.info
+        if info.status not in TERMINAL or info.status == "succeeded" or not info.resumable:
+            raise ConfigError(f"run {run_id} is {info.status}: there is nothing to resume")
+        self._check_room()
+        await asyncio.to_thread(self._prepare_resume, run)
+        info.status, info.error, info.finished_at = "queued", None, None
+        info.progress = "queued to resume"
+        self._start(run)
+        return info.model_copy(deep=True)
+
+    def topologies(self) -> list[dict[str, Any]]:
+        """The topologies callers may name: name, description, agents, mode, max_rounds."""
+        return catalog.listing(self.settings.topologies_dir)
+
+    async def events(
+        self, run_id: str, after: int = -1
+    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """The run's trace events with their line index, after line `after`; follows a live run
+        and ends once the run has ended and every line was read."""
+        run = self._run(run_id)
+        async for item in tail(
+            self.files.trace(run_id), after, lambda: run.pulse, lambda: run.done.is_set()
+        ):
+            yield item
+
+    def counts(self) -> dict[str, int]:
+        """Runs running and queued now."""
+        states = [r.info.status for r in self._runs.values()]
+        return {"running": states.count("running"), "queued": states.count("queued")}
+
+    # -- inside -----------------------------------------------------------------------------
+
+    def _run(self, run_id: str) -> _Run:
+        if not RUN_ID.fullmatch(run_id) or run_id not in self._runs:
+            raise KeyError(run_id)
+        return self._runs[run_id]
+
+    def _check_open(self) -> None:
+        if self._closing or self._group is None:
+            raise ServiceClosed("the service is shutting down: submit again once it is back")
+
+    def _check_room(self) -> None:
+        s = self.settings
+        active = sum(1 for r in self._runs.values() if r.info.status not in TERMINAL)
+        if active >= s.max_running + s.max_queued:
+            wait = self._retry_after(active)
+            raise QueueFull(
+                f"{active} runs are running or waiting (at most {s.max_running} run at once and "
+                f"{s.max_queued} wait): try again in {wait} s",
+                retry_after_s=wait,
+            )
+
+    def _retry_after(self, active: int) -> int:
+        """Seconds until a turn is likely free: the recent runs' mean length per free turn."""
+        recent = self._durations[-10:]
+        mean = sum(recent) / len(recent) if recent else 60.0
+        waiting = max(1, active - self.settings.max_running + 1)
+        return max(1, min(3600, math.ceil(mean * waiting / self.settings.max_running)))
+
+    def _start(self, run: _Run) -> None:
+        assert self._group is not None
+        run.cancel_requested = False
+        run.done = asyncio.Event()
+        self._runs[run.info.id] = run
+        self._changed(run, durable=True)
+        run.task = self._group.create_task(self._lifecycle(run), name=f"run {run.info.id}")
+
+    def _prepare_resume(self, run: _Run) -> None:
+        info = run.info
+        if info.started_at is None:  # it never started: start it afresh
+            run.topology = run.topology or self.files.load_topology(info.id)
+            run.source = run.source if run.source is not None else self._source(info.id)
+            run.from_checkpoint = False
+            return
+        cp = read_checkpoint(self.files.checkpoint(info.id))
+        check_resumable(cp)
+        run.topology = (
+            Topology.model_validate(cp.topology)
+            if cp.topology is not None
+            else self.files.load_topology(info.id)
+        )
+        named = Path(cp.topology_path) if cp.topology_path else None
+        run.source = named if named is not None and named.is_file() else self._source(info.id)
+        run.from_checkpoint = True
+
+    def _source(self, run_id: str) -> Path:
+        # A checkpoint must name a file its topology came from: the copy kept with the run.
+        return self.files.topology(run_id)
+
+    def _changed(self, run: _Run, durable: bool = False) -> None:
+        if durable:
+            self.files.save(run.info)
+        run.notify()
+
+    async def _lifecycle(self, run: _Run) -> None:
+        """Run one run to its end; never raises (the TaskGroup would stop every other run)."""
+        info = run.info
+        try:
+            async with self._turns:
+                info.status, info.started_at = "running", info.started_at or now()
+                info.progress = "starting"
+                self._changed(run, durable=True)
+                loop = asyncio.get_running_loop()
+                began = loop.time()
+                result = await self._execute(run)
+                self._durations.append(loop.time() - began)
+            self._finish(run, "succeeded", result=result)
+        except asyncio.CancelledError:
+            # Not re-raised: this task ends here either way, and its record says why.
+            if run.cancel_requested:
+                self._finish(run, "cancelled", error="cancelled by the caller")
+            else:
+                self._finish(run, "interrupted", error="the service stopped during this run")
+        except RunError as exc:
+            self._finish(run, "failed", error=_line(exc), result=exc.partial)
+        except DyTopoError as exc:
+            self._finish(run, "failed", error=_line(exc))
+        except Exception as exc:  # a bug: the run fails, the service and other runs go on
+            log.exception("service.run_crashed", run=info.id)
+            self._finish(run, "failed", error=f"unexpected {type(exc).__name__}: {_line(exc)}")
+        finally:
+            run.done.set()
+            run.notify()
+
+    async def _execute(self, run: _Run) -> RunResult:
+        assert self.backend is not None
+        assert self.embedder is not None
+        assert run.topology is not None
+        topology, trace = run.topology, self.files.trace(run.info.id)
+        server = await self.backend.connect()
+        plan = plan_budgets(
+            topology,
+            n_ctx=server_context(server.n_ctx_per_slot, server.slots, False),
+            slots=server.slots,
+        )
+        if not plan.fits:
+            raise BudgetExceeded(f"{topology.name}: " + "; ".join(plan.problems))
+        swarm = await asyncio.to_thread(
+            build_swarm,
+            topology,
+            self.backend,
+            self.embedder,
+            base_dir=self.settings.topologies_dir,
+            plan=plan,
+            source=run.source or self._source(run.info.id),
+        )
+        progress = Progress(
+            run.info, len(topology.agents), lambda durable: self._changed(run, durable)
+        )
+        if run.from_checkpoint:
+            cp = read_checkpoint(self.files.checkpoint(run.info.id))
+            return await swarm.resume(cp, observers=[progress])
+        return await swarm.run(run.info.task, trace_path=trace, observers=[progress])
+
+    def _finish(
+        self, run: _Run, status: RunStatus, *, error: str | None = None, result: Any = None
+    ) -> None:
+        info = run.info
+        info.status, info.error, info.finished_at = status, error, now()
+        if isinstance(result, RunResult):
+            info.final_answer = result.final_answer or None
+            info.halt_reason = result.halt_reason
+            usage = result.usage
+            info.usage = {**usage.model_dump(), "cached_share": round(usage.cached_share, 4)}
+        if status == "succeeded":
+            info.progress = f"done after {info.round} round(s): {info.halt_reason}"
+            info.resumable = False
+        else:
+            info.progress = f"{status} in round {info.round}" if info.round else status
+            info.resumable = self.files.can_resume(info)
+        self._changed(run, durable=True)
+
+
+def _line(exc: BaseException) -> str:
+    """The error as one line (a multi-line ConfigError lists several problems)."""
+    return (
+        "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        or type(exc).__name__
+    )
