@@ -1,0 +1,81 @@
+"""The checks before any route: the bearer token, and the body size while the body arrives."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+"""No token needed: liveness, and the API's description (it holds no run or secret)."""
+
+
+async def _refuse(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """401 without the right `Authorization: Bearer <token>` (compared in constant time); 413
+    for a body over `max_body_bytes`, by its Content-Length or, when it has none (chunked),
+    as soon as the bytes received pass the limit. The body is read here, then handed on."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token is not None else None
+        self.limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.expected is not None and scope["path"] not in OPEN_PATHS:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                challenge = [(b"www-authenticate", b"Bearer")]
+                await _refuse(send, 401, "missing or wrong bearer token", challenge)
+                return
+        too_big = f"request body larger than {self.limit} bytes"
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _refuse(send, 413, too_big, [(b"connection", b"close")])
+            return
+        body, message = b"", None
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away: the app sees the disconnect
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await _refuse(send, 413, too_big, [(b"connection", b"close")])
+                return
+            if not message.get("more_body", False):
+                break
+        first: Message = (
+            {"type": "http.request", "body": body, "more_body": False}
+            if message["type"] == "http.request"
+            else message
+        )
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await receive()
+
+        await self.app(scope, replay, send)
