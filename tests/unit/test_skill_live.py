@@ -21,6 +21,7 @@ import uvicorn
 from helpers import decision, final, goal, step
 
 from dytopo.embedders import HashEmbedder
+from dytopo.errors import BackendUnavailable
 from dytopo.service.app import create_app
 from dytopo.service.runs import RunService
 from dytopo.service.settings import ServiceSettings
@@ -177,3 +178,17 @@ async def test_service_down_is_readable(tmp_path: Path) -> None:
     export_skill(plugins, url=f"http://127.0.0.1:{port}", token=TOKEN)
     report = await skill(plugins, {"task": "t"})
     assert report["result"].startswith(f"DyTopo service unreachable at http://127.0.0.1:{port}")
+
+
+async def test_live_failed_run_gives_its_one_line_error(tmp_path: Path) -> None:
+    gone = BackendUnavailable("server gone after 6 attempts\nretry later", url="scripted://")
+    async with serving(tmp_path, ScriptedBackend(by_tag={"manager": [gone]})) as (url, service):
+        plugins = tmp_path / "agent-skills"
+        export_skill(plugins, url=url, token=TOKEN, topology="duo")
+        report = await skill(plugins, {"task": "t"})
+        [info] = service.runs()
+
+    assert info.status == "failed"
+    assert report["result"].startswith(f"DyTopo run {info.id} failed: ")
+    assert "server gone after 6 attempts" in report["result"]
+    assert "\n" not in report["result"]
