@@ -68,7 +68,7 @@ def choose(request: RunRequest, folder: Path, default: str) -> Chosen:
             find_card(agent.card or agent.id, folder)
         find_card(topology.manager.card, folder)
         return Chosen(f"inline:{topology.name}", topology, None)
-    name = request.topology or default
+    name = default if request.topology is None else request.topology
     path = topology_file(folder, name)
     loaded = load_topology(path)
     topology = loaded
@@ -115,8 +115,9 @@ def _validated(data: dict[str, Any], where: str) -> Topology:
 def listing(folder: Path) -> list[dict[str, Any]]:
     """The topologies a caller may name, as short dicts; a broken file is left out (logged)."""
     rows: list[dict[str, Any]] = []
+    root = folder.resolve()
     for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-        if not NAME.fullmatch(path.stem):
+        if not NAME.fullmatch(path.stem) or not path.resolve().is_relative_to(root):
             continue
         topology, problems = problems_in(path)
         if topology is None:
