@@ -143,7 +143,9 @@ class RunService:
         tb: TracebackType | None,
     ) -> None:
         self.stop_runs()
-        await self._stack.__aexit__(exc_type, exc, tb)
+        # Not handed the caller's exception: a TaskGroup would wrap it in an ExceptionGroup.
+        # The runs were cancelled above, so the group only waits for them to write their end.
+        await self._stack.aclose()
 
     def stop_runs(self) -> None:
         """Take no new runs and stop every run (each becomes `interrupted`, resumable)."""
@@ -282,10 +284,21 @@ class RunService:
         self._runs[run.info.id] = run
         self._changed(run, durable=True)
         run.task = self._group.create_task(self._lifecycle(run), name=f"run {run.info.id}")
+        run.task.add_done_callback(lambda _: self._never_ran(run))
+
+    def _never_ran(self, run: _Run) -> None:
+        """A task cancelled before its first step never runs its body: end its run here."""
+        if run.info.status not in TERMINAL:
+            if run.cancel_requested:
+                self._finish(run, "cancelled", error="cancelled by the caller")
+            else:
+                self._finish(run, "interrupted", error="the service stopped before this run")
+            run.done.set()
+            run.notify()
 
     def _prepare_resume(self, run: _Run) -> None:
         info = run.info
-        if info.started_at is None:  # it never started: start it afresh
+        if not self.files.checkpoint(info.id).is_file():  # nothing kept: start it afresh
             run.topology = run.topology or self.files.load_topology(info.id)
             run.source = run.source if run.source is not None else self._source(info.id)
             run.from_checkpoint = False

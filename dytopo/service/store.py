@@ -100,8 +100,9 @@ class RunFiles:
         )
 
     def can_resume(self, info: RunInfo) -> bool:
-        """A run continues from its checkpoint, or starts afresh if it never started."""
-        if info.started_at is None:
+        """A run continues from its checkpoint, or starts afresh if it stopped before its first
+        checkpoint (nothing of it was kept, so nothing is repeated)."""
+        if not self.checkpoint(info.id).is_file():
             return self.topology(info.id).is_file()
         try:
             return read_checkpoint(self.checkpoint(info.id)).status != "complete"

@@ -117,7 +117,10 @@ async def served(
             sock.close()
 
 
-async def until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], limit_s: float = 10) -> None:
+Check = Callable[[], Awaitable[bool]] | Callable[[], bool]
+
+
+async def until(check: Check, limit_s: float = 10) -> None:
     """Poll `check` until it holds (for states only another task reaches)."""
     deadline = time.monotonic() + limit_s
     while True:

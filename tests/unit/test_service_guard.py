@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from service_kit import backend, served, settings  # noqa: E402
+from service_kit import backend, served, settings
 
-from dytopo.errors import ConfigError  # noqa: E402
-from dytopo.service import guard  # noqa: E402
-from dytopo.service.settings import ServiceSettings  # noqa: E402
+from dytopo.errors import ConfigError
+from dytopo.service import guard
+from dytopo.service.settings import ServiceSettings
 
 TOKEN = "s3cret-token-123"
 
@@ -96,7 +96,10 @@ async def test_a_chunked_body_without_content_length_is_413_once_it_passes_the_l
     assert len(runs) == 1
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "example.com", "127.0.0.1.nip.io"])
+NOT_LOOPBACK = ["0.0.0.0", "::", "192.168.1.5", "example.com", "127.0.0.1.nip.io"]
+
+
+@pytest.mark.parametrize("host", NOT_LOOPBACK)
 def test_a_non_loopback_bind_without_a_token_is_refused(host: str) -> None:
     with pytest.raises(ConfigError, match=f"--host {host} is reachable from other machines"):
         ServiceSettings(host=host).check()

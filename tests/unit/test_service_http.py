@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from service_kit import ANSWER, Script, backend, served, settings, sse, until  # noqa: E402
+from service_kit import ANSWER, Script, backend, served, settings, sse, until
 
-from dytopo.service.models import TERMINAL  # noqa: E402
+from dytopo.service.models import TERMINAL
 
 
 async def test_submit_then_poll_until_the_answer(tmp_path: Path) -> None:
@@ -288,8 +288,6 @@ async def test_concurrent_streams_all_end_when_the_run_ends(tmp_path: Path) -> N
     script = Script(slow={1}, delay_s=0.2)
     async with served(settings(tmp_path), backend(script)) as s:
         run_id = (await s.client.post("/v1/runs", json={"task": "t"})).json()["id"]
-        texts = await asyncio.gather(
-            *(s.client.get(f"/v1/runs/{run_id}/events") for _ in range(3))
-        )
+        texts = await asyncio.gather(*(s.client.get(f"/v1/runs/{run_id}/events") for _ in range(3)))
     assert len({r.text for r in texts}) == 1
     assert sse(texts[0].text)[-1]["event"] == "end"
