@@ -179,7 +179,7 @@ def sections(text: str, markers: Sequence[tuple[str, str]]) -> tuple[str, list[t
     """`text` up to the first marker, and (name, body) for each marker found, in text order.
     The markers themselves (section headers) are left out: they count as template."""
     found = sorted((at, marker, name) for marker, name in markers if (at := text.find(marker)) >= 0)
-    ends = [at for at, _, _ in found[1:]] + [len(text)]
+    ends = [at for at, _, _ in found[1:]] + [len(text)] if found else []
     head = text[: found[0][0]] if found else text
     return head, [
         (name, text[at + len(marker) : end])
@@ -240,7 +240,9 @@ def cpu(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-async def bench(ns: argparse.Namespace) -> list[Row]:
+async def bench(ns: argparse.Namespace, done: Callable[[list[Row]], None]) -> list[Row]:
+    """Every run; `done(rows)` after each (the report is rewritten, so a stopped benchmark
+    keeps what it measured)."""
     base = load_topology(TOPOLOGY)
     tasks = [base.task or "", *EXTRA_TASKS][: ns.tasks]
     rows: list[Row] = []
@@ -281,6 +283,7 @@ async def bench(ns: argparse.Namespace) -> list[Row]:
                         await embedder.aclose()
                         await backend.aclose()
                     rows.append(row)
+                    done(rows)
                     u = result.usage
                     print(
                         f"task {k} {mode:9}: rounds {len(result.rounds)}, prompt {u.prompt_tokens}"
@@ -309,8 +312,8 @@ def usage_table(rows: Sequence[Row]) -> list[str]:
     ref_name = ref[0].mode
     lines = [
         "| mode | rounds | edges/round | requests | prompt tok | cached | completion tok "
-        f"| prompt vs {ref_name} | wall s | client CPU s | server CPU s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| prompt vs {ref_name} | re-asks | failed steps | wall s | client CPU s | server CPU s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for mode, group in groups.items():
         u = [r.result.usage for r in group]
@@ -322,6 +325,7 @@ def usage_table(rows: Sequence[Row]) -> list[str]:
             f"| {mean(group, lambda r: r.prompt):.0f} | {100 * cached:.0f}% "
             f"| {mean(group, lambda r: r.result.usage.completion_tokens):.0f} "
             f"| {mean(group, lambda r: r.prompt) / ref_prompt:.2f} "
+            f"| {sum(r.result.reasks for r in group)} | {sum(r.result.failures for r in group)} "
             f"| {mean(group, lambda r: r.wall_s):.1f} | {mean(group, lambda r: r.client_cpu_s):.1f}"
             f" | {mean(group, lambda r: r.server_cpu_s):.0f} |"
         )
@@ -337,8 +341,8 @@ def per_task_table(rows: Sequence[Row]) -> list[str]:
     for k in sorted({r.task for r in rows}):
         cells = []
         for m in modes:
-            r = next(x for x in rows if x.task == k and x.mode == m)
-            cells.append(f"{r.prompt} / {r.result.usage.completion_tokens}")
+            r = next((x for x in rows if x.task == k and x.mode == m), None)
+            cells.append(f"{r.prompt} / {r.result.usage.completion_tokens}" if r else "-")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return lines
 
@@ -370,7 +374,7 @@ def report(rows: Sequence[Row], ns: argparse.Namespace, seconds: float) -> str:
         "",
         f"Command: `.venv/bin/python benchmarks/modes.py --tasks {ns.tasks} --rounds {ns.rounds} "
         f"--max-output {ns.max_output} --modes {' '.join(ns.modes)}`; total {seconds / 60:.1f} "
-        "min, load average "
+        f"min for {len(rows)} of {ns.tasks * len(ns.modes)} runs, load average "
         f"{min(r.load for r in rows):.1f}-{max(r.load for r in rows):.1f} during the runs.",
         "",
         f"Research topology (4 agents + manager, seed 7), min_rounds = max_rounds = {ns.rounds}, "
@@ -379,7 +383,7 @@ def report(rows: Sequence[Row], ns: argparse.Namespace, seconds: float) -> str:
         "",
         *[f"{k}. {t}" for k, t in enumerate(tasks)],
         "",
-        "Mean per run over the tasks:",
+        "Mean per run over the tasks (re-asks and failed steps: summed over the tasks):",
         "",
         *usage_table(rows),
         "",
@@ -400,17 +404,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     parser.add_argument(
-        "--max-output", type=int, default=256, help="max_tokens of every reply (0: topology's)"
+        "--max-output", type=int, default=512, help="max_tokens of every reply (0: topology's)"
     )
     parser.add_argument("--out", type=Path, default=None, help="Write the report here.")
     ns = parser.parse_args()
     configure_logging("warning")
     started = time.monotonic()
-    rows = asyncio.run(bench(ns))
-    text = report(rows, ns, time.monotonic() - started)
-    print(text)
-    if ns.out:
-        ns.out.write_text(text)
+
+    def done(rows: list[Row]) -> None:
+        if ns.out:
+            ns.out.write_text(report(rows, ns, time.monotonic() - started))
+
+    rows = asyncio.run(bench(ns, done))
+    print(report(rows, ns, time.monotonic() - started))
 
 
 if __name__ == "__main__":

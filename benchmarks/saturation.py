@@ -295,7 +295,7 @@ def report(m: Measured, ns: argparse.Namespace, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--max-output", type=int, default=256)
+    parser.add_argument("--max-output", type=int, default=512)
     parser.add_argument("--out", type=Path, default=None, help="Write the report here.")
     ns = parser.parse_args()
     configure_logging("warning")
