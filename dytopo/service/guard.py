@@ -7,6 +7,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dytopo.service.settings import is_loopback
+
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 """No token needed: liveness, and the API's description (it holds no run or secret)."""
 
@@ -27,10 +29,17 @@ async def _refuse(send: Send, status: int, detail: str, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
+def _loopback_host(value: bytes) -> bool:
+    host = value.decode("latin-1")
+    name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
+    return is_loopback(name)
+
+
 class Guard:
     """401 without the right `Authorization: Bearer <token>` (compared in constant time); 413
     for a body over `max_body_bytes`, by its Content-Length or, when it has none (chunked),
-    as soon as the bytes received pass the limit. The body is read here, then handed on."""
+    as soon as the bytes received pass the limit. The body is read here, then handed on.
+    Without a token, 403 unless the request's Host is the loopback (DNS rebinding)."""
 
     def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
         self.app = app
@@ -42,6 +51,17 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        if self.expected is None and not _loopback_host(headers.get(b"host", b"")):
+            # Without a token the only check is that the caller is on this machine; a web page
+            # whose DNS name was rebound to 127.0.0.1 is, unless the Host it sends is checked.
+            await _refuse(
+                send,
+                403,
+                "without a token the service answers only requests "
+                "addressed to 127.0.0.1 or localhost (or set a token)",
+                [],
+            )
+            return
         if self.expected is not None and scope["path"] not in OPEN_PATHS:
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):

@@ -52,6 +52,27 @@ async def test_a_missing_or_wrong_token_is_401_and_healthz_is_open(
     assert (f"Bearer {TOKEN}x".encode(), f"Bearer {TOKEN}".encode()) in compared
 
 
+async def test_without_a_token_only_requests_addressed_to_the_loopback_are_served(
+    tmp_path: Path,
+) -> None:
+    async with served(settings(tmp_path), backend()) as s:
+        port = s.url.rsplit(":", 1)[1]
+        rebound = await s.client.get("/v1/runs", headers={"Host": f"evil.example:{port}"})
+        local = [
+            await s.client.get("/v1/runs", headers={"Host": host})
+            for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost")
+        ]
+    assert rebound.status_code == 403
+    assert "127.0.0.1 or localhost" in rebound.json()["detail"]
+    assert [r.status_code for r in local] == [200] * 4
+
+
+async def test_with_a_token_any_host_may_call(tmp_path: Path) -> None:
+    async with served(settings(tmp_path, token=TOKEN), backend(), token=TOKEN) as s:
+        reply = await s.client.get("/v1/runs", headers={"Host": "host.docker.internal:8765"})
+    assert reply.status_code == 200
+
+
 async def test_a_body_over_the_limit_is_413_by_its_length(tmp_path: Path) -> None:
     async with served(settings(tmp_path, max_body_bytes=2048), backend()) as s:
         big = await s.client.post("/v1/runs", json={"task": "x" * 4000})
