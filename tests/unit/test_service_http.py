@@ -291,3 +291,33 @@ async def test_concurrent_streams_all_end_when_the_run_ends(tmp_path: Path) -> N
         texts = await asyncio.gather(*(s.client.get(f"/v1/runs/{run_id}/events") for _ in range(3)))
     assert len({r.text for r in texts}) == 1
     assert sse(texts[0].text)[-1]["event"] == "end"
+
+
+async def test_the_mcp_server_answers_at_mcp_on_the_same_service(tmp_path: Path) -> None:
+    pytest.importorskip("mcp")
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    token = "s3cret-token-123"
+    progress: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async with served(settings(tmp_path, token=token), backend(), token=token) as s:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            httpx2.AsyncClient(headers=headers) as http,
+            Client(streamable_http_client(f"{s.url}/mcp", http_client=http)) as mcp,
+        ):
+            listed = await mcp.call_tool("list_topologies", {})
+            result = await mcp.call_tool(
+                "run_swarm", {"task": "t", "max_rounds": 2}, progress_callback=on_progress
+            )
+        runs = s.service.runs()
+    assert not listed.is_error, listed
+    assert not result.is_error, result
+    assert result.content[0].text == ANSWER  # type: ignore[union-attr]
+    assert progress == [1, 2]
+    assert [r.status for r in runs] == ["succeeded"]
