@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from pathlib import Path
 from types import FrameType
@@ -97,6 +98,17 @@ def serve(
             super().handle_exit(sig, frame)
             self.loop.call_soon_threadsafe(self.service.stop_runs)
 
+    # Bound before any server starts: a port in use is one line, not a started embedded stack.
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as exc:
+        why = os.strerror(exc.errno or 0)
+        raise ConfigError(
+            f"cannot listen on {_shown(host)}:{port}: {why} (another dytopo serve? pick another "
+            "--port)"
+        ) from None
+
     async def main() -> None:
         async with RunService(settings) as service:
             config = uvicorn.Config(
@@ -106,14 +118,10 @@ def serve(
                 log_level="warning",
                 timeout_graceful_shutdown=GRACE_S,
             )
-            server = Server(config, service)
-            await server.serve()
-            if not server.started:
-                raise ConfigError(
-                    f"could not listen on {settings.host}:{settings.port} (in use? see above)"
-                )
+            await Server(config, service).serve(sockets=[sock])
 
-    run_async(main())
+    with sock:
+        run_async(main())
 
 
 def _shown(host: str) -> str:

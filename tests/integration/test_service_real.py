@@ -12,7 +12,17 @@ import httpx2
 from dytopo.managed import ManagedStack
 
 ROOT = Path(__file__).resolve().parents[2]
-TWO_AGENTS = [{"id": "analyst", "card": "analyst"}, {"id": "writer", "card": "writer"}]
+SHORT = {"budget": {"max_output_tokens": 256}}
+# Small: 2 shared cores give the model ~5 tokens/s when other work runs.
+OVERRIDES = {
+    "max_rounds": 1,
+    "structured_reasks": 1,
+    "agents": [
+        {"id": "analyst", "card": "analyst", **SHORT},
+        {"id": "writer", "card": "writer", **SHORT},
+    ],
+    "manager": {"budget": {"max_output_tokens": 320}},
+}
 
 
 async def test_a_run_through_the_service_answers(stack: ManagedStack, tmp_path: Path) -> None:
@@ -43,7 +53,7 @@ async def test_a_run_through_the_service_answers(stack: ManagedStack, tmp_path: 
                 json={
                     "task": "Name one advantage of LRU cache eviction, in one sentence.",
                     "topology": "research",
-                    "overrides": {"max_rounds": 1, "agents": TWO_AGENTS},
+                    "overrides": OVERRIDES,
                 },
             )
             info = reply.json()

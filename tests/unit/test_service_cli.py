@@ -46,6 +46,22 @@ def test_a_non_loopback_bind_without_a_token_is_refused_before_listening(
         sock.bind(("127.0.0.1", port))
 
 
+def test_a_port_in_use_is_one_line_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # No --backend-url: had the service started, it would have started an embedded stack.
+        code = run_main(monkeypatch, "--port", str(port), "--topologies", str(ROOT / "topologies"))
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use (another dytopo "
+        "serve? pick another --port)"
+    ]
+
+
 def test_missing_serve_extra_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
