@@ -42,7 +42,6 @@ def test_reply_within_must_be_seconds(
 
 
 async def test_stdio_server_lists_its_tools(tmp_path: Path) -> None:
-    pytest.importorskip("dytopo.service.runs")
     from mcp import Client, StdioServerParameters
 
     server = StdioServerParameters(

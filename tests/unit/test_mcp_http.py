@@ -9,19 +9,15 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import pytest
+import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from starlette.applications import Starlette
+from test_mcp_server import StandIn
 
-pytest.importorskip("mcp")
-pytest.importorskip("dytopo.service.models")
-
-import httpx2  # noqa: E402
-import uvicorn  # noqa: E402
-from mcp import Client  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
-from test_mcp_server import StandIn  # noqa: E402
-
-from dytopo.service.mcp import mcp_http_app  # noqa: E402
+from dytopo.service.mcp import mcp_http_app
 
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 ACCEPT = {"Accept": "application/json, text/event-stream"}
@@ -43,7 +39,7 @@ async def served(token: str | None) -> AsyncIterator[str]:
     server = uvicorn.Server(uvicorn.Config(host, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        while not server.started:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no started event
             await asyncio.sleep(0.01)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
     finally:

@@ -8,15 +8,11 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp import Client
 
-pytest.importorskip("mcp")
-pytest.importorskip("dytopo.service.models")
-
-from mcp import Client  # noqa: E402
-
-from dytopo.errors import ConfigError  # noqa: E402
-from dytopo.service.mcp import build_mcp  # noqa: E402
-from dytopo.service.models import RunInfo, RunRequest  # noqa: E402
+from dytopo.errors import ConfigError
+from dytopo.service.mcp import build_mcp
+from dytopo.service.models import RunInfo, RunRequest
 
 TERMINAL = {"succeeded", "failed", "cancelled", "interrupted"}
 
@@ -75,7 +71,7 @@ class StandIn:
     def get(self, run_id: str) -> RunInfo:
         return self.infos[run_id]
 
-    async def wait(self, run_id: str, timeout: float | None = None) -> RunInfo:
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunInfo:  # noqa: ASYNC109
         await asyncio.shield(self.tasks[run_id])
         return self.infos[run_id]
 
@@ -210,6 +206,6 @@ async def test_a_cancelled_call_cancels_its_run() -> None:
         with anyio.move_on_after(0.2):
             await mcp.call_tool("run_swarm", {"task": "x", "max_rounds": 3})
         with anyio.fail_after(5):
-            while service.get("run1").status != "cancelled":
+            while service.get("run1").status != "cancelled":  # noqa: ASYNC110 - polls the service the tool talks to
                 await anyio.sleep(0.01)
     assert service.cancelled == ["run1"]

@@ -93,7 +93,6 @@ def test_a_missing_topologies_folder_is_one_line(
 async def test_serve_answers_then_stops_on_a_signal_with_exit_130(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
-    pytest.importorskip("uvicorn")
     import httpx2
 
     process = await asyncio.create_subprocess_exec(

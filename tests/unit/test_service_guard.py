@@ -9,9 +9,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
-pytest.importorskip("fastapi")
-
 from service_kit import backend, served, settings
 
 from dytopo.errors import ConfigError

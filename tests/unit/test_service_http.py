@@ -9,9 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("fastapi")
-
 from service_kit import ANSWER, Script, backend, served, settings, sse, until
 
 from dytopo.service.models import TERMINAL
@@ -294,7 +291,6 @@ async def test_concurrent_streams_all_end_when_the_run_ends(tmp_path: Path) -> N
 
 
 async def test_the_mcp_server_answers_at_mcp_on_the_same_service(tmp_path: Path) -> None:
-    pytest.importorskip("mcp")
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client

@@ -6,10 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("fastapi")
-
 from service_kit import ANSWER, Script, backend, served, settings, until
 
 from dytopo.embedders import HashEmbedder

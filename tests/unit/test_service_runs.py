@@ -6,9 +6,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("fastapi")
-
 from service_kit import Script, backend, settings
 
 from dytopo.embedders import HashEmbedder

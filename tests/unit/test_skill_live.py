@@ -13,10 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("uvicorn")
-pytest.importorskip("dytopo.service.app")
-
 import uvicorn
 from helpers import decision, final, goal, step
 

@@ -14,11 +14,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from dytopo.skill import SKILL_NAME, export_skill, skill_files
-
-jsonschema = pytest.importorskip("jsonschema")
 
 SCHEMA = json.loads(Path(__file__).with_name("skill_manifest.schema.json").read_text())
 HARNESS = Path(__file__).with_name("skill_harness.cjs")
