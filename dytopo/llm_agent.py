@@ -19,17 +19,17 @@ from dytopo.tools.registry import Tool
 
 # No placeholder JSON here: small models copy placeholders verbatim. The server's JSON-schema
 # constraint already fixes the shape; the prompt only has to name the keys.
-FORMAT = "Reply with one JSON object with the string keys public, private, query and key."
-CLOSING = (
-    "Do your part for this round's goal now. Put your actual work in private, a one-sentence "
-    "summary in public, what you need next in query and what you can give in key."
+FORMAT = (
+    "Each round, do your part for the round's goal: your actual work in private, a one-sentence "
+    "summary in public, what you need next in query and what you can give in key. Reply with "
+    "one JSON object with the string keys public, private, query and key."
 )
+# The closing lines follow the round's goal, the first new text of a prompt, so the server
+# processes them again every round: they stay short, and FORMAT (cached) says the rest.
+CLOSING = "Do your part for this round's goal now, as one JSON object."
 MEMORY = "YOUR MEMORY (your reports and messages routed to you, oldest first):"
 FRESH = "MESSAGES THIS ROUND (from agents before you in this round):"
-ANSWER = (
-    "Those are your tool results. Do your part for this round's goal now: reply with one JSON "
-    "object with the string keys public, private, query and key."
-)
+ANSWER = "Those are your tool results. Do your part for this round's goal now, as one JSON object."
 ANSWER_TOKENS = 64
 """Room for the request for the answer after the tool phase (about 40 tokens)."""
 
@@ -89,7 +89,7 @@ class LLMAgent(Agent):
             user.append(FRESH + "\n" + "\n".join(fresh))
         if notes:
             user.append("TOOL RESULTS:\n" + "\n".join(notes))
-        user += [f"ROUND {ctx.round} GOAL (from the manager):\n{ctx.goal}", CLOSING]
+        user += [f"ROUND {ctx.round} GOAL:\n{ctx.goal}", CLOSING]
         return [
             ChatMessage(role="system", content=self.system_prompt()),
             ChatMessage(role="user", content="\n\n".join(user)),

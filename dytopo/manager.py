@@ -81,21 +81,18 @@ class Manager(ABC):
 
 
 FORMAT = (
-    "Each request ends with the duty it asks for and the keys of the JSON object to reply with."
+    "Each request ends with the duty it asks for. Reply with one JSON object with these keys:\n"
+    "- round goal: goal (one or two sentences saying what each agent should do next);\n"
+    "- decision after a round: goal_next (string), halt (boolean), reason (string) and "
+    "final_answer (string, empty unless halt);\n"
+    "- final answer: final_answer (the complete answer itself)."
 )
+# The duty line comes after the newest public messages, so the server processes it again in
+# every request: it stays short, and FORMAT (cached with the system prompt) names the keys.
 ASK = {
-    RoundGoal: (
-        "Duty now: set the first round's goal. Reply with one JSON object with the key goal: "
-        "one or two sentences saying what each agent should do first."
-    ),
-    ManagerDecision: (
-        "Duty now: decide after this round. Reply with one JSON object with the keys goal_next "
-        "(string), halt (boolean), reason (string) and final_answer (string, empty unless halt)."
-    ),
-    FinalAnswer: (
-        "Duty now: write the final answer to the task. Reply with one JSON object with the key "
-        "final_answer: the complete answer itself."
-    ),
+    RoundGoal: "Duty now: the round goal.",
+    ManagerDecision: "Duty now: the decision after this round.",
+    FinalAnswer: "Duty now: the final answer.",
 }
 
 
