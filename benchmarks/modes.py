@@ -76,7 +76,7 @@ SECTIONS = [
     (f"\n\n{FRESH}\n", "routed messages"),
     ("\n\nTOOL RESULTS:\n", "tools+turns"),
 ]
-GOAL = re.compile(r"\n\nROUND \d+ GOAL \(from the manager\):\n")
+GOAL = re.compile(r"\n\nROUND \d+ GOAL(?: \(from the manager\))?:\n")
 MANAGER_SECTIONS = [
     ("\n\nPUBLIC MESSAGES (oldest first):\n", "manager transcript"),
     ("\n\nTEAM'S LATEST WORK:\n", "manager transcript"),
