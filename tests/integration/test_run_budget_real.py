@@ -18,7 +18,7 @@ async def test_the_token_cap_holds_as_the_server_counts(
 ) -> None:
     research = load_topology(ROOT / "topologies" / "research.yaml")
     # A short final answer keeps the test quick on CPU; the reserve (half the cap) leaves room
-    # for the opening goal and one agent step: the other agent, asking at once, is refused.
+    # for the opening goal and about one round of two agents.
     manager = research.manager.model_copy(
         update={"budget": research.manager.budget.model_copy(update={"max_output_tokens": 400})}
     )
@@ -50,13 +50,22 @@ async def test_the_token_cap_holds_as_the_server_counts(
     assert used <= CAP + biggest, (used, CAP, biggest)
     assert result.halt_reason == "budget"
     assert result.final_answer.strip()
-    steps = result.rounds[0].steps if result.rounds else []
-    refused = [st.agent for st in steps if "run_token_budget" in st.error]
-    assert refused, "the cap refused no agent request"
-    assert len(refused) < len(steps), "the cap refused every agent request"
     events = read_trace(trace)
     stop = next(e for e in events if e["event"] == "budget_stop")
     assert stop["run_token_budget"] == CAP
+    # Which of the cap's two stops comes first depends on the model's reply lengths and on
+    # which agent asks first: a request refused mid-round (one line naming the fix, never every
+    # agent of the round), or the forecast that the next round would eat the answer's reserve.
+    steps = [st for r in result.rounds for st in r.steps]
+    refused = [st for st in steps if "run_token_budget" in st.error]
+    if stop["refused"]:
+        assert refused, "the trace says the cap refused a request, but no step shows it"
+        assert all("raise run_token_budget" in st.error for st in refused)
+        assert len(refused) < len(steps), "the cap refused every agent request"
+    else:
+        assert not refused
+        forecast = stop["used"] + stop["next_round_estimate"] + stop["final_answer_reserve"]
+        assert forecast > CAP, stop
     end = events[-1]
     assert end["event"] == "run_end"
     assert end["halt_reason"] == "budget"
