@@ -54,14 +54,15 @@ async def test_the_token_cap_holds_as_the_server_counts(
     stop = next(e for e in events if e["event"] == "budget_stop")
     assert stop["run_token_budget"] == CAP
     # Which of the cap's two stops comes first depends on the model's reply lengths and on
-    # which agent asks first: a request refused mid-round (one line naming the fix, never every
-    # agent of the round), or the forecast that the next round would eat the answer's reserve.
+    # which request asks first: a refused request (an agent's or the manager's; one line naming
+    # the fix), or the forecast that the next round would eat the final answer's reserve.
     steps = [st for r in result.rounds for st in r.steps]
     refused = [st for st in steps if "run_token_budget" in st.error]
+    assert all("raise run_token_budget" in st.error for st in refused)
+    assert len(refused) < len(steps), "the cap refused every agent request"
     if stop["refused"]:
-        assert refused, "the trace says the cap refused a request, but no step shows it"
-        assert all("raise run_token_budget" in st.error for st in refused)
-        assert len(refused) < len(steps), "the cap refused every agent request"
+        assert stop["refused"].startswith(f"run_token_budget {CAP}:"), stop
+        assert "raise run_token_budget" in stop["refused"], stop
     else:
         assert not refused
         forecast = stop["used"] + stop["next_round_estimate"] + stop["final_answer_reserve"]
