@@ -65,3 +65,8 @@ def machine() -> dict[str, str]:
 def machine_lines() -> list[str]:
     """`machine()` as Markdown list items."""
     return [f"- {key}: {value}" for key, value in machine().items()]
+
+
+def share(part: float, whole: float, digits: int = 1) -> str:
+    """`part` as a percentage of `whole`, or "-" when there is no whole."""
+    return f"{100 * part / whole:.{digits}f}%" if whole else "-"

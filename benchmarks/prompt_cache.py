@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import machine_lines, share
 
 REPO = Path(__file__).resolve().parent.parent
 OLD = "33b341e"  # the last commit before the prefix-stable layout (88e3d3e)
@@ -160,14 +161,14 @@ def _text(request: str) -> str:
     )
 
 
-def reusable(records: list[dict[str, Any]], index: int) -> float:
+def reusable(texts: list[str], index: int) -> float:
     """The share of request `index`'s text that an earlier request's text starts with: the most
     any prefix cache can reuse, whatever the server keeps."""
-    text = _text(records[index]["request"])
-    best = 0
-    for record in records[:index]:
-        earlier = _text(record["request"])
-        best = max(best, len(os.path.commonprefix([earlier, text])))  # noqa: RUF071 - text, not paths
+    text = texts[index]
+    best = max(
+        (len(os.path.commonprefix([earlier, text])) for earlier in texts[:index]),  # noqa: RUF071 - text, not paths
+        default=0,
+    )
     return best / max(len(text), 1)
 
 
@@ -184,6 +185,7 @@ def tally(
         return max((r for ts, r in starts if ts <= t), default=0)
 
     total = [r["prompt_n"] + r["cache_n"] for r in records]
+    texts = [_text(r["request"]) for r in records]
     later = [i for i, r in enumerate(records) if round_of(r["t"]) >= 2]
     return Tally(
         version=version,
@@ -193,7 +195,7 @@ def tally(
         cached=sum(r["cache_n"] for r in records),
         prompt_later=sum(total[i] for i in later),
         cached_later=sum(records[i]["cache_n"] for i in later),
-        bound_later=sum(total[i] * reusable(records, i) for i in later),
+        bound_later=sum(total[i] * reusable(texts, i) for i in later),
         rounds=max((r for _, r in starts), default=0),
         status=status,
     )
@@ -246,10 +248,6 @@ async def run_version(
         server.stop()
 
 
-def share(cached: int, prompt: int) -> str:
-    return f"{100 * cached / prompt:.1f}%" if prompt else "-"
-
-
 def report(rows: dict[str, list[Tally]], old: str) -> str:
     base = statistics.mean(t.wall_s for t in rows[old])
     lines = [
@@ -291,9 +289,6 @@ async def main() -> None:
         "--keep", type=Path, help="Save each run's trace and chat requests with their timings here"
     )
     ns = parser.parse_args()
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from common import machine_lines
 
     from dytopo.logs import configure_logging
     from dytopo.managed.server import embedding_server

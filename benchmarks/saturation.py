@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 import psutil
 from common import machine_lines
+from common import share as pct
 from modes import TOPOLOGY, run_once, variant
 
 from dytopo.backends import BackendSettings, ChatMessage, ChatRequest, ChatResponse, LlamaCppBackend
@@ -218,10 +219,6 @@ def weighted(m: Measured) -> list[tuple[Sample, float]]:
     s = m.watch.samples
     ends = [x.at for x in s[1:]] + [m.started + m.wall_s]
     return [(x, max(0.0, end - x.at)) for x, end in zip(s, ends, strict=True)]
-
-
-def pct(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
 def report(m: Measured, ns: argparse.Namespace, command: str) -> str:

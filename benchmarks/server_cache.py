@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+from common import share
 
 from dytopo.backends import (
     BackendSettings,
@@ -238,10 +239,6 @@ async def run_variant(variant: Variant, swarm: Swarm, ctx_per_slot: int) -> Tall
         server.stop()
 
 
-def share(cached: int, prompt: int) -> str:
-    return f"{100 * cached / prompt:.0f}%" if prompt else "-"
-
-
 def report(rows: dict[str, list[Tally]]) -> str:
     base = next(name for name in rows if name != IDEAL)
     base_wall = statistics.mean(t.wall_s for t in rows[base])
@@ -260,8 +257,8 @@ def report(rows: dict[str, list[Tally]]) -> str:
             f"{cpu_s:.0f} | {wall:.1f}{spread} | {wall / base_wall:.2f}" if wall else "- | - | -"
         )
         lines.append(
-            f"| {name} | {t.prompt} | {share(t.cached, t.prompt)} | "
-            f"{share(t.cached_later, t.prompt_later)} | {timing} |"
+            f"| {name} | {t.prompt} | {share(t.cached, t.prompt, 0)} | "
+            f"{share(t.cached_later, t.prompt_later, 0)} | {timing} |"
         )
     return "\n".join(lines)
 
@@ -294,8 +291,8 @@ async def main() -> None:
             tally = await run_variant(variant, swarm, ns.ctx_per_slot)
             rows[variant.name].append(tally)
             print(
-                f"{variant.name}: cached {share(tally.cached, tally.prompt)} "
-                f"(rounds >= 2: {share(tally.cached_later, tally.prompt_later)}), "
+                f"{variant.name}: cached {share(tally.cached, tally.prompt, 0)} "
+                f"(rounds >= 2: {share(tally.cached_later, tally.prompt_later, 0)}), "
                 f"server CPU {tally.cpu_s:.1f}s, wall {tally.wall_s:.1f}s",
                 flush=True,
             )

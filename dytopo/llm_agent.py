@@ -29,7 +29,7 @@ FORMAT = (
 CLOSING = "Do your part for this round's goal now, as one JSON object."
 MEMORY = "YOUR MEMORY (your reports and messages routed to you, oldest first):"
 FRESH = "MESSAGES THIS ROUND (from agents before you in this round):"
-ANSWER = "Those are your tool results. Do your part for this round's goal now, as one JSON object."
+ANSWER = f"Those are your tool results. {CLOSING}"
 ANSWER_TOKENS = 64
 """Room for the request for the answer after the tool phase (about 40 tokens)."""
 
