@@ -10,7 +10,7 @@ TOPOLOGY ?= topologies/research.yaml
 export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF
 export LLAMA_CPP_BUILD_JOBS ?= 2
 
-.PHONY: install run test lint typecheck unit integration clean
+.PHONY: install run test lint typecheck unit integration browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,15 @@ unit: install
 integration: install
 	$(BIN)/pytest tests/integration
 
-test: lint typecheck
+# The report's browser test opens reports in Debian's headless Chromium.
+browser:
+	@command -v chromium >/dev/null || { \
+		echo ">> installing Debian's chromium for the report's browser test"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			$$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: lint typecheck browser
 	$(BIN)/pytest
 
 clean:
