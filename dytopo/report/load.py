@@ -1,0 +1,286 @@
+"""A trace's events folded into a `RunView`: one round view per round number, the later copy of
+a round a resumed run repeated winning (as in the run's result), run totals from `run_end` or,
+when the run did not end, added up from what the rounds recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from dytopo.backends.types import Usage
+from dytopo.report.read import read_events
+from dytopo.report.views import (
+    AgentView,
+    AttemptView,
+    DecisionView,
+    DeliveryView,
+    FallbackView,
+    ResumeView,
+    RoundView,
+    RoutingView,
+    RunView,
+    ToolCallView,
+)
+
+M = TypeVar("M", bound=BaseModel)
+MANAGER = "manager"
+
+
+def load_run(path: str | Path) -> RunView:
+    """The run a trace file records; ConfigError when the file is not a trace."""
+    path = Path(path)
+    lines = read_events(path)
+    fold = _Fold(RunView(source=path.name))
+    for event in lines.events:
+        fold.feed(event)
+    run = fold.finish()
+    if lines.torn:
+        run.notices.append("The last line of the trace is cut short; it was left out.")
+    if lines.skipped:
+        run.notices.append(f"{lines.skipped} unreadable line(s) in the trace were left out.")
+    return run
+
+
+class _Fold:
+    def __init__(self, run: RunView) -> None:
+        self.run = run
+        self.rounds: dict[int, RoundView] = {}
+        self.open = False
+        """A run_start or run_resumed came after the last run_end."""
+        self.run_ids: set[str] = set()
+        self.not_understood = 0
+        self.last_ts: float | None = None
+        self.manager_usage = Usage()
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "run_start": self.run_start,
+            "run_resumed": self.run_resumed,
+            "manager_goal": self.manager_goal,
+            "round_start": self.round_start,
+            "ladder": self.ladder,
+            "tool_call": self.tool_call,
+            "agent_output": self.agent_output,
+            "routing": self.routing,
+            "delivery": self.delivery,
+            "manager_decision": self.manager_decision,
+            "manager_fallback": self.manager_fallback,
+            "round_end": self.round_end,
+            "budget_stop": self.budget_stop,
+            "final_answer": self.final_answer,
+            "run_end": self.run_end,
+        }
+
+    def feed(self, event: dict[str, Any]) -> None:
+        handler = self.handlers.get(event["event"])
+        if isinstance(event.get("run_id"), str):
+            self.run_ids.add(event["run_id"])
+        if isinstance(event.get("ts"), int | float):
+            self.last_ts = float(event["ts"])
+        if handler is None:
+            return  # an event a newer writer added: the report shows what it knows
+        try:
+            handler(event)
+        except (ValidationError, TypeError, ValueError, KeyError):
+            self.not_understood += 1
+
+    # -- run ------------------------------------------------------------------------------
+
+    def run_start(self, e: dict[str, Any]) -> None:
+        run = self.run
+        if run.run_id:
+            return  # a second start in the same file: the first one names the run
+        self.open = True
+        run.run_id = str(e.get("run_id", ""))
+        run.name = str(e.get("name", ""))
+        run.task = str(e.get("task", ""))
+        run.mode = str(e.get("mode", ""))
+        run.execution = str(e.get("execution", ""))
+        run.embedder = str(e.get("embedder", ""))
+        run.tau = _number(e.get("tau"))
+        run.seed = _integer(e.get("seed"))
+        run.max_rounds = _integer(e.get("max_rounds"))
+        run.min_rounds = _integer(e.get("min_rounds"))
+        run.started_ts = _number(e.get("ts"))
+        agents = e.get("agents")
+        if isinstance(agents, list):
+            self.see(*(str(a) for a in agents))
+
+    def run_resumed(self, e: dict[str, Any]) -> None:
+        self.open = True
+        self.run.resumes.append(ResumeView.model_validate(e))
+
+    def run_end(self, e: dict[str, Any]) -> None:
+        self.open = False
+        run = self.run
+        run.halt_reason = str(e.get("halt_reason", ""))
+        run.final_answer = str(e.get("final_answer", run.final_answer))
+        run.error = str(e.get("error", ""))
+        run.unfinished_round = _integer(e.get("unfinished_round"))
+        run.failures = _integer(e.get("failures"))
+        run.wall_s = _number(e.get("wall_s"))
+        if isinstance(e.get("usage"), dict):
+            run.usage = Usage.model_validate(e["usage"])
+        by_agent = e.get("usage_by_agent")
+        if isinstance(by_agent, dict):
+            run.usage_by_agent = {
+                str(k): Usage.model_validate(v) for k, v in by_agent.items() if isinstance(v, dict)
+            }
+
+    def budget_stop(self, e: dict[str, Any]) -> None:
+        self.run.budget_stops.append({k: v for k, v in e.items() if k not in ("event", "run_id")})
+
+    def final_answer(self, e: dict[str, Any]) -> None:
+        self.run.final_answer = str(e.get("final_answer", ""))
+        self.manager_usage += _usage(e)
+
+    # -- manager --------------------------------------------------------------------------
+
+    def manager_goal(self, e: dict[str, Any]) -> None:
+        self.run.opening_goal = str(e.get("goal", ""))
+        self.manager_usage += _usage(e)
+
+    def manager_decision(self, e: dict[str, Any]) -> None:
+        self.round(e).decision = DecisionView.model_validate(e)
+
+    def manager_fallback(self, e: dict[str, Any]) -> None:
+        fallback = FallbackView.model_validate(e)
+        if e.get("round") is None or e.get("duty") in ("open", "final"):
+            self.run.fallbacks.append(fallback)
+        else:
+            self.round(e).fallbacks.append(fallback)
+
+    # -- rounds ---------------------------------------------------------------------------
+
+    def round_start(self, e: dict[str, Any]) -> None:
+        number = _integer(e.get("round"))
+        if number is None:
+            raise ValueError("round_start without a round")
+        earlier = number in self.rounds
+        self.rounds[number] = RoundView(number=number, goal=str(e.get("goal", "")))
+        self.rounds[number].repeated = earlier
+
+    def round(self, e: dict[str, Any]) -> RoundView:
+        """The round an event belongs to (made up when its round_start is missing)."""
+        number = _integer(e.get("round"))
+        if number is None:
+            raise ValueError("event without a round")
+        if number not in self.rounds:
+            self.rounds[number] = RoundView(number=number)
+        return self.rounds[number]
+
+    def agent(self, e: dict[str, Any]) -> AgentView:
+        rnd, who = self.round(e), str(e.get("agent", "?"))
+        view = rnd.agent(who)
+        if view is None:
+            view = AgentView(agent=who)
+            rnd.agents.append(view)
+            self.see(who)
+        return view
+
+    def ladder(self, e: dict[str, Any]) -> None:
+        attempt = AttemptView.model_validate(e)
+        if e.get("agent") != MANAGER:
+            self.agent(e).attempts.append(attempt)
+        elif _integer(e.get("round")) in self.rounds and not self.round(e).complete:
+            self.round(e).manager_attempts.append(attempt)  # the round's decision
+        else:
+            self.run.manager_attempts.append(attempt)  # opening goal or final answer
+
+    def tool_call(self, e: dict[str, Any]) -> None:
+        self.agent(e).tool_calls.append(ToolCallView.model_validate(e))
+
+    def agent_output(self, e: dict[str, Any]) -> None:
+        view = self.agent(e)
+        fields = {k: v for k, v in e.items() if k not in ("tool_calls", "attempts", "agent")}
+        update = AgentView.model_validate({"agent": view.agent, **fields})
+        keep = {"tool_calls": view.tool_calls, "attempts": view.attempts, "finished": True}
+        rnd = self.round(e)
+        rnd.agents[rnd.agents.index(view)] = update.model_copy(update=keep)
+
+    def routing(self, e: dict[str, Any]) -> None:
+        routing = RoutingView.model_validate(e)
+        self.round(e).routing = routing
+        self.see(*routing.agents)
+
+    def delivery(self, e: dict[str, Any]) -> None:
+        self.round(e).deliveries.append(DeliveryView.model_validate(e))
+
+    def round_end(self, e: dict[str, Any]) -> None:
+        rnd = self.round(e)
+        rnd.complete = True
+        rnd.usage = _usage(e) if isinstance(e.get("usage"), dict) else _round_usage(rnd)
+        rnd.wall_s = _number(e.get("wall_s"))
+        failed = e.get("failed")
+        rnd.failed = [str(a) for a in failed] if isinstance(failed, list) else []
+
+    # -- end ------------------------------------------------------------------------------
+
+    def see(self, *agents: str) -> None:
+        for agent in agents:
+            if agent not in self.run.agents and agent != MANAGER:
+                self.run.agents.append(agent)
+
+    def finish(self) -> RunView:
+        run = self.run
+        run.rounds = [self.rounds[n] for n in sorted(self.rounds)]
+        for rnd in run.rounds:
+            if not rnd.complete:
+                rnd.usage = _round_usage(rnd)
+        run.ended = not self.open and bool(run.run_id or run.resumes)
+        if not run.ended:
+            self.totals_so_far()
+        run.notices[:0] = self.partial_notices()
+        return run
+
+    def totals_so_far(self) -> None:
+        """Totals a run without run_end never wrote: what its rounds and manager recorded."""
+        run = self.run
+        by_agent: dict[str, Usage] = {}
+        for rnd in run.rounds:
+            for agent in rnd.agents:
+                by_agent[agent.agent] = by_agent.get(agent.agent, Usage()) + agent.usage
+            if rnd.decision is not None:
+                self.manager_usage += rnd.decision.usage
+        if self.manager_usage.requests:
+            by_agent[MANAGER] = self.manager_usage
+        run.usage_by_agent = by_agent
+        run.usage = sum(by_agent.values(), Usage())
+        if run.started_ts is not None and self.last_ts is not None:
+            run.wall_s = round(self.last_ts - run.started_ts, 3)
+
+    def partial_notices(self) -> list[str]:
+        run, notes = self.run, []
+        if not run.ended:
+            last = run.rounds[-1].number if run.rounds else None
+            where = f" in round {last}" if last is not None else ""
+            notes.append(
+                f"Partial trace: the run has no run_end{where}. It crashed, was killed, or is "
+                "still running; totals below are what the trace holds so far."
+            )
+        if not run.run_id and not run.resumes:
+            notes.append("The trace has no run_start: the run's settings are unknown.")
+        if len(self.run_ids) > 1:
+            notes.append(f"The file holds events of {len(self.run_ids)} run ids.")
+        if self.not_understood:
+            notes.append(f"{self.not_understood} event(s) with unexpected fields were left out.")
+        return notes
+
+
+def _round_usage(rnd: RoundView) -> Usage:
+    usage = sum((a.usage for a in rnd.agents), Usage())
+    return usage + rnd.decision.usage if rnd.decision else usage
+
+
+def _usage(e: dict[str, Any]) -> Usage:
+    value = e.get("usage")
+    return Usage.model_validate(value) if isinstance(value, dict) else Usage()
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,80 @@
+"""Reading a trace file for the report: its events, and what was wrong with its lines.
+
+A report must show what a crashed run left, so a torn last line or an unreadable line in the
+middle is noted, not fatal; a file that holds no run events at all is one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dytopo.errors import ConfigError
+
+RUN_EVENTS = frozenset(
+    {"run_start", "run_resumed", "round_start", "agent_output", "routing", "round_end", "run_end"}
+)
+"""Events only a DyTopo trace has: a file without any of them is something else."""
+
+WHAT = "a DyTopo trace is the JSONL file `dytopo run` writes (--trace, default runs/*.jsonl)"
+
+
+@dataclass
+class TraceLines:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    torn: bool = False
+    """The last line is cut short (the writer crashed mid-line, or is writing it now)."""
+    skipped: int = 0
+    """Lines before the last that are not JSON objects."""
+
+
+def read_events(path: Path) -> TraceLines:
+    """The events of the trace at `path`; ConfigError when it is not a trace."""
+    data = _bytes(path)
+    if not data.strip():
+        raise ConfigError(f"{path}: the file is empty, not a trace; {WHAT}")
+    if b"\x00" in data:
+        raise ConfigError(f"{path}: a binary file, not a trace; {WHAT}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}), not a trace; {WHAT}") from exc
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    read = TraceLines()
+    for number, line in enumerate(lines, start=1):
+        event = _event(line)
+        if event is not None:
+            read.events.append(event)
+        elif number == len(lines) and not text.endswith("\n"):
+            read.torn = True
+        elif line.strip():
+            read.skipped += 1
+    if not any(e.get("event") in RUN_EVENTS for e in read.events):
+        found = "no JSON lines" if not read.events else "JSON lines but no run events"
+        raise ConfigError(f"{path}: {found}, not a trace; {WHAT}")
+    return read
+
+
+def _bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; give the trace of a run ({WHAT})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory; give one trace file ({WHAT})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def _event(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if isinstance(value, dict) and isinstance(value.get("event"), str):
+        return value
+    return None
