@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from dytopo.activity import reporting
 from dytopo.agent import StepContext
 from dytopo.backends.types import Usage
 from dytopo.errors import AgentFailed, BackendError, BackendUnavailable, BudgetExceeded
@@ -22,6 +23,7 @@ from dytopo.result import RoundRecord
 
 T = TypeVar("T")
 Duty = Literal["open", "decide", "final"]
+_DOING: dict[Duty, str] = {"open": "first goal", "decide": "deciding", "final": "final answer"}
 
 
 def fallback_goal(task: str) -> str:
@@ -133,8 +135,12 @@ class ManagerCalls:
     ) -> tuple[T, StepContext, bool]:
         """Run one duty: its value, its accounting, and whether the fallback replaced it."""
         acct = self.recorder.context(round, "manager")
+        live = self.recorder.activity(round, "manager", _DOING[duty])
         try:
-            return await call(acct), acct, False
+            with reporting(live):
+                value = await call(acct)
+            live("done", "")
+            return value, acct, False
         except Exception as exc:
             if not can_fall_back(exc):
                 raise

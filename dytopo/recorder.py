@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dytopo import activity
 from dytopo.agent import StepContext
 from dytopo.memory import MemoryItem
 from dytopo.meter import run_meter
@@ -47,6 +48,17 @@ class Recorder:
         meter = run_meter.get()
         if meter is not None:
             meter.release()
+
+    def activity(self, round: int, who: str, doing: str = "") -> activity.Hook:
+        """The live-view hook for one agent step or manager duty (`agent_state` events);
+        `doing` names the duty when a note has no detail of its own."""
+
+        def hook(state: activity.State, detail: str) -> None:
+            if state not in ("done", "failed"):
+                detail = detail or doing
+            self.trace.live("agent_state", round=round, agent=who, state=state, detail=detail)
+
+        return hook
 
     def failed(self) -> None:
         self.ledger.failures += 1

@@ -16,6 +16,7 @@ from typing import Literal
 
 import structlog
 
+from dytopo.activity import reporting
 from dytopo.agent import Agent, StepContext, checked_output
 from dytopo.delivery import forward
 from dytopo.errors import AgentFailed
@@ -108,8 +109,11 @@ class Scheduler:
         step = AgentStep(agent=agent.id, ok=False)
         timer = StepTimer(self.agent_timeout_s, self.queue_timeout_s)
         error: Exception | None = None
+        live = self.recorder.activity(ctx.round, agent.id)
         try:
-            step.output = checked_output(agent.id, await timer.run(lambda: agent.step(ctx)))
+            with reporting(live):
+                output = await timer.run(lambda: agent.step(ctx))
+            step.output = checked_output(agent.id, output)
             step.ok = True
         except StepTimeout as exc:
             step.error, error = str(exc), exc
@@ -119,6 +123,7 @@ class Scheduler:
         step.packing = ctx.packing
         step.wall_s = round(time.monotonic() - started, 3)
         step.queued_s = round(timer.queued_s, 3)
+        live("done" if step.ok else "failed", step.error)
         if not step.ok:
             self.recorder.failed()
             log.warning("agent.failed", agent=agent.id, round=ctx.round, error=step.error)

@@ -85,6 +85,17 @@ class Trace:
             observer(record)
         return record
 
+    def live(self, event: str, round: int | None = None, **fields: Any) -> None:
+        """An event for the observers only (a live view), not the file: see `dytopo.activity`."""
+        if not self.observers:
+            return
+        record: dict[str, Any] = {"event": event, "run_id": self.run_id, "ts": time.time()}
+        if round is not None:
+            record["round"] = round
+        record.update(fields)
+        for observer in self.observers:
+            observer(record)
+
     @property
     def has_readers(self) -> bool:
         """Whether anything reads the events (a file or an observer): callers can spare

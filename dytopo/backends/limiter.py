@@ -7,6 +7,8 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Protocol
 
+from dytopo import activity
+
 
 class QueueClock(Protocol):
     """Told when a caller starts and stops waiting for a slot (to keep queue time apart)."""
@@ -63,7 +65,9 @@ class SlotLimiter:
     async def acquire(self) -> None:
         if self._in_use < self._capacity and not self._waiters:
             self._take()
+            activity.note("generating")
             return
+        activity.note("waiting")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[fut] = None
         clock = queue_clock.get()
@@ -71,6 +75,7 @@ class SlotLimiter:
             clock.queued()
         try:
             await fut
+            activity.note("generating")
         except BaseException:
             if fut.done() and not fut.cancelled():
                 self.release()  # granted, then cancelled before it woke: pass the slot on

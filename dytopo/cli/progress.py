@@ -1,30 +1,41 @@
-"""A live, one-line-per-round view of a run, fed by trace events."""
+"""A live view of a run, fed by trace events: a line per round, and in a terminal a table of
+what each agent is doing (off a terminal, only the lines)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
 from dytopo.backends.types import Usage
+from dytopo.cli.board import Board
 from dytopo.result import RunResult
 
 
 class RoundProgress:
-    """Observer: a spinner saying what is happening, and a line per finished round."""
+    """Observer: a line per finished round, and what is happening now: in a terminal a live table
+    of the agents (waiting for a slot, generating, running a tool, done, failed; tokens so far
+    and the cached share), elsewhere a status line."""
 
     def __init__(self, console: Console, agents: list[str] | None = None) -> None:
         self.console = console
         self.status: Status | None = None
+        self.live: Live | None = None
         self.agents: list[str] = agents or []
         """Known up front when resuming (a resumed run has no run_start)."""
+        self.board = Board()
+        self.board.set_agents(self.agents)
         self.done = 0
         self.round = 0
+        self._drawn = 0.0
 
     def __call__(self, event: dict[str, Any]) -> None:
+        self.board.update(event)
         kind = event["event"]
         if kind == "run_start":
             self.agents = event["agents"]
@@ -80,15 +91,37 @@ class RoundProgress:
             )
         elif kind == "run_end":
             self.stop()
+        self._refresh()
 
     def _set(self, text: str) -> None:
+        if self.console.is_terminal:
+            self.board.headline = text
+            if self.live is None:
+                # Refreshed from the run's own thread on events: a refresh thread would read
+                # the board while the run changes it.
+                self.live = Live(
+                    self.board, console=self.console, transient=True, auto_refresh=False
+                )
+                self.live.start()
+            self._refresh(force=True)
+            return
         if self.status is None:
             self.status = self.console.status(text)
             self.status.start()
         else:
             self.status.update(text)
 
+    def _refresh(self, force: bool = False) -> None:
+        # At most a few redraws a second: a big swarm sends several notes per request.
+        now = time.monotonic()
+        if self.live is not None and (force or now - self._drawn >= 0.2):
+            self._drawn = now
+            self.live.refresh()
+
     def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
         if self.status is not None:
             self.status.stop()
             self.status = None

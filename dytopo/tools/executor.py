@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from dytopo import activity
 from dytopo.backends.types import ToolCall
 from dytopo.errors import ToolError
 from dytopo.tools.context import ToolContext
@@ -148,6 +149,9 @@ class ToolExecutor:
         if parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {parallel}")
         admitted = [self._admit(call) for call in calls]
+        running = [item[0].name for item in admitted if not isinstance(item, ToolOutcome)]
+        if running:
+            activity.note("tool", ", ".join(running))
         gate = asyncio.Semaphore(parallel)
 
         async def one(item: ToolOutcome | tuple[Tool, dict[str, Any]]) -> ToolOutcome:
