@@ -1,25 +1,49 @@
-"""The report as one self-contained HTML page (Jinja2, autoescaped: model text is hostile)."""
+"""The report as one self-contained HTML page: Jinja2 with autoescaping (model text is hostile
+data), SVG drawn inline from the geometry in graph.py, heatmap.py and charts.py."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
+from dytopo.report.charts import BarChart, usage_chart
+from dytopo.report.graph import GraphDrawing, draw_round, positions
+from dytopo.report.heatmap import Heatmap, draw_heatmap
 from dytopo.report.load import load_run
-from dytopo.report.views import RunView
+from dytopo.report.views import RoundView, RunView
 
-_ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("dytopo.report", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+MISSING = "\N{EN DASH}"
+"""Shown for a number the trace does not have."""
+
+
+@dataclass
+class RoundPage:
+    view: RoundView
+    graph: GraphDrawing
+    heatmap: Heatmap | None
+    incoming: dict[str, list[str]]
+    """Per agent, "sender (score)" of each private message it received this round."""
 
 
 def render_html(run: RunView) -> str:
-    return _ENV.get_template("report.html.jinja").render(run=run)
+    places = positions(run.agents)
+    rounds = [
+        RoundPage(
+            r,
+            draw_round(r, places),
+            draw_heatmap(r.routing) if r.routing and r.routing.agents else None,
+            _incoming(r),
+        )
+        for r in run.rounds
+    ]
+    by_agent = usage_chart(list(run.usage_by_agent.items()), biggest_first=True)
+    by_round: BarChart = usage_chart([(f"round {r.number}", r.usage) for r in run.rounds])
+    return _ENV.get_template("report.html.jinja").render(
+        run=run, rounds=rounds, by_agent=by_agent, by_round=by_round
+    )
 
 
 def write_report(trace: Path, out: Path | None = None) -> Path:
@@ -30,3 +54,38 @@ def write_report(trace: Path, out: Path | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _incoming(rnd: RoundView) -> dict[str, list[str]]:
+    incoming: dict[str, list[str]] = {}
+    for d in rnd.deliveries:
+        score = "" if d.score is None else f" ({d.score:.2f})"
+        incoming.setdefault(d.target, []).append(d.source + score)
+    return incoming
+
+
+def _tokens(value: int | None) -> str:
+    return MISSING if value is None else f"{value:,}"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return MISSING
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{value / 3600:.1f} h"
+
+
+def _score(value: float | None) -> str:
+    return MISSING if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("dytopo.report", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_ENV.filters.update(tokens=_tokens, seconds=_seconds, score=_score)

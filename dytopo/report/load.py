@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from dytopo import runlock
 from dytopo.backends.types import Usage
 from dytopo.report.read import read_events
 from dytopo.report.views import (
@@ -36,7 +37,7 @@ def load_run(path: str | Path) -> RunView:
     fold = _Fold(RunView(source=path.name))
     for event in lines.events:
         fold.feed(event)
-    run = fold.finish()
+    run = fold.finish(running=lambda: runlock.in_use(path))
     if lines.torn:
         run.notices.append("The last line of the trace is cut short; it was left out.")
     if lines.skipped:
@@ -222,16 +223,19 @@ class _Fold:
             if agent not in self.run.agents and agent != MANAGER:
                 self.run.agents.append(agent)
 
-    def finish(self) -> RunView:
+    def finish(self, running: Callable[[], bool]) -> RunView:
         run = self.run
         run.rounds = [self.rounds[n] for n in sorted(self.rounds)]
+        place = {a: k for k, a in enumerate(run.agents)}
         for rnd in run.rounds:
+            # Steps reach the trace as they finish; the report lists them in the run's order.
+            rnd.agents.sort(key=lambda a: place.get(a.agent, len(place)))
             if not rnd.complete:
                 rnd.usage = _round_usage(rnd)
         run.ended = not self.open and bool(run.run_id or run.resumes)
         if not run.ended:
             self.totals_so_far()
-        run.notices[:0] = self.partial_notices()
+        run.notices[:0] = self.partial_notices(running)
         return run
 
     def totals_so_far(self) -> None:
@@ -250,14 +254,18 @@ class _Fold:
         if run.started_ts is not None and self.last_ts is not None:
             run.wall_s = round(self.last_ts - run.started_ts, 3)
 
-    def partial_notices(self) -> list[str]:
+    def partial_notices(self, running: Callable[[], bool]) -> list[str]:
         run, notes = self.run, []
         if not run.ended:
-            last = run.rounds[-1].number if run.rounds else None
-            where = f" in round {last}" if last is not None else ""
+            last = f" after round {run.rounds[-1].number}" if run.rounds else ""
+            why = (
+                "a process is still writing it: this is the run so far"
+                if running()
+                else "no process writes it any more: the run crashed or was killed"
+            )
             notes.append(
-                f"Partial trace: the run has no run_end{where}. It crashed, was killed, or is "
-                "still running; totals below are what the trace holds so far."
+                f"Partial trace: it stops{last} without a run_end; {why}. "
+                "The totals are what the trace holds."
             )
         if not run.run_id and not run.resumes:
             notes.append("The trace has no run_start: the run's settings are unknown.")

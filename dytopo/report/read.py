@@ -18,7 +18,7 @@ RUN_EVENTS = frozenset(
 )
 """Events only a DyTopo trace has: a file without any of them is something else."""
 
-WHAT = "a DyTopo trace is the JSONL file `dytopo run` writes (--trace, default runs/*.jsonl)"
+WHAT = "a trace is the JSONL file `dytopo run` writes: --trace, default runs/*.jsonl"
 
 
 @dataclass
@@ -54,18 +54,25 @@ def read_events(path: Path) -> TraceLines:
         elif line.strip():
             read.skipped += 1
     if not any(e.get("event") in RUN_EVENTS for e in read.events):
-        found = "no JSON lines" if not read.events else "JSON lines but no run events"
-        raise ConfigError(f"{path}: {found}, not a trace; {WHAT}")
+        found = (
+            "not JSON Lines (one JSON event per line)"
+            if not read.events
+            else "JSON lines, but no DyTopo run event (run_start, round_start, ...)"
+        )
+        raise ConfigError(f"{path}: {found}, so not a trace; {WHAT}")
     return read
 
 
 def _bytes(path: Path) -> bytes:
+    if path.exists() and not path.is_dir() and not path.is_file():
+        # A FIFO or a device (/dev/zero) would block or never end.
+        raise ConfigError(f"{path}: not a regular file; {WHAT}")
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; give the trace of a run ({WHAT})") from None
+        raise ConfigError(f"{path}: no such file; {WHAT}") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: a directory; give one trace file ({WHAT})") from None
+        raise ConfigError(f"{path}: a directory, not a trace file; {WHAT}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
 
