@@ -9,6 +9,7 @@ import sys
 import typer
 
 from dytopo.cli import backend, doctor, mcp, plan, resume, run, runs, serve, skill, tools
+from dytopo.cli import init as init_cli
 from dytopo.cli._common import State, error_line, setup
 from dytopo.errors import ConfigError, DyTopoError
 
@@ -31,6 +32,7 @@ def _root(
 
 app.command("run")(run.run)
 app.command("validate")(run.validate)
+app.command("init")(init_cli.init)
 app.command("schema")(run.schema)
 app.command("plan")(plan.plan)
 app.command("runs")(runs.runs)

@@ -18,8 +18,15 @@ from pathlib import Path
 from dytopo.errors import ConfigError
 
 ENTRY_POINT_GROUP = "dytopo.tools"
-# Tools shipped in the repository, next to the package (like the role cards).
-BUILTIN_TOOLS = Path(__file__).resolve().parents[2] / "tools"
+# Tools shipped in the repository, next to the package (like the role cards). An installed
+# wheel has no repository: it carries the same files in dytopo/scaffold/builtin_tools (kept
+# identical by tests/unit/test_scaffold.py). Never site-packages/tools: another distribution's.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+BUILTIN_TOOLS = (
+    _CHECKOUT / "tools"
+    if (_CHECKOUT / "pyproject.toml").is_file()
+    else Path(__file__).resolve().parents[1] / "scaffold" / "builtin_tools"
+)
 MAX_SOURCE_BYTES = 2_000_000
 TRUST_HINT = "pass --trust-topology (trust_topology=True in Python) if you trust it"
 

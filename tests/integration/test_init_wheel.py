@@ -1,0 +1,103 @@
+"""`dytopo init` from an installed wheel, not the repository: the folder it writes validates.
+
+No llama-server is needed (validation runs no model), so this test does not use `stack`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _build_wheel(tmp: Path) -> Path:
+    """A wheel built from a clean copy of the sources (a stale build/ in the checkout would
+    leak deleted files into it)."""
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "dytopo", src / "dytopo", ignore=shutil.ignore_patterns("__pycache__"))
+    # pyproject needs setuptools>=77; with an older one in the venv pip builds in an isolated
+    # environment (from the package index) instead.
+    isolation = [] if int(version("setuptools").split(".")[0]) < 77 else ["--no-build-isolation"]
+    wheels = tmp / "wheels"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", wheels, src],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = wheels.glob("dytopo-*.whl")
+    return wheel
+
+
+def _dytopo(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # Only the installed wheel on the path: no editable install, no repo checkout.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DYTOPO_", "PYTHON"))}
+    env["PYTHONPATH"] = str(site)
+    return subprocess.run(
+        [sys.executable, "-s", "-m", "dytopo", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_init_from_an_installed_wheel_writes_a_folder_that_validates(tmp_path: Path) -> None:
+    wheel = _build_wheel(tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "dytopo/scaffold/folder/agents/researcher.md" in names
+    assert "dytopo/scaffold/folder/examples/docs/lru-eviction.md" in names
+    assert "dytopo/scaffold/builtin_tools/search_docs.py" in names
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, wheel]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+
+    where = subprocess.run(
+        [sys.executable, "-s", "-c", "import dytopo; print(dytopo.__file__)"],
+        cwd=outside,
+        env={"PYTHONPATH": str(site), "PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(site), where.stdout + where.stderr
+
+    made = _dytopo(site, outside, "init", "x")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.splitlines()[-1].startswith("next: cd x && dytopo validate")
+    folder = outside / "x"
+    topologies = sorted(str(p.relative_to(folder)) for p in (folder / "topologies").glob("*.yaml"))
+    assert topologies == [
+        "topologies/code.yaml",
+        "topologies/math.yaml",
+        "topologies/research.yaml",
+    ]
+
+    checked = _dytopo(site, folder, "validate", *topologies)
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.splitlines() == [f"{t}: OK" for t in topologies]
+    # The research swarm's researcher searches the docs with a built-in tool the wheel carries.
+    listed = _dytopo(site, folder, "tools", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert '"search_docs"' in listed.stdout
+    again = _dytopo(site, outside, "init", "x")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"error: {Path('x') / 'README.md'} exists; pass --force to overwrite the scaffold's "
+        "files (other files stay), or choose another folder"
+    ]
