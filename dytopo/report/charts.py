@@ -12,6 +12,7 @@ from dytopo.backends.types import Usage
 MAX_BARS = 30
 """More rows than this (a 256-agent run) fold the smallest into one "others" bar."""
 WIDTH = 560.0
+LABEL_CHARS = 20
 ROW = 22.0
 
 PARTS = (
@@ -48,15 +49,14 @@ class BarChart:
 
 
 def usage_chart(rows: Sequence[tuple[str, Usage]], *, biggest_first: bool = False) -> BarChart:
-    rows = list(rows)
+    rows = [(label, u) for label, u in rows if _total(u)]  # a function agent uses no tokens
     if biggest_first:
         rows.sort(key=lambda row: -_total(row[1]))
     if len(rows) > MAX_BARS:
         rest = rows[MAX_BARS - 1 :]
         others = sum((u for _, u in rest), Usage())
         rows = [*rows[: MAX_BARS - 1], (f"{len(rest)} others", others)]
-    left = 10 + 7.0 * max((len(label) for label, _ in rows), default=0)
-    left = min(left, 150.0)
+    left = 10 + 7.0 * min(LABEL_CHARS, max((len(label) for label, _ in rows), default=0))
     span = WIDTH - left - 150
     top = max((_total(u) for _, u in rows), default=0) or 1
     bars = []
@@ -72,6 +72,8 @@ def usage_chart(rows: Sequence[tuple[str, Usage]], *, biggest_first: bool = Fals
             segments.append(Segment(x, width, color, f"{label}: {name} {value:,} tokens"))
             x += width
         share = f" · {usage.cached_share:.0%} cached" if usage.prompt_tokens else ""
+        if len(label) > LABEL_CHARS:
+            label = label[: LABEL_CHARS - 1] + "\N{HORIZONTAL ELLIPSIS}"
         bars.append(Bar(label, 8 + k * ROW, segments, f"{_total(usage):,}{share}", x + 6))
     return BarChart(WIDTH, 16 + len(rows) * ROW, left, bars)
 

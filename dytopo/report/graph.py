@@ -59,6 +59,8 @@ class GraphDrawing:
     arcs: list[Arc]
     labelled: bool
     """Edge scores are written on the arcs."""
+    dense: bool
+    """Many agents: thin arcs without arrowheads, or they merge into one blot."""
     named: bool
     left_out: int = 0
     """Edges not drawn (beyond MAX_EDGES)."""
@@ -88,12 +90,14 @@ def draw_round(rnd: RoundView, places: dict[str, Point]) -> GraphDrawing:
     nodes = [_node(a, xy, r, rank.get(a)) for a, xy in places.items()]
     drawn = [e for e in edges if e.source in places and e.target in places]
     drawn = sorted(drawn, key=lambda e: -e.score)[:MAX_EDGES]
-    arcs = [_arc(e.source, e.target, e.score, e.forced, places, r) for e in drawn]
+    dense = count > LABELLED_AGENTS
+    arcs = [_arc(e.source, e.target, e.score, e.forced, places, r, dense) for e in drawn]
     return GraphDrawing(
         size=SIZE,
         nodes=nodes,
         arcs=arcs,
-        labelled=count <= LABELLED_AGENTS and len(arcs) <= 60,
+        labelled=not dense and len(arcs) <= 60,
+        dense=dense,
         named=count <= NAMED_AGENTS,
         left_out=len(edges) - len(arcs),
         order=order,
@@ -112,7 +116,13 @@ def _node(agent: str, xy: Point, r: float, order: int | None) -> Node:
 
 
 def _arc(
-    source: str, target: str, score: float, forced: bool, places: dict[str, Point], r: float
+    source: str,
+    target: str,
+    score: float,
+    forced: bool,
+    places: dict[str, Point],
+    r: float,
+    dense: bool,
 ) -> Arc:
     (sx, sy), (tx, ty) = places[source], places[target]
     dx, dy = tx - sx, ty - sy
@@ -125,6 +135,8 @@ def _arc(
     label = (0.25 * sx + 0.5 * cx + 0.25 * tx, 0.25 * sy + 0.5 * cy + 0.25 * ty)
     path = f"M{start[0]:.1f},{start[1]:.1f} Q{cx:.1f},{cy:.1f} {end[0]:.1f},{end[1]:.1f}"
     width = 0.8 + 3.2 * min(1.0, max(0.0, score)) if math.isfinite(score) else 0.8
+    if dense:
+        width /= 4
     return Arc(source, target, score, forced, path, round(width, 2), label[0], label[1])
 
 

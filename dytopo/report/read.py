@@ -27,7 +27,7 @@ class TraceLines:
     torn: bool = False
     """The last line is cut short (the writer crashed mid-line, or is writing it now)."""
     skipped: int = 0
-    """Lines before the last that are not JSON objects."""
+    """Lines before the last that are not events (not JSON, or JSON of another kind)."""
 
 
 def read_events(path: Path) -> TraceLines:
@@ -44,20 +44,21 @@ def read_events(path: Path) -> TraceLines:
     lines = text.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
-    read = TraceLines()
+    read, json_lines = TraceLines(), 0
     for number, line in enumerate(lines, start=1):
-        event = _event(line)
-        if event is not None:
-            read.events.append(event)
-        elif number == len(lines) and not text.endswith("\n"):
+        value = _json(line)
+        json_lines += value is not None
+        if isinstance(value, dict) and isinstance(value.get("event"), str):
+            read.events.append(value)
+        elif value is None and number == len(lines) and not text.endswith("\n"):
             read.torn = True
         elif line.strip():
             read.skipped += 1
     if not any(e.get("event") in RUN_EVENTS for e in read.events):
         found = (
-            "not JSON Lines (one JSON event per line)"
-            if not read.events
-            else "JSON lines, but no DyTopo run event (run_start, round_start, ...)"
+            "JSON lines, but no DyTopo run event (run_start, round_start, ...)"
+            if json_lines
+            else "not JSON Lines (one JSON event per line)"
         )
         raise ConfigError(f"{path}: {found}, so not a trace; {WHAT}")
     return read
@@ -77,11 +78,10 @@ def _bytes(path: Path) -> bytes:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
 
 
-def _event(line: str) -> dict[str, Any] | None:
+def _json(line: str) -> object | None:
+    """The line's JSON value; None when it is not JSON (JSON's own null counts as JSON)."""
     try:
-        value = json.loads(line)
+        value: object = json.loads(line)
     except (json.JSONDecodeError, RecursionError):
         return None
-    if isinstance(value, dict) and isinstance(value.get("event"), str):
-        return value
-    return None
+    return value if value is not None else {}
