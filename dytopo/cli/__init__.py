@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from dytopo.cli import backend, doctor, mcp, plan, resume, run, runs, serve, skill, tools
+from dytopo.cli import backend, doctor, mcp, plan, report, resume, run, runs, serve, skill, tools
 from dytopo.cli import init as init_cli
 from dytopo.cli._common import State, error_line, setup
 from dytopo.errors import ConfigError, DyTopoError
@@ -40,6 +40,7 @@ app.command("resume")(resume.resume)
 app.command("doctor")(doctor.doctor)
 app.command("mcp")(mcp.mcp)
 app.command("serve")(serve.serve)
+app.command("report")(report.report)
 app.add_typer(backend.app, name="backend")
 app.add_typer(tools.app, name="tools")
 app.add_typer(skill.app, name="skill")
