@@ -9,6 +9,7 @@ import sys
 import typer
 
 from dytopo.cli import backend, doctor, mcp, plan, report, resume, run, runs, serve, skill, tools
+from dytopo.cli import compare as compare_cli
 from dytopo.cli import init as init_cli
 from dytopo.cli._common import State, error_line, setup
 from dytopo.errors import ConfigError, DyTopoError
@@ -33,6 +34,7 @@ def _root(
 app.command("run")(run.run)
 app.command("validate")(run.validate)
 app.command("init")(init_cli.init)
+app.command("compare")(compare_cli.compare)
 app.command("schema")(run.schema)
 app.command("plan")(plan.plan)
 app.command("runs")(runs.runs)
