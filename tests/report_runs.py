@@ -29,16 +29,16 @@ HOSTILE = (
 # Per round, each agent's (need, offer): the graph differs from round to round.
 NEEDS_OFFERS = [
     {
-        "researcher": ("critique of the draft", "sourced facts about cache eviction"),
-        "analyst": ("sourced facts about cache eviction", "trade offs of LRU and LFU"),
-        "critic": ("a polished draft report", "critique of the draft"),
-        "writer": ("trade offs of LRU and LFU", "a polished draft report"),
+        "researcher": ("a critique of the plan", "sourced facts about cache eviction"),
+        "analyst": ("facts about cache eviction", "trade offs of LRU and LFU"),
+        "critic": ("a first draft of the report", "a critique of the draft plan"),
+        "writer": ("trade offs and sourced facts", "a first draft report"),
     },
     {
         "researcher": ("open questions to check", "benchmark numbers for LFU"),
-        "analyst": ("benchmark numbers for LFU", "a recommendation with reasons"),
+        "analyst": ("benchmark numbers", "a recommendation with reasons"),
         "critic": ("a recommendation with reasons", "open questions to check"),
-        "writer": ("benchmark numbers and a recommendation", "walrus zebra"),
+        "writer": ("numbers and a recommendation", "walrus zebra"),
     },
     {
         "researcher": ("nothing more", "final sources list"),

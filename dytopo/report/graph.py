@@ -15,8 +15,9 @@ import networkx as nx
 
 from dytopo.report.views import RoundView
 
-SIZE = 440.0
-"""Width and height of the drawing (SVG user units)."""
+WIDTH, HEIGHT = 600.0, 420.0
+"""The drawing's size (SVG user units): wider than high, so names left and right fit."""
+RADIUS = 160.0
 MAX_EDGES = 600
 """More edges than this are unreadable and make the page heavy: the strongest are drawn."""
 LABELLED_AGENTS = 24
@@ -54,7 +55,8 @@ class Arc:
 
 @dataclass
 class GraphDrawing:
-    size: float
+    width: float
+    height: float
     nodes: list[Node]
     arcs: list[Arc]
     labelled: bool
@@ -72,10 +74,9 @@ def positions(agents: Sequence[str]) -> dict[str, Point]:
     ring: nx.DiGraph[str] = nx.DiGraph()
     ring.add_nodes_from(agents)
     laid = nx.circular_layout(ring)
-    radius, middle = SIZE / 2 - 70, SIZE / 2
     # networkx starts on the right, counter-clockwise; turn it to start on top, clockwise.
     return {
-        a: (middle + radius * float(laid[a][1]), middle - radius * float(laid[a][0]))
+        a: (WIDTH / 2 + RADIUS * float(laid[a][1]), HEIGHT / 2 - RADIUS * float(laid[a][0]))
         for a in agents
     }
 
@@ -93,7 +94,8 @@ def draw_round(rnd: RoundView, places: dict[str, Point]) -> GraphDrawing:
     dense = count > LABELLED_AGENTS
     arcs = [_arc(e.source, e.target, e.score, e.forced, places, r, dense) for e in drawn]
     return GraphDrawing(
-        size=SIZE,
+        width=WIDTH,
+        height=HEIGHT,
         nodes=nodes,
         arcs=arcs,
         labelled=not dense and len(arcs) <= 60,
@@ -106,8 +108,7 @@ def draw_round(rnd: RoundView, places: dict[str, Point]) -> GraphDrawing:
 
 def _node(agent: str, xy: Point, r: float, order: int | None) -> Node:
     x, y = xy
-    middle = SIZE / 2
-    dx, dy = x - middle, y - middle
+    dx, dy = x - WIDTH / 2, y - HEIGHT / 2
     norm = math.hypot(dx, dy) or 1.0
     # The name sits outside the circle, on the line from the centre through the node.
     lx, ly = x + dx / norm * (r + 8), y + dy / norm * (r + 8) + 4

@@ -63,7 +63,7 @@ class Heatmap:
 def draw_heatmap(routing: RoutingView) -> Heatmap:
     agents, tau = routing.agents, routing.tau
     n = len(agents)
-    cell = min(40.0, max(3.0, 360.0 / max(n, 1)))
+    cell = min(52.0, max(3.0, 360.0 / max(n, 1)))
     named = n <= CELL_SHAPES
     short = [a if len(a) <= NAME_CHARS else a[: NAME_CHARS - 1] + "…" for a in agents]
     margin = 12 + 6.6 * max((len(s) for s in short), default=0) if named else 12

@@ -221,6 +221,13 @@ async def test_a_resumed_run_shows_the_later_copy_of_a_repeated_round(tmp_path: 
     assert (run.ended, run.notices, run.error) == (True, [], "")
     assert [(r.number, r.repeated) for r in run.rounds] == [(1, False), (2, True), (3, False)]
     assert all("again" in a.public for a in run.rounds[1].agents)
+    # Nothing of the stopped copy is added to the later one.
+    researcher = run.rounds[1].agent("researcher")
+    assert researcher is not None
+    assert len(researcher.tool_calls) == 1
+    resumed_at = next(k for k, e in enumerate(events) if e["event"] == "run_resumed")
+    later = of(events[resumed_at:], "delivery", 2)
+    assert len(run.rounds[1].deliveries) == len(later) > 0
     assert [r.from_round for r in run.resumes] == [2]
     assert "run again after resume" in render_html(run)
 
