@@ -30,6 +30,8 @@ class Page(HTMLParser):
         self.figures: list[Figure] = []
         self.tags: list[tuple[str, dict[str, str]]] = []
         self.ids: dict[str, str] = {}
+        self.text = ""
+        """All text, as a reader sees it (entities decoded)."""
         self._figure: Figure | None = None
         self._node: str | None = None
         self._text_class = ""
@@ -78,6 +80,7 @@ class Page(HTMLParser):
         self._text_class = ""
 
     def handle_data(self, data: str) -> None:
+        self.text += data
         for _, element_id in self._id_stack:
             self.ids[element_id] += data
         figure = self._figure

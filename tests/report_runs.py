@@ -62,13 +62,16 @@ def lookup(topic: str) -> str:
 def step_reply(agent: str, t: int, hostile: str = "", marker: str = "") -> str:
     need, offer = NEEDS_OFFERS[(t - 1) % len(NEEDS_OFFERS)][agent]
     public = f"{agent} round {t}: progress {marker}" + (f" {hostile}" if hostile else "")
-    private = f"{agent.upper()}-{t} details" + (f" {hostile}" if hostile else "")
+    # Long enough that the critic's small context drops older messages (packing shows).
+    private = f"{agent.upper()}-{t} details" + " with its supporting notes" * 12
+    private += f" {hostile}" if hostile else ""
     return json.dumps({"public": public, "private": private, "query": need, "key": offer})
 
 
 class Script:
     """Replies by tag: agents answer per round, the researcher looks a topic up first, the
-    analyst's first reply of round 1 is not JSON (one re-ask), the manager halts at the end."""
+    analyst's first reply of round 1 is not JSON (one re-ask), the critic's small context drops
+    older messages from round 2 on, the manager halts at the end."""
 
     def __init__(
         self, rounds: int, hostile: str = "", *, first_round: int = 1, marker: str = ""
@@ -112,6 +115,8 @@ def swarm(backend: ScriptedBackend, rounds: int, tau: float = 0.3) -> Swarm:
         LLMAgent(a, card(a), backend, reasks=1, tools=[lookup] if a == "researcher" else [])
         for a in IDS
     ]
+    critic = agents[IDS.index("critic")]
+    critic.context_budget, critic.max_output_tokens = 480, 200
     return Swarm(
         agents,
         LLMManager(card("manager"), backend, reasks=1),

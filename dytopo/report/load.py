@@ -39,6 +39,7 @@ def load_run(path: str | Path) -> RunView:
         fold.feed(event)
     run = fold.finish(running=lambda: runlock.in_use(path))
     if lines.torn:
+        run.torn = True
         run.notices.append("The last line of the trace is cut short; it was left out.")
     if lines.skipped:
         run.notices.append(f"{lines.skipped} unreadable line(s) in the trace were left out.")

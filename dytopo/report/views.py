@@ -198,9 +198,12 @@ class RunView(View):
     notices: list[str] = Field(default_factory=list)
     """What the reader must know about the trace itself (partial, torn, skipped lines)."""
 
+    torn: bool = False
+    """The trace's last line is cut short: something was being written when it was read."""
+
     @property
     def partial(self) -> bool:
-        return not self.ended
+        return not self.ended or self.torn
 
     @property
     def reasks(self) -> int:

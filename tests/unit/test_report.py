@@ -104,6 +104,12 @@ def test_the_view_holds_what_the_trace_recorded(traced: Path) -> None:
             True,
         )
     assert any(e.forced for e in run.rounds[2].routing.edges)  # type: ignore[union-attr]
+    for r in run.rounds:
+        critic = r.agent("critic")
+        assert critic is not None
+        output = next(e for e in of(events, "agent_output", r.number) if e["agent"] == "critic")
+        assert (critic.dropped, critic.packing) == (output["dropped"], output["packing"])
+    assert run.rounds[1].agent("critic").dropped  # type: ignore[union-attr]
     analyst = run.rounds[0].agent("analyst")
     assert analyst is not None
     assert analyst.reasks == 1
@@ -140,6 +146,9 @@ def test_every_round_has_its_graph_and_heatmap(traced: Path) -> None:
         )
         assert heat.edge_cells == above == sum(not e.forced for e in r.routing.edges)
     assert any(forced for g in graphs.values() for *_, forced in g.edges)
+    critic = run.rounds[1].agent("critic")
+    assert critic is not None
+    assert f"Packing dropped {len(critic.dropped)} item(s)" in page.text
 
 
 def test_agents_keep_their_place_in_every_round(traced: Path) -> None:
@@ -200,6 +209,16 @@ def test_a_crashed_run_renders_and_says_it_is_partial(traced: Path, tmp_path: Pa
     page = Page(render_html(run))
     assert "Partial trace" in page.ids["partial-notice"]
     assert sorted(page.of("graph")) == sorted(page.of("heatmap")) == [1, 2]
+
+
+def test_a_torn_line_after_run_end_is_partial_too(traced: Path, tmp_path: Path) -> None:
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(traced.read_text() + '{"event": "run_resumed", "run_id": "x", "fro')
+    run = load_run(torn)
+    assert run.ended
+    assert run.partial
+    assert run.notices == ["The last line of the trace is cut short; it was left out."]
+    assert 'class="badge partial"' in render_html(run)
 
 
 def test_a_run_still_being_written_says_so(tmp_path: Path) -> None:
