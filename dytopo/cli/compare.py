@@ -134,7 +134,7 @@ def _table(comparison: Comparison) -> Table:
     table = Table(title=f"{comparison.topology}: seed {comparison.seed}{fixed}")
     columns = ["mode", "rounds", "edges/round", "prompt", "cached", "generated", "vs first"]
     columns += ["wall s", "halt", "answer chars"]
-    failed = any(row.error for row in comparison.rows)
+    failed = any(row.error or row.report_error for row in comparison.rows)
     for column in [*columns, *(["error"] if failed else [])]:
         left = column in ("mode", "edges/round", "halt", "error")
         table.add_column(column, justify="left" if left else "right", overflow="fold")
@@ -151,8 +151,13 @@ def _table(comparison: Comparison) -> Table:
             row.halt_reason,
             str(row.answer_chars),
         ]
-        table.add_row(*cells, *([row.error] if failed else []))
+        table.add_row(*cells, *([_problems(row)] if failed else []))
     return table
+
+
+def _problems(row: ModeRow) -> str:
+    report = f"report not written: {row.report_error}" if row.report_error else ""
+    return "; ".join(p for p in (row.error, report) if p)
 
 
 class _Progress:
@@ -177,6 +182,8 @@ class _Progress:
             )
         else:
             line = f"{row.mode} failed: {row.error}"
+        if row.report_error:
+            line += f" (report not written: {row.report_error})"
         err.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def stop(self) -> None:

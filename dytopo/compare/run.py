@@ -95,11 +95,15 @@ async def run_modes(
 
 
 async def _report(row: ModeRow, trace: Path, out: Path) -> None:
-    """The run's HTML report (in a thread: layouts and rendering are CPU work); a report that
-    cannot be written is noted in the row, never the end of the comparison."""
+    """The run's HTML report (in a thread: layouts and rendering are CPU work). A report that
+    cannot be written, for whatever reason, is noted in the row (the traceback is logged at
+    debug level): the runs it would show took minutes each, so they are kept and the next
+    mode runs."""
     from dytopo.report import write_report  # Jinja2 and the templates load only when asked
 
     try:
         row.report = str(await asyncio.to_thread(write_report, trace, out))
-    except (DyTopoError, OSError) as exc:
-        row.report_error = (str(exc).splitlines() or [type(exc).__name__])[0]
+    except Exception as exc:  # a bug in rendering must not cost the comparison its runs
+        log.debug("compare.report_failed", mode=row.mode, trace=str(trace), exc_info=True)
+        first = (str(exc).splitlines() or [""])[0][:300]
+        row.report_error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -7,8 +7,8 @@ built-in tools. The repository's agents/, topologies/, examples/docs/ and tools/
 (the repo runs them, people edit them there); these are byte-identical copies that
 tests/unit/test_scaffold.py compares file by file, printing the `cp` that fixes a difference.
 Copies with a test rather than symlinks (one file under two module names breaks mypy, and
-checkouts without symlink support break silently) or a build hook (pyproject is not ours to
-grow, and a wheel built without it would ship nothing).
+checkouts without symlink support break silently) or a build step that copies (a wheel built
+without it would ship nothing, and no test would notice).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from helpers import decision, goal, step
 
+from dytopo import report as report_package
 from dytopo import runner as library_runner
 from dytopo.cli import main
 from dytopo.embedders import HashEmbedder
@@ -351,3 +352,40 @@ def test_ctrl_c_stops_with_one_line_and_exit_130_keeping_the_finished_rows(
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [(r["mode"], r["ok"]) for r in rows] == [("dynamic", True)]
     assert 'href="dynamic.html"' in (out / "index.html").read_text()
+
+
+def test_a_report_that_fails_to_render_is_noted_and_the_runs_are_kept(
+    topology: Path,
+    tmp_path: Path,
+    servers: Servers,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not only DyTopoError: a bug in rendering (here a KeyError) must not cost the runs."""
+    monkeypatch.setenv("COLUMNS", "250")
+    servers.queue += [one_round("A1"), one_round("A2")]
+    calls: list[Path] = []
+
+    def broken(trace: Path, out: Path | None = None) -> Path:
+        calls.append(trace)
+        raise KeyError("width")
+
+    monkeypatch.setattr(report_package, "write_report", broken)
+    out = tmp_path / "cmp"
+
+    code, stdout, stderr = dytopo(
+        capsys, monkeypatch, "compare", str(topology), "--modes", "dynamic,broadcast",
+        "--backend-url", URL, "--out", str(out),
+    )  # fmt: skip
+
+    assert code == 0, stderr
+    assert calls == [out / "dynamic.jsonl", out / "broadcast.jsonl"]
+    assert "dynamic: 1 rounds" in stderr
+    assert "(report not written: KeyError: 'width')" in stderr
+    assert "Traceback" not in stderr
+    assert stdout.count("report not written: KeyError: 'width'") == 2
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [(r["ok"], r["report"], r["report_error"]) for r in rows] == [
+        (True, None, "KeyError: 'width'")
+    ] * 2
+    assert "report not written: KeyError" in (out / "index.html").read_text()
