@@ -9,7 +9,7 @@ import typer
 from dytopo.checkpoint import find_checkpoint, read_checkpoint
 from dytopo.cli._common import TRUST_HELP, check_urls, err
 from dytopo.cli.progress import RoundProgress
-from dytopo.cli.run import QUIET_HELP, show_run
+from dytopo.cli.run import QUIET_HELP, REPORT_HELP, REPORT_TO_HELP, show_run
 from dytopo.runner import resume_run
 
 
@@ -33,6 +33,8 @@ def resume(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, no progress."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
+    report: bool = typer.Option(False, "--report", help=REPORT_HELP),
+    report_to: Path | None = typer.Option(None, "--report-to", metavar="PATH", help=REPORT_TO_HELP),
 ) -> None:
     """Continue a run that stopped (Ctrl-C, a dead server, a crash) from its last complete
     round; its trace goes on in the same file. Prints the final answer like `dytopo run`."""
@@ -53,4 +55,6 @@ def resume(
         as_json=as_json,
         quiet=quiet,
         progress=RoundProgress(err, agents=cp.state.agents),
+        report=report_to,
+        want_report=report or report_to is not None,
     )

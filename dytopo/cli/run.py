@@ -14,7 +14,7 @@ from dytopo.backends.types import Usage
 from dytopo.checkpoint import checkpoint_path, resume_command
 from dytopo.cli._common import TRUST_HELP, check_urls, err, fail, out, run_async
 from dytopo.cli.progress import RoundProgress, summary
-from dytopo.errors import ConfigError, RunError
+from dytopo.errors import ConfigError, DyTopoError, RunError
 from dytopo.loader import load_topology, problems_in, shown
 from dytopo.result import RunResult
 from dytopo.routing import Mode
@@ -23,6 +23,11 @@ from dytopo.topology import Topology
 from dytopo.trace import Observer
 
 QUIET_HELP = "No live progress view (the result is still printed)."
+REPORT_HELP = (
+    "Also write the run's HTML report (beside the trace, .html), however the run ends; "
+    "see `dytopo report`."
+)
+REPORT_TO_HELP = "Write the HTML report to this file (implies --report)."
 
 # Where an overridden field came from, to name the flag in the error.
 _FLAGS: dict[tuple[str | int, ...], str] = {
@@ -87,6 +92,8 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, no progress."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
+    report: bool = typer.Option(False, "--report", help=REPORT_HELP),
+    report_to: Path | None = typer.Option(None, "--report-to", metavar="PATH", help=REPORT_TO_HELP),
 ) -> None:
     """Run a swarm on a task and print the final answer."""
     if mode is not None and mode not in Mode.__args__:  # type: ignore[attr-defined]
@@ -111,6 +118,8 @@ def run(
         trace=trace,
         as_json=as_json,
         quiet=quiet,
+        report=report_to,
+        want_report=report or report_to is not None,
     )
 
 
@@ -121,11 +130,15 @@ def show_run(
     as_json: bool,
     quiet: bool = False,
     progress: RoundProgress | None = None,
+    report: Path | None = None,
+    want_report: bool = False,
 ) -> None:
     """Run `start(observers)` the way `dytopo run` does: a live view on stderr (unless --json
-    or --quiet), the result on stdout; Ctrl-C or SIGTERM exits 130 naming the resume command."""
+    or --quiet), the result on stdout; Ctrl-C or SIGTERM exits 130 naming the resume command.
+    With `want_report`, the HTML report of the trace is written however the run ends."""
     view = None if as_json or quiet else progress or RoundProgress(err)
     seen: list[str] = []
+    written: Path | None = None
 
     def remember(event: dict[str, Any]) -> None:
         if not seen:
@@ -137,15 +150,34 @@ def show_run(
         finally:
             if view:
                 view.stop()
+            if want_report and trace is not None and seen:
+                written = _write_report(trace, report)
     except typer.Exit as stop:
         if stop.exit_code == 130 and seen and trace and checkpoint_path(trace).is_file():
             again = resume_command(seen[0], trace)
             err.print(f"continue it with: {again}", markup=False, highlight=False, soft_wrap=True)
         raise
     if as_json:
-        print(json.dumps(_json(result), ensure_ascii=False))
+        shown = _json(result)
+        if want_report:
+            shown["report"] = str(written) if written else None
+        print(json.dumps(shown, ensure_ascii=False))
     else:
         summary(result, out)
+
+
+def _write_report(trace: Path, report: Path | None) -> Path | None:
+    """The run's report, or None with one line saying why not: a report must never turn a
+    finished run into a failure."""
+    from dytopo.report import write_report  # Jinja2 and the templates load only when asked
+
+    try:
+        written = write_report(trace, report)
+    except (DyTopoError, OSError) as exc:
+        err.print(f"report not written: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return None
+    err.print(f"report: {written}", markup=False, highlight=False, soft_wrap=True)
+    return written
 
 
 def _json(result: RunResult) -> dict[str, Any]:

@@ -611,3 +611,62 @@ def test_progress_shows_model_text_as_text_and_a_resumed_run() -> None:
     assert "resuming run r1 from round 3 (2 complete round(s) kept)" in text
     assert "round 3 goal: use [/x] and [bold]tags[/bold]" in text
     assert "manager: halt not accepted ([/y] early): done [/z]" in text
+
+
+# --- dytopo run --report ------------------------------------------------------------------------
+
+
+def test_run_with_report_writes_the_html_beside_the_trace(
+    tmp_path: Path,
+    servers: list[ScriptedBackend],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    topology, trace = tmp_path / "t.yaml", tmp_path / "t.jsonl"
+    topology.write_text(TOPOLOGY, encoding="utf-8")
+    servers.append(
+        _server(
+            **{who: _round(1)[who] + _round(2)[who] for who in ("researcher", "writer")},
+            manager=[goal("g1"), decision(False), decision(True, "ANSWER", goal_next="")],
+        )
+    )
+    code, out, err = dytopo(
+        capsys, monkeypatch, "run", str(topology), "--trace", str(trace), "--report", "--json"
+    )
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["report"] == str(trace.with_suffix(".html"))
+    page = trace.with_suffix(".html").read_text(encoding="utf-8")
+    assert page.count('data-round="2"') >= 1
+    assert "ANSWER" in page
+
+
+def test_without_report_no_report_is_written(stopped: tuple[Path, str]) -> None:
+    trace, _ = stopped
+    assert not trace.with_suffix(".html").exists()
+
+
+def test_report_of_a_dead_run_says_it_is_partial(
+    tmp_path: Path,
+    servers: list[ScriptedBackend],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    topology, trace = tmp_path / "t.yaml", tmp_path / "t.jsonl"
+    topology.write_text(TOPOLOGY, encoding="utf-8")
+    first = {who: [*replies, GONE] for who, replies in _round(1).items()}
+    servers.append(_server(**first, manager=[goal("g1"), decision(False), GONE]))
+    out_html = tmp_path / "r.html"
+    code, _, err = dytopo(
+        capsys,
+        monkeypatch,
+        "run",
+        str(topology),
+        "--trace",
+        str(trace),
+        "--report-to",
+        str(out_html),
+    )
+    assert code == 1
+    assert f"report: {out_html}" in err
+    assert "partial" in out_html.read_text(encoding="utf-8").lower()
