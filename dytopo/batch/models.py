@@ -1,0 +1,54 @@
+"""What a batch runs and what each run leaves: plain data, so any worker can produce it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dytopo.backends.types import Usage
+from dytopo.result import HaltReason
+from dytopo.routing import Mode
+
+Key = tuple[str, str]
+"""(item id, mode): one run of a batch."""
+
+
+class BatchItem(BaseModel):
+    """One task of a batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    """Unique within the batch; names the run's record and trace."""
+    task: str = Field(min_length=1)
+    """The text the swarm is given."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Topology changes for this item only: `rounds`, `seed`, `tau` (see `with_overrides`)."""
+    meta: dict[str, Any] = Field(default_factory=dict)
+    """What the caller needs afterwards (e.g. a benchmark's tests); never sent to the model."""
+
+
+class RunRecord(BaseModel):
+    """One finished run of one item in one mode: a line of the batch's record file.
+
+    `ok` is false when the run stopped with an error (`error`, one line); its usage and rounds
+    are then what it had spent and completed before it stopped."""
+
+    item: str
+    mode: Mode
+    ok: bool
+    final_answer: str = ""
+    rounds: int = 0
+    halt_reason: HaltReason | None = None
+    usage: Usage = Field(default_factory=Usage)
+    wall_s: float = 0.0
+    run_id: str | None = None
+    trace: str | None = None
+    error: str = ""
+    grade: dict[str, Any] = Field(default_factory=dict)
+    """Filled by the batch's grader (e.g. `dytopo eval`): whatever it judged of the answer."""
+
+    @property
+    def key(self) -> Key:
+        return (self.item, self.mode)
