@@ -10,6 +10,7 @@ import typer
 
 from dytopo.cli import backend, doctor, mcp, plan, report, resume, run, runs, serve, skill, tools
 from dytopo.cli import compare as compare_cli
+from dytopo.cli import eval as eval_cli
 from dytopo.cli import init as init_cli
 from dytopo.cli._common import State, error_line, setup
 from dytopo.errors import ConfigError, DyTopoError
@@ -34,6 +35,7 @@ def _root(
 app.command("run")(run.run)
 app.command("validate")(run.validate)
 app.command("init")(init_cli.init)
+app.command("eval")(eval_cli.eval_command)
 app.command("compare")(compare_cli.compare)
 app.command("schema")(run.schema)
 app.command("plan")(plan.plan)

