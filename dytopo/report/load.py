@@ -94,12 +94,12 @@ class _Fold:
         if run.run_id:
             return  # a second start in the same file: the first one names the run
         self.open = True
-        run.run_id = str(e.get("run_id", ""))
-        run.name = str(e.get("name", ""))
-        run.task = str(e.get("task", ""))
-        run.mode = str(e.get("mode", ""))
-        run.execution = str(e.get("execution", ""))
-        run.embedder = str(e.get("embedder", ""))
+        run.run_id = _text(e.get("run_id"))
+        run.name = _text(e.get("name"))
+        run.task = _text(e.get("task"))
+        run.mode = _text(e.get("mode"))
+        run.execution = _text(e.get("execution"))
+        run.embedder = _text(e.get("embedder"))
         run.tau = _number(e.get("tau"))
         run.seed = _integer(e.get("seed"))
         run.max_rounds = _integer(e.get("max_rounds"))
@@ -116,9 +116,9 @@ class _Fold:
     def run_end(self, e: dict[str, Any]) -> None:
         self.open = False
         run = self.run
-        run.halt_reason = str(e.get("halt_reason", ""))
-        run.final_answer = str(e.get("final_answer", run.final_answer))
-        run.error = str(e.get("error", ""))
+        run.halt_reason = _text(e.get("halt_reason"))
+        run.final_answer = _text(e.get("final_answer")) or run.final_answer
+        run.error = _text(e.get("error"))
         run.unfinished_round = _integer(e.get("unfinished_round"))
         run.failures = _integer(e.get("failures"))
         run.wall_s = _number(e.get("wall_s"))
@@ -134,13 +134,13 @@ class _Fold:
         self.run.budget_stops.append({k: v for k, v in e.items() if k not in ("event", "run_id")})
 
     def final_answer(self, e: dict[str, Any]) -> None:
-        self.run.final_answer = str(e.get("final_answer", ""))
+        self.run.final_answer = _text(e.get("final_answer"))
         self.manager_usage += _usage(e)
 
     # -- manager --------------------------------------------------------------------------
 
     def manager_goal(self, e: dict[str, Any]) -> None:
-        self.run.opening_goal = str(e.get("goal", ""))
+        self.run.opening_goal = _text(e.get("goal"))
         self.manager_usage += _usage(e)
 
     def manager_decision(self, e: dict[str, Any]) -> None:
@@ -160,7 +160,7 @@ class _Fold:
         if number is None:
             raise ValueError("round_start without a round")
         earlier = number in self.rounds
-        self.rounds[number] = RoundView(number=number, goal=str(e.get("goal", "")))
+        self.rounds[number] = RoundView(number=number, goal=_text(e.get("goal")))
         self.rounds[number].repeated = earlier
 
     def round(self, e: dict[str, Any]) -> RoundView:
@@ -236,24 +236,30 @@ class _Fold:
         run.ended = not self.open and bool(run.run_id or run.resumes)
         if not run.ended:
             self.totals_so_far()
+        elif not run.usage_by_agent:  # an older run_end: add them up from the steps
+            run.usage_by_agent = self.usage_by_agent()
         run.notices[:0] = self.partial_notices(running)
         return run
 
     def totals_so_far(self) -> None:
         """Totals a run without run_end never wrote: what its rounds and manager recorded."""
         run = self.run
+        run.usage_by_agent = self.usage_by_agent()
+        run.usage = sum(run.usage_by_agent.values(), Usage())
+        if run.started_ts is not None and self.last_ts is not None:
+            run.wall_s = round(self.last_ts - run.started_ts, 3)
+
+    def usage_by_agent(self) -> dict[str, Usage]:
         by_agent: dict[str, Usage] = {}
-        for rnd in run.rounds:
+        manager = self.manager_usage
+        for rnd in self.run.rounds:
             for agent in rnd.agents:
                 by_agent[agent.agent] = by_agent.get(agent.agent, Usage()) + agent.usage
             if rnd.decision is not None:
-                self.manager_usage += rnd.decision.usage
-        if self.manager_usage.requests:
-            by_agent[MANAGER] = self.manager_usage
-        run.usage_by_agent = by_agent
-        run.usage = sum(by_agent.values(), Usage())
-        if run.started_ts is not None and self.last_ts is not None:
-            run.wall_s = round(self.last_ts - run.started_ts, 3)
+                manager += rnd.decision.usage
+        if manager.requests:
+            by_agent[MANAGER] = manager
+        return by_agent
 
     def partial_notices(self, running: Callable[[], bool]) -> list[str]:
         run, notes = self.run, []
@@ -280,6 +286,10 @@ class _Fold:
 def _round_usage(rnd: RoundView) -> Usage:
     usage = sum((a.usage for a in rnd.agents), Usage())
     return usage + rnd.decision.usage if rnd.decision else usage
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _usage(e: dict[str, Any]) -> Usage:
