@@ -137,6 +137,6 @@ class RecordStore:
                 f" and {len(changed) - 6} more" if len(changed) > 6 else ""
             )
             raise ConfigError(
-                f"{self.path.parent} holds a {what} run with other settings ({shown}): choose "
-                "another output folder, or rerun with the same settings to resume it"
+                f"{self.path.parent} holds {what} runs made with other settings ({shown}): "
+                "choose another output folder, or rerun with the same settings to resume them"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -149,16 +150,16 @@ def eval_command(
         store.pin(
             {"benchmark": bench.name, "topology": loaded.model_dump(mode="json")}, what="eval"
         )
-        todo = len(pending(items, chosen, store.done()))
-        total = len(items) * len(chosen)
-        if todo < total and not as_json:
+        skipped = len(items) * len(chosen) - len(pending(items, chosen, store.done()))
+        if skipped and not as_json:
             err.print(
-                f"resuming {folder}: {total - todo} of {total} runs already graded, {todo} to run",
+                f"resuming {folder}: {skipped} of {len(items) * len(chosen)} runs already graded, "
+                f"{len(items) * len(chosen) - skipped} to run",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,
             )
-        view = None if as_json else EvalProgress(err, todo)
+        view = None if as_json else EvalProgress(err, len(items) * len(chosen) - skipped)
 
         async def batch() -> list[RunRecord]:
             try:
@@ -181,22 +182,27 @@ def eval_command(
                 if view is not None:
                     view.stop()  # before any error line
 
-        try:
-            run_async(batch())
-        except typer.Exit as stop:
-            if stop.exit_code == 130:
-                again = shlex.join(["dytopo", *sys.argv[1:]])
-                err.print(
-                    f"graded runs are kept in {store.path}; resume with the same command: {again}",
-                    markup=False,
-                    highlight=False,
-                    soft_wrap=True,
-                )
-            raise
+        _interruptible(batch(), store.path)
         records = store.records()
     ids = {i.id for i in items}
     rows = summarize([r for r in records if r.item in ids], chosen)
-    _show(rows, bench.name, folder, len(items), total - todo, as_json)
+    _show(rows, bench.name, folder, len(items), skipped, as_json)
+
+
+def _interruptible(batch: Coroutine[Any, Any, list[RunRecord]], records: Path) -> None:
+    """Run the batch; on Ctrl-C (exit 130) say where the graded runs are and how to go on."""
+    try:
+        run_async(batch)
+    except typer.Exit as stop:
+        if stop.exit_code == 130:
+            again = shlex.join(["dytopo", *sys.argv[1:]])
+            err.print(
+                f"graded runs are kept in {records}; resume with the same command: {again}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        raise
 
 
 def _show(

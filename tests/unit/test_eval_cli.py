@@ -247,4 +247,4 @@ def test_resuming_with_other_settings_is_refused(
 
     assert code == 2
     assert len(err.strip().splitlines()) == 1, err
-    assert "holds a eval run with other settings (topology.max_rounds (1 -> 2)" in err
+    assert "holds eval runs made with other settings (topology.max_rounds (1 -> 2)" in err
