@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from dytopo import runlock
+from dytopo.backends.base import Backend
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
 from dytopo.budget import plan_budgets, server_context
@@ -57,13 +58,15 @@ async def run_topology(
     base_dir: Path | None = None,
     trust_topology: bool = False,
     source: str | Path | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> RunResult:
     """Run a topology on its configured server, or on an embedded one started for this run.
 
     Its tool modules (code) and role cards must lie in its folder tree (`base_dir`) or be
     installed entry points, unless `trust_topology`. `source`: the file a Topology object was
     loaded from (given a path, that path), named in the run's checkpoints so `resume` can
-    rebuild the swarm."""
+    rebuild the swarm. `checkpoint`: continue that run (of this topology) instead, e.g. on
+    another server than the one it stopped on."""
     if not isinstance(topology, Topology):
         source = source or topology
         base_dir = base_dir or Path(topology).parent
@@ -74,6 +77,8 @@ async def run_topology(
     trace = Path(trace_path) if trace_path else default_trace_path(topology)
     built = _built(topology, backend_url, embed_url, base_dir, trust_topology, source)
     async with built as swarm:
+        if checkpoint is not None:
+            return await swarm.resume(checkpoint, observers=observers)
         return await swarm.run(task, trace_path=trace, observers=observers)
 
 
@@ -129,6 +134,65 @@ def _topology_of(cp: Checkpoint, *, force: bool, trust_topology: bool) -> tuple[
     return current, file
 
 
+async def swarm_on(
+    topology: Topology,
+    backend: Backend,
+    embedder: Embedder,
+    *,
+    base_dir: Path | None,
+    source: str | Path | None,
+    trust_topology: bool = False,
+) -> Swarm:
+    """The topology's swarm on `backend`, with budgets planned from the server's real context
+    (`backend.connect()`); BudgetExceeded when it does not fit."""
+    info = await backend.connect()
+    # The client's own settings say how its server pools the KV cache; an in-process backend
+    # has none, so the topology's word holds.
+    settings = backend.settings if isinstance(backend, LlamaCppBackend) else topology.backend
+    plan = plan_budgets(
+        topology,
+        n_ctx=server_context(info.n_ctx_per_slot, info.slots, settings.kv_unified),
+        slots=info.slots,
+        kv_unified=settings.kv_unified,
+    )
+    if not plan.fits:
+        raise BudgetExceeded("\n".join(f"{topology.name}: {p}" for p in plan.problems))
+    return await asyncio.to_thread(
+        build_swarm,
+        topology,
+        backend,
+        embedder,
+        base_dir=base_dir,
+        plan=plan,
+        trust_topology=trust_topology,
+        source=source,
+    )
+
+
+async def run_on(
+    topology: Topology,
+    task: str,
+    backend: Backend,
+    embedder: Embedder,
+    *,
+    trace_path: str | Path | None,
+    base_dir: Path | None,
+    source: str | Path | None,
+    checkpoint: Checkpoint | None = None,
+    observers: Sequence[Observer] = (),
+    trust_topology: bool = False,
+) -> RunResult:
+    """Run `task` (or, given its `checkpoint`, continue that run) on a backend and embedder the
+    caller owns and may share between runs (a service, a pool of in-process servers); neither
+    is closed here."""
+    swarm = await swarm_on(
+        topology, backend, embedder, base_dir=base_dir, source=source, trust_topology=trust_topology
+    )
+    if checkpoint is not None:
+        return await swarm.resume(checkpoint, observers=observers)
+    return await swarm.run(task, trace_path=trace_path, observers=observers)
+
+
 @asynccontextmanager
 async def _built(
     topology: Topology,
@@ -146,23 +210,13 @@ async def _built(
         backend = LlamaCppBackend(settings)
         embedder = make_embedder(topology.embedder, ends)
         try:
-            info = await backend.connect()
-            plan = plan_budgets(
-                topology,
-                n_ctx=server_context(info.n_ctx_per_slot, info.slots, settings.kv_unified),
-                slots=info.slots,
-                kv_unified=settings.kv_unified,
-            )
-            if not plan.fits:
-                raise BudgetExceeded("\n".join(f"{topology.name}: {p}" for p in plan.problems))
-            yield build_swarm(
+            yield await swarm_on(
                 topology,
                 backend,
                 embedder,
                 base_dir=base_dir,
-                plan=plan,
-                trust_topology=trust_topology,
                 source=source,
+                trust_topology=trust_topology,
             )
         finally:
             await embedder.aclose()

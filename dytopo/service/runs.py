@@ -29,14 +29,12 @@ import structlog
 from dytopo.backends.base import Backend
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
-from dytopo.budget import plan_budgets, server_context
-from dytopo.build import build_swarm
 from dytopo.checkpoint import check_resumable, read_checkpoint
 from dytopo.embedders.base import Embedder
-from dytopo.errors import BudgetExceeded, ConfigError, DyTopoError, RunError
+from dytopo.errors import ConfigError, DyTopoError, RunError
 from dytopo.managed.resolve import endpoints
 from dytopo.result import RunResult
-from dytopo.runner import make_embedder
+from dytopo.runner import make_embedder, run_on
 from dytopo.service import catalog
 from dytopo.service.models import TERMINAL, RunInfo, RunRequest, RunStatus
 from dytopo.service.progress import Progress
@@ -358,30 +356,21 @@ class RunService:
         assert self.embedder is not None
         assert run.topology is not None
         topology, trace = run.topology, self.files.trace(run.info.id)
-        server = await self.backend.connect()
-        plan = plan_budgets(
-            topology,
-            n_ctx=server_context(server.n_ctx_per_slot, server.slots, False),
-            slots=server.slots,
-        )
-        if not plan.fits:
-            raise BudgetExceeded(f"{topology.name}: " + "; ".join(plan.problems))
-        swarm = await asyncio.to_thread(
-            build_swarm,
-            topology,
-            self.backend,
-            self.embedder,
-            base_dir=self.settings.topologies_dir,
-            plan=plan,
-            source=run.source or self._source(run.info.id),
-        )
         progress = Progress(
             run.info, len(topology.agents), lambda durable: self._changed(run, durable)
         )
-        if run.from_checkpoint:
-            cp = read_checkpoint(self.files.checkpoint(run.info.id))
-            return await swarm.resume(cp, observers=[progress])
-        return await swarm.run(run.info.task, trace_path=trace, observers=[progress])
+        cp = read_checkpoint(self.files.checkpoint(run.info.id)) if run.from_checkpoint else None
+        return await run_on(
+            topology,
+            run.info.task,
+            self.backend,
+            self.embedder,
+            trace_path=trace,
+            base_dir=self.settings.topologies_dir,
+            source=run.source or self._source(run.info.id),
+            checkpoint=cp,
+            observers=[progress],
+        )
 
     def _finish(
         self, run: _Run, status: RunStatus, *, error: str | None = None, result: Any = None
