@@ -204,7 +204,7 @@ async def _built(
 ) -> AsyncIterator[Swarm]:
     """The topology's swarm on its servers (embedded ones started for the duration), with
     budgets planned from the server's real context."""
-    url = backend_url or topology.backend.base_url
+    url = backend_url or topology.backend.base_url or next(iter(topology.backends or []), None)
     async with endpoints(url, embed_url or topology.embedder.base_url) as ends:
         settings = topology.backend.model_copy(update={"base_url": ends.chat_url})
         backend = LlamaCppBackend(settings)

@@ -101,6 +101,10 @@ class Topology(_Strict):
     task: str | None = None
     """Default task when `dytopo run` gets no --task."""
     backend: BackendSettings = Field(default_factory=BackendSettings)
+    backends: list[str] | None = Field(default=None, min_length=1, max_length=256)
+    """Several LLM server roots for `dytopo batch`, which spreads its runs over them (each run
+    on one). A single run uses the first when `backend.base_url` is unset. The `backend:`
+    settings (api_key, timeouts) apply to each."""
     embedder: EmbedderSpec = Field(default_factory=EmbedderSpec)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     max_rounds: int = Field(default=5, ge=1, le=50)
@@ -125,6 +129,13 @@ class Topology(_Strict):
     trusted (--trust-topology); validation reads their source and never runs it."""
     tool_settings: ToolContext = Field(default_factory=lambda: ToolContext(workspace=Path(".")))
     """Where tools may read and fetch, and their limits; paths are relative to this file."""
+
+    @field_validator("backends")
+    @classmethod
+    def _check_backends(cls, urls: list[str] | None) -> list[str] | None:
+        for url in urls or []:
+            check_url(url)
+        return urls
 
     @model_validator(mode="after")
     def _check(self) -> Topology:

@@ -46,6 +46,8 @@ class RunRecord(BaseModel):
     run_id: str | None = None
     trace: str | None = None
     error: str = ""
+    server: str | None = None
+    """The server that ran it (`dytopo batch`; a run moved off a dead server: the last one)."""
     grade: dict[str, Any] = Field(default_factory=dict)
     """Filled by the batch's grader (e.g. `dytopo eval`): whatever it judged of the answer."""
 

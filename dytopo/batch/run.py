@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from dytopo.backends.base import Backend
 from dytopo.batch.models import BatchItem, Key, RunRecord
 from dytopo.batch.overrides import with_overrides
 from dytopo.batch.store import RecordStore
-from dytopo.checkpoint import checkpoint_path
-from dytopo.errors import RunError
+from dytopo.checkpoint import Checkpoint, check_resumable, checkpoint_path, read_checkpoint
+from dytopo.embedders.base import Embedder
+from dytopo.errors import ConfigError, RunError
 from dytopo.managed.resolve import endpoints
 from dytopo.result import RunResult
 from dytopo.routing import Mode
-from dytopo.runner import run_topology
+from dytopo.runner import run_on, run_topology
 from dytopo.topology import Topology
 from dytopo.trace import Observer
 
@@ -68,6 +70,57 @@ def _record(
     )
 
 
+def resumable(trace_path: Path) -> Checkpoint | None:
+    """The checkpoint an earlier attempt of this run left beside its trace, when the run can go
+    on from it (it stopped: interrupted, or its server died); None: start afresh."""
+    path = checkpoint_path(trace_path)
+    if not path.is_file():
+        return None
+    try:
+        cp = read_checkpoint(path)
+        check_resumable(cp)
+    except ConfigError as exc:  # complete (its record was lost) or unreadable: run it again
+        log.info("batch.fresh_start", trace=str(trace_path), reason=str(exc))
+        return None
+    return cp
+
+
+def _variant(topology: Topology, mode: Mode, item: BatchItem, slots: int | None) -> Topology:
+    variant = with_overrides(topology, mode, item.overrides)
+    if slots is None:
+        return variant
+    # The run's client holds at most `slots` requests in flight: its share of the server.
+    return variant.model_copy(
+        update={"backend": variant.backend.model_copy(update={"slots": slots})}
+    )
+
+
+def _start_point(trace_path: Path, resume: bool) -> Checkpoint | None:
+    """Where the run starts: its checkpoint (with `resume`), else afresh, the trace (and
+    checkpoint) of an earlier attempt replaced."""
+    cp = resumable(trace_path) if resume else None
+    if cp is None:
+        for stale in (trace_path, checkpoint_path(trace_path)):
+            with suppress(FileNotFoundError):
+                stale.unlink()
+    return cp
+
+
+async def _recorded(
+    item: BatchItem, mode: Mode, trace_path: Path, running: Awaitable[RunResult]
+) -> RunRecord:
+    try:
+        result = await running
+    except RunError as exc:
+        line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        partial = exc.partial
+        if not isinstance(partial, RunResult):
+            partial = RunResult(run_id="", task=item.task, final_answer="", halt_reason="error")
+        log.warning("batch.run_failed", item=item.id, mode=mode, error=line)
+        return _record(item, mode, partial, trace_path, error=line)
+    return _record(item, mode, result, trace_path)
+
+
 async def run_one(
     item: BatchItem,
     mode: Mode,
@@ -80,36 +133,62 @@ async def run_one(
     source: Path | None = None,
     trust_topology: bool = False,
     observers: Sequence[Observer] = (),
+    slots: int | None = None,
+    resume: bool = False,
 ) -> RunRecord:
     """Run `item` in `mode` and return its record. A run that fails part-way (RunError) is a
     record with `ok=False`, its error line and what it had spent; any other error (the server
     cannot be reached, the topology does not fit it) concerns every run and is raised.
 
-    A trace (and checkpoint) at `trace_path` left by an interrupted attempt is replaced."""
-    variant = with_overrides(topology, mode, item.overrides)
-    for stale in (trace_path, checkpoint_path(trace_path)):
-        with suppress(FileNotFoundError):
-            stale.unlink()
-    try:
-        result = await run_topology(
-            variant,
-            item.task,
-            backend_url=backend_url,
-            embed_url=embed_url,
-            trace_path=trace_path,
-            observers=observers,
-            base_dir=base_dir,
-            trust_topology=trust_topology,
-            source=source,
-        )
-    except RunError as exc:
-        line = (str(exc).splitlines() or [type(exc).__name__])[0]
-        partial = exc.partial
-        if not isinstance(partial, RunResult):
-            partial = RunResult(run_id="", task=item.task, final_answer="", halt_reason="error")
-        log.warning("batch.run_failed", item=item.id, mode=mode, error=line)
-        return _record(item, mode, partial, trace_path, error=line)
-    return _record(item, mode, result, trace_path)
+    `slots`: the requests the run may have in flight (its share of the server; default: all
+    the server's slots). A trace (and checkpoint) at `trace_path` left by an earlier attempt is
+    replaced, unless `resume` and the run can go on from that checkpoint: then it does."""
+    variant = _variant(topology, mode, item, slots)
+    cp = _start_point(trace_path, resume)
+    running = run_topology(
+        variant,
+        item.task,
+        backend_url=backend_url,
+        embed_url=embed_url,
+        trace_path=trace_path,
+        observers=observers,
+        base_dir=base_dir,
+        trust_topology=trust_topology,
+        source=source,
+        checkpoint=cp,
+    )
+    return await _recorded(item, mode, trace_path, running)
+
+
+async def run_one_on(
+    item: BatchItem,
+    mode: Mode,
+    topology: Topology,
+    backend: Backend,
+    embedder: Embedder,
+    *,
+    trace_path: Path,
+    base_dir: Path | None = None,
+    source: Path | None = None,
+    trust_topology: bool = False,
+    resume: bool = False,
+) -> RunRecord:
+    """`run_one` on a backend object the caller owns (an in-process server: benchmarks, tests);
+    the backend's `connect()` gives the slots the run may use."""
+    variant = _variant(topology, mode, item, None)
+    cp = _start_point(trace_path, resume)
+    running = run_on(
+        variant,
+        item.task,
+        backend,
+        embedder,
+        trace_path=trace_path,
+        base_dir=base_dir,
+        source=source,
+        checkpoint=cp,
+        trust_topology=trust_topology,
+    )
+    return await _recorded(item, mode, trace_path, running)
 
 
 async def run_batch(

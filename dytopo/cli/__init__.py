@@ -9,6 +9,7 @@ import sys
 import typer
 
 from dytopo.cli import backend, doctor, mcp, plan, report, resume, run, runs, serve, skill, tools
+from dytopo.cli import batch as batch_cli
 from dytopo.cli import compare as compare_cli
 from dytopo.cli import eval as eval_cli
 from dytopo.cli import init as init_cli
@@ -36,6 +37,7 @@ app.command("run")(run.run)
 app.command("validate")(run.validate)
 app.command("init")(init_cli.init)
 app.command("eval")(eval_cli.eval_command)
+app.command("batch")(batch_cli.batch_command)
 app.command("compare")(compare_cli.compare)
 app.command("schema")(run.schema)
 app.command("plan")(plan.plan)
