@@ -217,7 +217,7 @@ def validate(
         if problems:
             bad = True
         else:
-            out.print(f"{path}: OK", markup=False, highlight=False)
+            out.print(f"{path}: OK", markup=False, highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(2)
 
