@@ -15,8 +15,14 @@ from pydantic import BaseModel
 
 from dytopo.errors import ConfigError
 
-# Cards shipped in the repository, next to the package (works for source and editable installs).
-BUILTIN_CARDS = Path(__file__).resolve().parent.parent / "agents"
+# The repository's cards in a source checkout (an editable install); in an installed wheel the
+# copies shipped inside the package: site-packages/agents would be any distribution's folder.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+BUILTIN_CARDS = (
+    _CHECKOUT / "agents"
+    if (_CHECKOUT / "pyproject.toml").is_file()
+    else Path(__file__).resolve().parent / "scaffold" / "folder" / "agents"
+)
 MAX_CARD_BYTES = 100_000
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

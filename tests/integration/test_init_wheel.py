@@ -75,6 +75,28 @@ def test_init_from_an_installed_wheel_writes_a_folder_that_validates(tmp_path: P
         timeout=120,
     )
     assert Path(where.stdout.strip()).is_relative_to(site), where.stdout + where.stderr
+    # Built-in cards and tools come from the package, never from site-packages/agents or /tools
+    # (any distribution's folders): planted ones must not be read.
+    for planted in ("agents", "tools"):
+        (site / planted).mkdir()
+    (site / "agents" / "researcher.md").write_text("PLANTED", encoding="utf-8")
+    builtin = subprocess.run(
+        [
+            sys.executable,
+            "-s",
+            "-c",
+            "from dytopo.cards import BUILTIN_CARDS; from dytopo.tools.static import "
+            "BUILTIN_TOOLS; print(BUILTIN_CARDS); print(BUILTIN_TOOLS)",
+        ],
+        cwd=outside,
+        env={"PYTHONPATH": str(site), "PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    cards, tools = (Path(line) for line in builtin.stdout.split())
+    assert cards == site / "dytopo" / "scaffold" / "folder" / "agents", builtin.stderr
+    assert tools == site / "dytopo" / "scaffold" / "builtin_tools"
 
     made = _dytopo(site, outside, "init", "x")
     assert made.returncode == 0, made.stderr
