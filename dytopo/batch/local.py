@@ -8,15 +8,19 @@ dead server) continues from its checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from dytopo.batch._share import SlotShare
 from dytopo.batch.models import BatchItem, RunRecord
-from dytopo.batch.pool import PoolServer
-from dytopo.batch.run import run_one, run_one_on
-from dytopo.batch.schedule import RunSpec
+from dytopo.batch.pool import BackendPool, PoolServer
+from dytopo.batch.run import Grader, pending, run_one, run_one_on
+from dytopo.batch.schedule import RunSpec, run_pool
+from dytopo.batch.store import RecordStore
 from dytopo.embedders.hashing import HashEmbedder
 from dytopo.routing import Mode
+from dytopo.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -53,3 +57,42 @@ class LocalExecutor:
             slots=server.per_run,
             resume=True,
         )
+
+
+async def run_local(
+    items: Sequence[BatchItem],
+    modes: Sequence[Mode],
+    topology: Topology,
+    store: RecordStore,
+    *,
+    urls: Sequence[str],
+    traces_dir: Path,
+    embed_url: str | None = None,
+    base_dir: Path | None = None,
+    source: Path | None = None,
+    trust_topology: bool = False,
+    runs_per_server: int | None = None,
+    grader: Grader | None = None,
+    on_start: Callable[[BatchItem, Mode], None] | None = None,
+    on_record: Callable[[RunRecord], None] | None = None,
+) -> list[RunRecord]:
+    """`run_batch` over several servers: the pairs `store` has no record of, spread over the
+    servers at `urls` (each sized from its /props) in this process; the new records, in the
+    order they ended. PoolExhausted when every server died first."""
+    todo = pending(items, modes, store.done())
+    if not todo:
+        return []
+    spec = RunSpec(topology, traces_dir, embed_url, base_dir, source, trust_topology)
+    pool = await BackendPool.connect(urls, topology.backend, runs_per_server=runs_per_server)
+    try:
+        return await run_pool(
+            pool,
+            todo,
+            LocalExecutor(spec),
+            store,
+            grader=grader,
+            on_start=(lambda item, mode, _: on_start(item, mode)) if on_start else None,
+            on_record=on_record,
+        )
+    finally:
+        await pool.aclose()

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from dytopo.batch import BatchItem, RecordStore, RunRecord, pending, run_batch, with_overrides
+from dytopo.batch.local import run_local
 from dytopo.cli._common import TRUST_HELP, check_urls, err, fail, out, run_async
 from dytopo.eval import BENCHMARKS, benchmark, default_topology
 from dytopo.eval.summary import ModeSummary, summarize, table
@@ -105,8 +106,11 @@ def eval_command(
     topology: Path | None = typer.Option(
         None, "--topology", help="Topology file (default: topologies/BENCHMARK.yaml)."
     ),
-    backend_url: str | None = typer.Option(
-        None, "--backend-url", help="LLM server root (default: $DYTOPO_BASE_URL, else embedded)."
+    backend_url: list[str] | None = typer.Option(
+        None,
+        "--backend-url",
+        help="LLM server root (default: $DYTOPO_BASE_URL, else embedded); repeat it to spread "
+        "the runs over several servers, as `dytopo batch` does.",
     ),
     embed_url: str | None = typer.Option(
         None, "--embed-url", help="Embedding server root (default: as for `dytopo run`)."
@@ -134,7 +138,10 @@ def eval_command(
         fail(f"--limit {limit}: give a number of problems of at least 1", 2)
     if rounds is not None and rounds < 1:
         fail(f"--rounds {rounds}: give at least 1", 2)
-    check_urls(backend_url, embed_url)
+    urls = backend_url or []
+    check_urls(urls[0] if urls else None, embed_url)
+    for url in urls[1:]:
+        check_urls(url)
     problem = sandbox_problem()  # no grading without it: refuse before any run
     if problem is not None:
         raise SandboxUnavailable(problem)
@@ -163,13 +170,29 @@ def eval_command(
 
         async def batch() -> list[RunRecord]:
             try:
+                if len(urls) > 1:
+                    return await run_local(
+                        items,
+                        chosen,
+                        loaded,
+                        store,
+                        urls=urls,
+                        traces_dir=folder / "traces",
+                        embed_url=embed_url,
+                        base_dir=path.parent,
+                        source=path,
+                        trust_topology=trust_topology,
+                        grader=bench.grade,
+                        on_start=view.start if view else None,
+                        on_record=view.finished if view else None,
+                    )
                 return await run_batch(
                     items,
                     chosen,
                     loaded,
                     store,
                     traces_dir=folder / "traces",
-                    backend_url=backend_url,
+                    backend_url=urls[0] if urls else None,
                     embed_url=embed_url,
                     base_dir=path.parent,
                     source=path,

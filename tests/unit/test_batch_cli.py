@@ -398,3 +398,27 @@ async def test_a_ray_cluster_without_the_servers_resources_says_what_to_run(
     )
     assert calls == ["init head:6379", "shutdown"]
     await pool.aclose()
+
+
+def test_eval_spreads_its_runs_over_several_backend_urls(
+    net: Net,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    eval_kit = pytest.importorskip("eval_kit")
+    server = eval_kit.Server()
+    server.install(monkeypatch)  # the runs' swarms answer HumanEval canonically
+    out = tmp_path / "eval"
+
+    code, stdout, stderr = dytopo(
+        capsys, monkeypatch, "eval", "--limit", "4", "--modes", "single", "--rounds", "1",
+        "--backend-url", A, "--backend-url", B, "--out", str(out), "--json",
+    )  # fmt: skip
+
+    assert code == 0, stderr
+    records = read_records(out / "records.jsonl")
+    assert sorted(r.item for r in records) == eval_kit.IDS[:4]
+    assert all(r.ok and r.grade["passed"] for r in records)
+    assert {r.server for r in records} == {A, B}
+    assert json.loads(stdout)["modes"][0]["passed"] == 4

@@ -1,0 +1,184 @@
+"""Batch throughput over 1, 2 and 4 llama-servers: `dytopo batch`'s pool and scheduler.
+
+    .venv/bin/python benchmarks/batch.py                 # simulated servers, ~2 min
+    .venv/bin/python benchmarks/batch.py --real          # + two real servers vs one, minutes
+
+Simulated: the batch engine (BackendPool, run_pool, the local executor: what `dytopo batch`
+runs) spreads N tasks over 1, 2 and 4 `dytopo.SimulatedBackend` servers in this process, each
+with its own slots, FIFO queue and per-token costs slept on the asyncio clock, so servers do not
+share the machine's cores the way real ones would. One run per server at a time (the default:
+a run takes all its server's slots). The configurations are measured side by side: repeated in
+turn (1, 2, 4, 1, 2, 4, ...), the median kept. Ideal linear scaling: N x the 1-server rate.
+
+Real (--real): the same engine on the embedded llama-server (SmolLM2-135M): a 6-task batch of a
+two-agent, one-round topology on one server, then on two (the second started beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from common import machine_lines
+
+from dytopo.batch import BatchItem, RecordStore, pending
+from dytopo.batch.local import LocalExecutor
+from dytopo.batch.pool import BackendPool
+from dytopo.batch.schedule import RunSpec, run_pool
+from dytopo.loader import load_topology
+from dytopo.simulated import SimulatedBackend
+
+SIMULATED = """\
+name: trio
+routing: {mode: dynamic, tau: 0.3}
+embedder: {kind: hash}
+max_rounds: 2
+min_rounds: 2
+agents:
+  - {id: researcher}
+  - {id: analyst}
+  - {id: writer}
+"""
+REAL = """\
+name: pair
+routing: {mode: dynamic, tau: 0.3}
+embedder: {kind: hash}
+max_rounds: 1
+min_rounds: 1
+structured_reasks: 0
+manager: {budget: {max_output_tokens: 96}}
+agents:
+  - {id: researcher, budget: {max_output_tokens: 64}}
+  - {id: writer, budget: {max_output_tokens: 64}}
+"""
+REAL_TASKS = 6
+
+
+def tasks(n: int) -> list[BatchItem]:
+    return [
+        BatchItem(id=f"t{k}", task=f"Design cache layer number {k} for a read-heavy service.")
+        for k in range(n)
+    ]
+
+
+def prepared(folder: Path, topology_text: str) -> RunSpec:
+    folder.mkdir(parents=True)
+    source = folder / "topology.yaml"
+    source.write_text(topology_text, encoding="utf-8")
+    return RunSpec(
+        topology=load_topology(source), traces_dir=folder / "traces", base_dir=folder, source=source
+    )
+
+
+async def one_batch(folder: Path, topology_text: str, pool: BackendPool, n: int) -> float:
+    """Seconds for `n` tasks over `pool` (every run must succeed)."""
+    spec = prepared(folder, topology_text)
+    with RecordStore(folder / "records.jsonl") as store:
+        started = time.perf_counter()
+        records = await run_pool(
+            pool, pending(tasks(n), ["dynamic"], set()), LocalExecutor(spec), store
+        )
+        wall = time.perf_counter() - started
+    failed = [r.error for r in records if not r.ok]
+    if failed or len(records) != n:
+        raise SystemExit(f"runs failed: {failed[:3]}")
+    return wall
+
+
+async def simulated(args: argparse.Namespace, root: Path) -> list[str]:
+    walls: dict[int, list[float]] = {n: [] for n in args.servers}
+    for rep in range(args.repeats):
+        for n in args.servers:
+            backends = [
+                SimulatedBackend(
+                    slots=args.slots,
+                    prompt_token_s=args.prompt_us * 1e-6,
+                    output_token_s=args.output_us * 1e-6,
+                )
+                for _ in range(n)
+            ]
+            pool = await BackendPool.in_process(backends)
+            wall = await one_batch(root / f"sim-{n}-{rep}", SIMULATED, pool, args.tasks)
+            walls[n].append(wall)
+            print(f"{n} servers, rep {rep}: {wall:.2f} s", file=sys.stderr, flush=True)
+    base = args.tasks / statistics.median(walls[args.servers[0]]) * 60 / args.servers[0]
+    lines = [
+        "| servers | wall s (median) | tasks/min | ideal tasks/min | measured / ideal |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for n in args.servers:
+        wall = statistics.median(walls[n])
+        rate = args.tasks / wall * 60
+        lines.append(
+            f"| {n} | {wall:.2f} | {rate:.1f} | {base * n:.1f} | {rate / (base * n):.3f} |"
+        )
+    return lines
+
+
+async def real(root: Path) -> list[str]:
+    from dytopo.managed.server import chat_server
+
+    first, second = chat_server(slots=2, ctx_per_slot=2048), chat_server(slots=2, ctx_per_slot=2048)
+    rows = []
+    try:
+        await first.start()
+        pool = await BackendPool.connect([first.url])
+        one = await one_batch(root / "real-1", REAL, pool, REAL_TASKS)
+        await pool.aclose()
+        print(f"1 real server: {one:.1f} s", file=sys.stderr, flush=True)
+        await second.start()
+        pool = await BackendPool.connect([first.url, second.url])
+        two = await one_batch(root / "real-2", REAL, pool, REAL_TASKS)
+        await pool.aclose()
+        print(f"2 real servers: {two:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        first.stop()
+        second.stop()
+    for n, wall in ((1, one), (2, two)):
+        rows.append(f"| {n} | {wall:.1f} | {REAL_TASKS / wall * 60:.2f} | {one / wall:.2f} |")
+    return [
+        "| real servers | wall s | tasks/min | speed-up |",
+        "|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="dytopo-batch-bench-") as tmp:
+        root = Path(tmp)
+        sim = await simulated(args, root)
+        found = await real(root) if args.real else []
+    print(f"Command: `.venv/bin/python {' '.join(sys.argv)}`\n")
+    print(
+        f"Simulated: {args.tasks} tasks of a 3-agent, 2-round dynamic topology; each server "
+        f"{args.slots} slots, {args.prompt_us:g} us per uncached prompt token, "
+        f"{args.output_us:g} us per generated token; one run per server at a time; median of "
+        f"{args.repeats}.\n"
+    )
+    print("\n".join(sim))
+    if found:
+        print(f"\nReal: {REAL_TASKS} tasks, 2 agents, 1 round, 64/96 max output tokens.\n")
+        print("\n".join(found))
+    print("\nMachine:\n" + "\n".join(machine_lines()))
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--servers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--tasks", type=int, default=16)
+    p.add_argument("--slots", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompt-us", type=float, default=100.0, help="per uncached prompt token")
+    p.add_argument("--output-us", type=float, default=1000.0, help="per generated token")
+    p.add_argument("--real", action="store_true", help="also two real servers against one")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))
