@@ -70,6 +70,8 @@ class PoolServer:
     max_busy: int | None = None
     """The most requests in flight seen on it (its /slots, polled; in-process: its limiter);
     None when it does not tell."""
+    problem: str = ""
+    """Why it was left out from the start (it did not answer)."""
 
     @property
     def free_slots(self) -> int:
@@ -140,9 +142,11 @@ class BackendPool:
         for index, (url, found) in enumerate(zip(dict.fromkeys(urls), probes, strict=True)):
             server = found.result()
             if isinstance(server, str):  # kept, dead: the others keep their places (Ray names)
-                log.warning("batch.server_left_out", problem=server)
+                log.info("batch.server_left_out", problem=server)
                 problems.append(server)
-                server = PoolServer(index, url, url=url, alive=False)
+                server = PoolServer(
+                    index, url, url=url, slots=0, per_run=0, capacity=0, alive=False, problem=server
+                )
             servers.append(server)
         if len(problems) == len(servers):
             raise BackendUnavailable(
@@ -209,7 +213,7 @@ class BackendPool:
         if await self._healthy(server):
             return True
         server.alive = False
-        log.warning("batch.server_dead", server=server.name)
+        log.info("batch.server_dead", server=server.name)
         return False
 
     async def _healthy(self, server: PoolServer) -> bool:

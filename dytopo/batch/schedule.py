@@ -170,7 +170,7 @@ class _Dispatch:
     def _move(self, item: BatchItem, mode: Mode, server: PoolServer, error: str) -> None:
         """Queue the run first again: it continues from its checkpoint on another server."""
         server.moved_off += 1
-        log.warning("batch.run_moved", item=item.id, mode=mode, server=server.name, error=error)
+        log.info("batch.run_moved", item=item.id, mode=mode, server=server.name, error=error)
         self.queue.appendleft((item, mode))
         if self.on_moved is not None:
             self.on_moved(item, mode, server, error)

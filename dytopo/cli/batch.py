@@ -257,6 +257,9 @@ class _Batch:
             pool = await BackendPool.connect(
                 urls, s.topology.backend, runs_per_server=self.runs_per_server
             )
+            for server in pool.servers:
+                if server.problem:
+                    _say(f"left out of this batch: {server.problem}")
             try:
                 if self.ray:
                     executor = await _ray_executor(spec, pool, self.ray_address)

@@ -422,3 +422,27 @@ def test_eval_spreads_its_runs_over_several_backend_urls(
     assert all(r.ok and r.grade["passed"] for r in records)
     assert {r.server for r in records} == {A, B}
     assert json.loads(stdout)["modes"][0]["passed"] == 4
+
+
+def test_a_server_down_from_the_start_is_left_out_with_one_line(
+    net: Net,
+    files: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    down = "http://127.0.0.1:18009"
+    out = tmp_path / "out"
+
+    code, stdout, stderr = batch(
+        capsys, monkeypatch, files, out, "--backend-url", down, "--backend-url", A, "--json"
+    )
+
+    assert code == 0, stderr
+    last = stderr.strip().splitlines()[-1]  # after the client's visible retry of /props
+    assert last.startswith(f"left out of this batch: {down}: LLM server at {down} did not answer")
+    servers = json.loads(stdout)["servers"]
+    assert [(s["server"], s["alive"], s["runs"]) for s in servers] == [
+        (down, False, 0),
+        (A, True, 3),
+    ]

@@ -82,9 +82,10 @@ async def test_servers_are_sized_from_their_props_and_one_that_does_not_answer_i
     shape = [(s.index, s.name, s.slots, s.per_run, s.capacity, s.alive) for s in pool.servers]
     assert shape == [
         (0, "http://a", 4, 2, 2, True),
-        (1, "http://down", 1, 1, 1, False),  # keeps its place: Ray names resources by index
+        (1, "http://down", 0, 0, 0, False),  # keeps its place: Ray names resources by index
         (2, "http://b", 2, 1, 2, True),
     ]
+    assert pool.servers[1].problem.startswith("http://down: LLM server at http://down did not")
     with pytest.raises(Exception, match="no server of the pool answers"):
         await BackendPool.connect(["http://down"], client=client)
     await client.aclose()
