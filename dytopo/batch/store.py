@@ -55,6 +55,14 @@ def latest(records: list[RunRecord]) -> dict[Key, RunRecord]:
     return {r.key: r for r in records}
 
 
+def _known(new: Any, old: Any) -> Any:
+    """`new` without the keys `old` lacks (at any depth): a field that a newer DyTopo added to
+    the settings must not stop an older batch from resuming."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return {key: _known(value, old[key]) for key, value in new.items() if key in old}
+    return new
+
+
 class RecordStore:
     """The record file of one batch, held for appending by this process.
 
@@ -131,7 +139,7 @@ class RecordStore:
             raise ConfigError(
                 f"{path}: unreadable ({exc}); delete it or choose another folder"
             ) from None
-        changed = changed_fields(saved, plain)
+        changed = changed_fields(saved, _known(plain, saved))
         if changed:
             shown = ", ".join(changed[:6]) + (
                 f" and {len(changed) - 6} more" if len(changed) > 6 else ""

@@ -76,6 +76,16 @@ def test_pinned_settings_must_match_on_a_later_run(tmp_path: Path) -> None:
     assert saved["topology"]["max_rounds"] == 3
 
 
+def test_a_setting_added_by_a_newer_version_does_not_stop_a_resume(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    with RecordStore(path) as store:
+        store.pin({"topology": {"max_rounds": 3, "routing": {"tau": 0.3}}})
+    with RecordStore(path) as store:
+        store.pin({"topology": {"max_rounds": 3, "routing": {"tau": 0.3, "top_k": 4}}})
+        with pytest.raises(ConfigError, match=r"topology.routing.tau \(0.3 -> 0.5\)"):
+            store.pin({"topology": {"max_rounds": 3, "routing": {"tau": 0.5, "top_k": 4}}})
+
+
 def test_pending_goes_item_by_item_and_skips_done_pairs() -> None:
     items = [BatchItem(id=i, task=f"task {i}") for i in ("a", "b")]
 
