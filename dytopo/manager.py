@@ -33,13 +33,15 @@ class ManagerDecision(BaseModel):
     goal_next: str = Field(max_length=240)
     halt: bool
     reason: str = Field(max_length=160)
-    final_answer: str = Field(max_length=1500)
+    # A whole program (a HumanEval solution with its docstring) must fit: the JSON schema the
+    # server enforces would cut a longer answer mid-code. max_output_tokens still bounds it.
+    final_answer: str = Field(max_length=6000)
 
 
 class FinalAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    final_answer: str = Field(min_length=1, max_length=2000)
+    final_answer: str = Field(min_length=1, max_length=6000)
 
 
 class PublicMessage(BaseModel):

@@ -105,6 +105,7 @@ def test_init_from_an_installed_wheel_writes_a_folder_that_validates(tmp_path: P
     topologies = sorted(str(p.relative_to(folder)) for p in (folder / "topologies").glob("*.yaml"))
     assert topologies == [
         "topologies/code.yaml",
+        "topologies/humaneval.yaml",
         "topologies/math.yaml",
         "topologies/research.yaml",
     ]

@@ -66,3 +66,16 @@ def test_example_calls_and_main_blocks_are_dropped_imports_and_helpers_kept() ->
 def test_a_body_is_indented_under_the_prompts_signature() -> None:
     found = extract("```python\nif x:\n    return 1\nreturn 2\n```", "f")
     assert (found.kind, found.completion) == ("body", "    if x:\n        return 1\n    return 2\n")
+
+
+def test_a_final_answer_holds_a_whole_program() -> None:
+    """The server enforces the schema's maxLength while generating: a cap below a real solution
+    (a HumanEval function with its docstring runs to a few thousand characters) cuts the code."""
+    from dytopo.manager import FinalAnswer, ManagerDecision
+
+    program = "def f(x):\n" + "    x = x + 1\n" * 350 + "    return x\n"
+    assert len(program) > 4000
+    assert ManagerDecision(goal_next="", halt=True, reason="r", final_answer=program)
+    assert FinalAnswer(final_answer=program)
+    cap = ManagerDecision.model_json_schema()["properties"]["final_answer"]["maxLength"]
+    assert cap >= len(program)

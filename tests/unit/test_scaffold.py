@@ -71,7 +71,7 @@ def test_init_writes_a_folder_whose_topologies_validate(
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"wrote {len(scaffold_files())} files in {dest}:"
-    assert "  topologies/: code.yaml, math.yaml, research.yaml" in lines
+    assert "  topologies/: code.yaml, humaneval.yaml, math.yaml, research.yaml" in lines
     assert lines[-1] == (
         f"next: cd {dest} && dytopo validate topologies/*.yaml && dytopo run "
         "topologies/research.yaml"
@@ -80,7 +80,12 @@ def test_init_writes_a_folder_whose_topologies_validate(
         assert (dest / name).is_file()
     monkeypatch.chdir(dest)
     topologies = sorted(Path("topologies").glob("*.yaml"))
-    assert [p.name for p in topologies] == ["code.yaml", "math.yaml", "research.yaml"]
+    assert [p.name for p in topologies] == [
+        "code.yaml",
+        "humaneval.yaml",
+        "math.yaml",
+        "research.yaml",
+    ]
     for path in topologies:
         topology, problems = problems_in(path)
         assert problems == []
