@@ -7,7 +7,10 @@ Kept cheap for CI on 2 cores: 6 tasks, a two-agent topology, one round, short re
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from dytopo.backends.llamacpp import LlamaCppBackend
@@ -43,6 +47,7 @@ TASKS = [
 ]
 IDS = {f"line-{k}" for k in range(1, 7)}
 SLOTS = 2
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class SlotWatch(threading.Thread):
@@ -83,8 +88,6 @@ class SlotWatch(threading.Thread):
 @pytest.fixture(scope="module")
 def second(stack: ManagedStack) -> Iterator[LlamaServerProcess]:
     """A second chat server beside the session's (same model, slots and context)."""
-    import asyncio
-
     server = chat_server(slots=SLOTS, ctx_per_slot=2048)
     try:
         asyncio.run(server.start())
@@ -187,22 +190,21 @@ def test_a_batch_spreads_over_two_servers_within_their_slots(
 
 
 def test_the_same_batch_on_ray_gives_the_same_records_within_the_same_limits(
-    stack: ManagedStack,
-    second: LlamaServerProcess,
-    files: tuple[Path, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    stack: ManagedStack, second: LlamaServerProcess, files: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    import psutil
-
+    # As a user runs it: its own process starts (and stops) the local Ray instance.
+    tasks, topology = files
     urls = [stack.chat_url, second.url]
+    command = [sys.executable, "-m", "dytopo", "batch", str(tasks), "--topology", str(topology),
+               "--out", str(tmp_path), "--json", "--ray"]  # fmt: skip
+    for url in urls:
+        command += ["--backend-url", url]
     started = time.monotonic()
     with SlotWatch(urls) as watch:
-        code, summary, err = batch(capsys, monkeypatch, files, tmp_path, urls, "--ray")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=850, cwd=ROOT)
 
-    assert code == 0, err
-    check_spread(tmp_path, summary, urls, watch)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_spread(tmp_path, json.loads(done.stdout), urls, watch)
     assert all(Path(r.trace or "").is_file() for r in read_records(tmp_path / "records.jsonl"))
     raylets = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet"]
     assert raylets == []  # the local Ray instance ended with the batch
@@ -218,8 +220,6 @@ def test_a_server_killed_mid_batch_leaves_every_task_done_on_the_other(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import asyncio
-
     victim = chat_server(slots=SLOTS, ctx_per_slot=2048)
     asyncio.run(victim.start())
     killed: list[float] = []

@@ -22,9 +22,11 @@ from dytopo.batch._share import SlotShare
 from dytopo.batch.pool import BackendPool, PoolServer
 from dytopo.batch.schedule import RunSpec
 from dytopo.build import build_swarm
+from dytopo.cli import batch as batch_cli
 from dytopo.cli import main
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, ConfigError
+from dytopo.managed.resolve import Endpoints
 from dytopo.swarm import Swarm
 from dytopo.topology import Topology
 
@@ -446,3 +448,27 @@ def test_a_server_down_from_the_start_is_left_out_with_one_line(
         (down, False, 0),
         (A, True, 3),
     ]
+
+
+def test_without_any_server_the_embedded_one_is_started_for_the_batch(
+    net: Net,
+    files: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[tuple[str | None, str | None]] = []
+
+    @asynccontextmanager
+    async def embedded(chat: str | None, embed: str | None) -> AsyncIterator[Endpoints]:
+        started.append((chat, embed))
+        yield Endpoints(chat_url=A, embed_url="http://127.0.0.1:18005", source="embedded")
+
+    monkeypatch.setattr(batch_cli, "endpoints", embedded)
+
+    code, stdout, stderr = batch(capsys, monkeypatch, files, tmp_path / "out", "--json")
+
+    assert code == 0, stderr
+    assert started == [(None, None)]  # once for the whole batch
+    assert [s["server"] for s in json.loads(stdout)["servers"]] == [A]
+    assert net.built == [(A, 2)] * 3
