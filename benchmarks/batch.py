@@ -52,11 +52,16 @@ embedder: {kind: hash}
 max_rounds: 1
 min_rounds: 1
 structured_reasks: 0
-manager: {budget: {max_output_tokens: 96}}
+manager: {card: m, budget: {max_output_tokens: 48}}
 agents:
-  - {id: researcher, budget: {max_output_tokens: 64}}
-  - {id: writer, budget: {max_output_tokens: 64}}
+  - {id: researcher, card: r, budget: {max_output_tokens: 32}}
+  - {id: writer, card: w, budget: {max_output_tokens: 32}}
 """
+CARDS = {  # as tests/integration/test_batch_real.py: short role cards, short prompts
+    "r": "You are the Researcher. Reply with one JSON object: public, private, query, key.",
+    "w": "You are the Writer. Reply with one JSON object: public, private, query, key.",
+    "m": "You are the Manager of a small team. Keep every goal and answer to one sentence.",
+}
 REAL_TASKS = 6
 
 
@@ -71,6 +76,9 @@ def prepared(folder: Path, topology_text: str) -> RunSpec:
     folder.mkdir(parents=True)
     source = folder / "topology.yaml"
     source.write_text(topology_text, encoding="utf-8")
+    for name, text in CARDS.items():
+        card = f"---\nname: {name}\ndescription: {name}\n---\n{text}\n"
+        (folder / f"{name}.md").write_text(card, encoding="utf-8")
     return RunSpec(
         topology=load_topology(source), traces_dir=folder / "traces", base_dir=folder, source=source
     )
@@ -163,7 +171,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     print("\n".join(sim))
     if found:
-        print(f"\nReal: {REAL_TASKS} tasks, 2 agents, 1 round, 64/96 max output tokens.\n")
+        print(f"\nReal: {REAL_TASKS} tasks, 2 agents, 1 round, 32/48 max output tokens.\n")
         print("\n".join(found))
     print("\nMachine:\n" + "\n".join(machine_lines()))
 

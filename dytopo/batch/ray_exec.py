@@ -177,7 +177,7 @@ class RayExecutor:
             raise
         # Runs wait on their server, not on a CPU: they take none, so the servers' resources
         # alone bound how many run at once.
-        self._remote = ray.remote(run_remote).options(num_cpus=0, max_retries=MAX_RETRIES)
+        self._remote = ray.remote(num_cpus=0, max_retries=MAX_RETRIES)(run_remote)
 
     def _check_resources(self, servers: list[PoolServer]) -> None:
         have: dict[str, float] = self.ray.cluster_resources()

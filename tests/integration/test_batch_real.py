@@ -3,7 +3,8 @@ neither ever has more requests in flight than slots (read from its /slots every 
 counted on the client side), every task has a record; the same with --ray on a local Ray
 instance; and a server killed mid-batch, whose runs finish on the other one.
 
-Kept cheap for CI on 2 cores: 6 tasks, a two-agent topology, one round, short replies."""
+Kept cheap for CI on 2 cores: 6 tasks, a two-agent topology with short role cards, one round,
+short replies."""
 
 from __future__ import annotations
 
@@ -37,11 +38,16 @@ backend: {max_attempts: 2}
 max_rounds: 1
 min_rounds: 1
 structured_reasks: 0
-manager: {budget: {max_output_tokens: 96}}
+manager: {card: m, budget: {max_output_tokens: 48}}
 agents:
-  - {id: researcher, budget: {max_output_tokens: 64}}
-  - {id: writer, budget: {max_output_tokens: 64}}
+  - {id: researcher, card: r, budget: {max_output_tokens: 32}}
+  - {id: writer, card: w, budget: {max_output_tokens: 32}}
 """
+CARDS = {  # short role cards: short prompts (the shipped cards are ~300 tokens each)
+    "r": "You are the Researcher. Reply with one JSON object: public, private, query, key.",
+    "w": "You are the Writer. Reply with one JSON object: public, private, query, key.",
+    "m": "You are the Manager of a small team. Keep every goal and answer to one sentence.",
+}
 TASKS = [
     f"In one sentence: name one benefit of cache eviction policy number {k}." for k in range(6)
 ]
@@ -100,6 +106,9 @@ def second(stack: ManagedStack) -> Iterator[LlamaServerProcess]:
 def files(tmp_path: Path) -> tuple[Path, Path]:
     topology = tmp_path / "pair.yaml"
     topology.write_text(TOPOLOGY, encoding="utf-8")
+    for name, text in CARDS.items():
+        card = f"---\nname: {name}\ndescription: {name}\n---\n{text}\n"
+        (tmp_path / f"{name}.md").write_text(card, encoding="utf-8")
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps(t) + "\n" for t in TASKS), encoding="utf-8")
     return tasks, topology
