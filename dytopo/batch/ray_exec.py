@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+from contextlib import suppress
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, Self
@@ -143,15 +144,27 @@ class RayExecutor:
         self._started = False
 
     async def __aenter__(self) -> Self:
-        await asyncio.to_thread(self._connect)
+        starting = asyncio.ensure_future(asyncio.to_thread(self._connect))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # Ctrl-C while Ray starts: the start goes on in its thread; once it is done, stop
+            # it, or its processes would outlive this one.
+            with suppress(Exception):
+                await starting
+            await self._stop()
+            raise
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
         if self._started:
-            await asyncio.to_thread(self.ray.shutdown)  # a local instance ends with the batch
             self._started = False
+            await asyncio.to_thread(self.ray.shutdown)  # a local instance ends with the batch
 
     def _connect(self) -> None:
         ray = self.ray
