@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/batch.py                 # simulated servers, ~2 min
     .venv/bin/python benchmarks/batch.py --real          # + two real servers vs one, minutes
+    .venv/bin/python benchmarks/batch.py --real --no-simulated
 
 Simulated: the batch engine (BackendPool, run_pool, the local executor: what `dytopo batch`
 runs) spreads N tasks over 1, 2 and 4 `dytopo.SimulatedBackend` servers in this process, each
@@ -160,16 +161,17 @@ async def real(root: Path) -> list[str]:
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="dytopo-batch-bench-") as tmp:
         root = Path(tmp)
-        sim = await simulated(args, root)
+        sim = await simulated(args, root) if args.simulated else []
         found = await real(root) if args.real else []
     print(f"Command: `.venv/bin/python {' '.join(sys.argv)}`\n")
-    print(
-        f"Simulated: {args.tasks} tasks of a 3-agent, 2-round dynamic topology; each server "
-        f"{args.slots} slots, {args.prompt_us:g} us per uncached prompt token, "
-        f"{args.output_us:g} us per generated token; one run per server at a time; median of "
-        f"{args.repeats}.\n"
-    )
-    print("\n".join(sim))
+    if sim:
+        print(
+            f"Simulated: {args.tasks} tasks of a 3-agent, 2-round dynamic topology; each server "
+            f"{args.slots} slots, {args.prompt_us:g} us per uncached prompt token, "
+            f"{args.output_us:g} us per generated token; one run per server at a time; median of "
+            f"{args.repeats}.\n"
+        )
+        print("\n".join(sim))
     if found:
         print(f"\nReal: {REAL_TASKS} tasks, 2 agents, 1 round, 32/48 max output tokens.\n")
         print("\n".join(found))
@@ -185,6 +187,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-us", type=float, default=100.0, help="per uncached prompt token")
     p.add_argument("--output-us", type=float, default=1000.0, help="per generated token")
     p.add_argument("--real", action="store_true", help="also two real servers against one")
+    p.add_argument(
+        "--no-simulated", dest="simulated", action="store_false", help="only the real servers"
+    )
     return p.parse_args(argv)
 
 

@@ -14,22 +14,14 @@ from typing import Any, cast
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from dytopo.batch import BatchItem, RecordStore, RunRecord, pending, with_overrides
-from dytopo.batch.pool import BackendPool, PoolExhausted, PoolServer, ServerStats
+from dytopo.batch.pool import BackendPool, PoolExhausted, ServerStats
 from dytopo.batch.schedule import Executor, RunSpec, run_pool
 from dytopo.batch.summary import BatchSummary, mode_rows, tables
 from dytopo.batch.tasks import read_tasks
 from dytopo.cli._common import TRUST_HELP, State, check_urls, err, fail, out, run_async
+from dytopo.cli.runs_progress import RunsProgress
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import endpoints
 from dytopo.routing import Mode
@@ -40,57 +32,6 @@ RAY_HELP = (
     "--ray-address on a cluster whose nodes declare each server as a resource "
     "(`ray start --resources '{\"dytopo_server_0\": SLOTS}'`). Needs the ray extra."
 )
-
-
-class BatchProgress:
-    """A bar over the runs in a terminal; a line per finished or moved run (stderr)."""
-
-    def __init__(self, console: Console, total: int) -> None:
-        self.console, self.total, self.done = console, total, 0
-        self.bar: Progress | None = None
-        self.task: Any = None
-        if console.is_terminal:
-            self.bar = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                transient=True,
-            )
-            self.task = self.bar.add_task("starting", total=total)
-            self.bar.start()
-
-    def _line(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-    def start(self, item: BatchItem, mode: Mode, server: PoolServer) -> None:
-        if self.bar is not None:
-            shown = f"{escape(item.id)} [cyan]{mode}[/] on {escape(server.name)}"
-            self.bar.update(self.task, description=shown)
-
-    def finished(self, record: RunRecord) -> None:
-        self.done += 1
-        verdict = "ok" if record.ok else f"error: {record.error}"
-        tokens = record.usage.prompt_tokens + record.usage.completion_tokens
-        self._line(
-            f"[{self.done}/{self.total}] {record.item} {record.mode} on {record.server}: "
-            f"{verdict[:160]} ({record.rounds} rounds, {tokens:,} tokens, {record.wall_s:.1f} s)"
-        )
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def moved(self, item: BatchItem, mode: Mode, server: PoolServer, error: str) -> None:
-        self._line(
-            f"{item.id} {mode}: {server.name} stopped answering ({error[:120]}); the run goes "
-            "on from its checkpoint on another server"
-        )
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
 
 
 def batch_command(
@@ -170,7 +111,7 @@ def batch_command(
             source=topology,
             trust_topology=trust_topology,
         )
-        view = None if as_json or not todo else BatchProgress(err, len(todo))
+        view = None if as_json or not todo else RunsProgress(err, len(todo))
         ray = use_ray or ray_address is not None
         batch = _Batch(spec, urls, runs_per_server, ray_address if ray else None, ray, view)
         _interruptible(batch, todo, store, folder)
@@ -208,7 +149,7 @@ class _Batch:
         runs_per_server: int | None,
         ray_address: str | None,
         ray: bool,
-        view: BatchProgress | None,
+        view: RunsProgress | None,
     ) -> None:
         self.spec, self.urls, self.runs_per_server = spec, urls, runs_per_server
         self.ray, self.ray_address, self.view = ray, ray_address, view

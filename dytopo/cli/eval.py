@@ -11,19 +11,11 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
-from dytopo.batch import BatchItem, RecordStore, RunRecord, pending, run_batch, with_overrides
+from dytopo.batch import RecordStore, RunRecord, pending, run_batch, with_overrides
 from dytopo.batch.local import run_local
 from dytopo.cli._common import TRUST_HELP, check_urls, err, fail, out, run_async
+from dytopo.cli.runs_progress import RunsProgress
 from dytopo.eval import BENCHMARKS, benchmark, default_topology
 from dytopo.eval.summary import ModeSummary, summarize, table
 from dytopo.loader import load_topology
@@ -35,49 +27,10 @@ DEFAULT_MODES = "single,dynamic"
 ALL_MODES: tuple[str, ...] = Mode.__args__  # type: ignore[attr-defined]
 
 
-class EvalProgress:
-    """A bar over the runs in a terminal, a line per finished run elsewhere (stderr)."""
-
-    def __init__(self, console: Console, total: int) -> None:
-        self.console = console
-        self.bar: Progress | None = None
-        self.task: Any = None
-        if console.is_terminal:
-            self.bar = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                transient=True,
-            )
-            self.task = self.bar.add_task("starting", total=total)
-            self.bar.start()
-        self.total, self.done = total, 0
-
-    def start(self, item: BatchItem, mode: Mode) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, description=f"{escape(item.id)} [cyan]{mode}[/]")
-
-    def finished(self, record: RunRecord) -> None:
-        self.done += 1
-        verdict = "passed" if record.grade.get("passed") else str(record.grade.get("status", ""))
-        if not record.ok:
-            verdict = f"run failed: {record.error}"
-        tokens = record.usage.prompt_tokens + record.usage.completion_tokens
-        line = (
-            f"[{self.done}/{self.total}] {record.item} {record.mode}: {verdict[:160]} "
-            f"({record.rounds} rounds, {tokens:,} tokens, {record.wall_s:.1f} s)"
-        )
-        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+def _verdict(record: RunRecord) -> str:
+    if not record.ok:
+        return f"run failed: {record.error}"
+    return "passed" if record.grade.get("passed") else str(record.grade.get("status", ""))
 
 
 def _modes(text: str) -> list[Mode]:
@@ -166,7 +119,7 @@ def eval_command(
                 highlight=False,
                 soft_wrap=True,
             )
-        view = None if as_json else EvalProgress(err, len(items) * len(chosen) - skipped)
+        view = None if as_json else RunsProgress(err, len(items) * len(chosen) - skipped, _verdict)
 
         async def batch() -> list[RunRecord]:
             try:
