@@ -38,10 +38,10 @@ backend: {max_attempts: 2}
 max_rounds: 1
 min_rounds: 1
 structured_reasks: 0
-manager: {card: m, budget: {max_output_tokens: 48}}
+manager: {card: m, budget: {max_output_tokens: 64}}
 agents:
-  - {id: researcher, card: r, budget: {max_output_tokens: 32}}
-  - {id: writer, card: w, budget: {max_output_tokens: 32}}
+  - {id: researcher, card: r, budget: {max_output_tokens: 96}}
+  - {id: writer, card: w, budget: {max_output_tokens: 96}}
 """
 CARDS = {  # short role cards: short prompts (the shipped cards are ~300 tokens each)
     "r": "You are the Researcher. Reply with one JSON object: public, private, query, key.",
@@ -95,8 +95,9 @@ class SlotWatch(threading.Thread):
 
 @pytest.fixture(scope="module")
 def second(stack: ManagedStack) -> Iterator[LlamaServerProcess]:
-    """A second chat server beside the session's (same model, slots and context)."""
-    server = chat_server(slots=SLOTS, ctx_per_slot=2048)
+    """A second chat server beside the session's (same model, slots and context; one thread:
+    servers that each take a thread per core make each other crawl on 2 cores)."""
+    server = chat_server(slots=SLOTS, ctx_per_slot=2048, threads=1)
     try:
         asyncio.run(server.start())
         yield server
@@ -231,7 +232,7 @@ def test_a_server_killed_mid_batch_leaves_every_task_done_on_the_other(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    victim = chat_server(slots=SLOTS, ctx_per_slot=2048)
+    victim = chat_server(slots=SLOTS, ctx_per_slot=2048, threads=1)
     asyncio.run(victim.start())
     capsys.readouterr()  # the server's start-up log lines: not the batch's --json output
     killed: list[float] = []
