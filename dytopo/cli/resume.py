@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 
 from dytopo.checkpoint import find_checkpoint, read_checkpoint
-from dytopo.cli._common import TRUST_HELP, check_urls, err
+from dytopo.cli import options
+from dytopo.cli._common import check_urls, err
 from dytopo.cli.progress import RoundProgress
-from dytopo.cli.run import QUIET_HELP, REPORT_HELP, REPORT_TO_HELP, show_run
+from dytopo.cli.run import show_run
 from dytopo.runner import resume_run
 
 
@@ -20,21 +21,14 @@ def resume(
     force: bool = typer.Option(
         False, "--force", help="Resume even though the topology file changed since the run began."
     ),
-    backend_url: str | None = typer.Option(
-        None, "--backend-url", help="LLM server root (default: $DYTOPO_BASE_URL, else embedded)."
-    ),
-    embed_url: str | None = typer.Option(
-        None,
-        "--embed-url",
-        help="Embedding server root (default: $DYTOPO_EMBED_URL, else the "
-        "embedded MiniLM server, else the LLM server).",
-    ),
+    backend_url: str | None = options.BACKEND_URL,
+    embed_url: str | None = options.EMBED_URL,
     runs_dir: Path = typer.Option(Path("runs"), "--dir", help="Where run ids are looked up."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object, no progress."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
-    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
-    report: bool = typer.Option(False, "--report", help=REPORT_HELP),
-    report_to: Path | None = typer.Option(None, "--report-to", metavar="PATH", help=REPORT_TO_HELP),
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+    trust_topology: bool = options.TRUST,
+    report: bool = options.REPORT,
+    report_to: Path | None = options.REPORT_TO,
 ) -> None:
     """Continue a run that stopped (Ctrl-C, a dead server, a crash) from its last complete
     round; its trace goes on in the same file. Prints the final answer like `dytopo run`."""

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from dytopo.backends.types import Usage
 from dytopo.checkpoint import checkpoint_path, resume_command
-from dytopo.cli._common import TRUST_HELP, check_urls, err, fail, out, run_async
+from dytopo.cli import options
+from dytopo.cli._common import check_urls, err, fail, out, run_async
 from dytopo.cli.progress import RoundProgress, summary
 from dytopo.errors import ConfigError, DyTopoError, RunError
 from dytopo.loader import load_topology, problems_in, shown
@@ -21,13 +22,6 @@ from dytopo.routing import Mode
 from dytopo.runner import default_trace_path, run_topology
 from dytopo.topology import Topology
 from dytopo.trace import Observer
-
-QUIET_HELP = "No live progress view (the result is still printed)."
-REPORT_HELP = (
-    "Also write the run's HTML report (beside the trace, .html), however the run ends; "
-    "see `dytopo report`."
-)
-REPORT_TO_HELP = "Write the HTML report to this file (implies --report)."
 
 # Where an overridden field came from, to name the flag in the error.
 _FLAGS: dict[tuple[str | int, ...], str] = {
@@ -80,20 +74,13 @@ def run(
     rounds: int | None = typer.Option(None, min=1, help="Override max_rounds."),
     seed: int | None = typer.Option(None, help="Override the seed."),
     trace: Path | None = typer.Option(None, help="Trace file (default: runs/TIME-NAME.jsonl)."),
-    backend_url: str | None = typer.Option(
-        None, "--backend-url", help="LLM server root (default: $DYTOPO_BASE_URL, else embedded)."
-    ),
-    embed_url: str | None = typer.Option(
-        None,
-        "--embed-url",
-        help="Embedding server root (default: $DYTOPO_EMBED_URL, else the "
-        "embedded MiniLM server, else the LLM server).",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object, no progress."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
-    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
-    report: bool = typer.Option(False, "--report", help=REPORT_HELP),
-    report_to: Path | None = typer.Option(None, "--report-to", metavar="PATH", help=REPORT_TO_HELP),
+    backend_url: str | None = options.BACKEND_URL,
+    embed_url: str | None = options.EMBED_URL,
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+    trust_topology: bool = options.TRUST,
+    report: bool = options.REPORT,
+    report_to: Path | None = options.REPORT_TO,
 ) -> None:
     """Run a swarm on a task and print the final answer."""
     if mode is not None and mode not in Mode.__args__:  # type: ignore[attr-defined]
@@ -205,7 +192,7 @@ def _usage(usage: Usage) -> dict[str, Any]:
 
 def validate(
     files: list[Path] = typer.Argument(..., help="Topology files to check."),
-    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
+    trust_topology: bool = options.TRUST,
 ) -> None:
     """Check topology files without running any of their code: prints OK, or one line per
     problem (FILE:LINE: field: what to do), at most 20 per file."""
