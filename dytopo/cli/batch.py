@@ -20,7 +20,8 @@ from dytopo.batch.pool import BackendPool, PoolExhausted, ServerStats
 from dytopo.batch.schedule import Executor, RunSpec, run_pool
 from dytopo.batch.summary import BatchSummary, mode_rows, tables
 from dytopo.batch.tasks import read_tasks
-from dytopo.cli._common import TRUST_HELP, State, check_urls, err, fail, out, run_async
+from dytopo.cli import options
+from dytopo.cli._common import State, check_urls, err, fail, out, run_async
 from dytopo.cli.runs_progress import RunsProgress
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import endpoints
@@ -73,7 +74,7 @@ def batch_command(
         None, "--ray-address", metavar="ADDRESS", help="A Ray cluster (implies --ray)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON, no progress."),
-    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
+    trust_topology: bool = options.TRUST,
 ) -> None:
     """Run every task of TASKS.jsonl through a topology (in each of --modes), spread over the
     servers: one run per server at a time by default, each on the server with the most free

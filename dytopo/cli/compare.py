@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from dytopo.cli._common import TRUST_HELP, check_urls, err, out
+from dytopo.cli import options
+from dytopo.cli._common import check_urls, err, out
 from dytopo.cli.progress import RoundProgress
 from dytopo.errors import ConfigError
 from dytopo.loader import load_topology
@@ -49,7 +50,7 @@ def compare(
         help="Folder for each mode's trace and report and index.html "
         "(default: runs/compare-NAME-TIME/).",
     ),
-    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
+    trust_topology: bool = options.TRUST,
 ) -> None:
     """Run one task in several routing modes (same seed, same server, one after another) and
     compare rounds, edges, tokens, time and answers. Exit 1 when no mode finished."""

@@ -14,7 +14,8 @@ from rich.console import Console
 
 from dytopo.batch import RecordStore, RunRecord, pending, run_batch, with_overrides
 from dytopo.batch.local import run_local
-from dytopo.cli._common import TRUST_HELP, check_urls, err, fail, out, run_async
+from dytopo.cli import options
+from dytopo.cli._common import check_urls, err, fail, out, run_async
 from dytopo.cli.runs_progress import RunsProgress
 from dytopo.eval import BENCHMARKS, benchmark, default_topology
 from dytopo.eval.summary import ModeSummary, summarize, table
@@ -75,7 +76,7 @@ def eval_command(
         help="Folder for records.jsonl and traces/ (default: runs/eval-BENCHMARK[-rN]). The "
         "same command with the same folder resumes: graded runs are skipped.",
     ),
-    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
+    trust_topology: bool = options.TRUST,
 ) -> None:
     """Run a benchmark's problems through the swarm in each mode, grade every answer in the
     code sandbox, and print pass@1 with tokens, rounds and time per problem for each mode.

@@ -1,4 +1,4 @@
-"""Options that `dytopo run` and `dytopo resume` share: one definition, one help text."""
+"""Options that several commands share: one definition, one help text."""
 
 from __future__ import annotations
 

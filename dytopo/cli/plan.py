@@ -9,7 +9,8 @@ from rich.table import Table
 
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.budget import BudgetPlan, plan_budgets, server_context
-from dytopo.cli._common import TRUST_HELP, check_urls, error_line, out, run_async
+from dytopo.cli import options
+from dytopo.cli._common import check_urls, error_line, out, run_async
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import endpoints
 from dytopo.topology import Topology
@@ -33,7 +34,7 @@ def plan(
     kv_unified: bool = typer.Option(False, "--kv-unified", help="...started with --kv-unified."),
     backend_url: str | None = typer.Option(None, "--backend-url", help="Read a running server."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    trust_topology: bool = typer.Option(False, "--trust-topology", help=TRUST_HELP),
+    trust_topology: bool = options.TRUST,
 ) -> None:
     """Show each agent's budgets; exit 2 naming the budget to lower when they do not fit."""
     loaded = load_topology(topology, trust_topology=trust_topology)
