@@ -9,10 +9,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dytopo.answer import Work
 from dytopo.backends.types import Usage
 from dytopo.errors import AgentFailed
 from dytopo.memory import MemoryItem
 from dytopo.structured import Attempt
+
+PRIVATE_CHARS = 4000
+"""Cap of an agent's private message: a whole function with a note on what changed fits."""
 
 
 class AgentOutput(BaseModel):
@@ -26,7 +30,7 @@ class AgentOutput(BaseModel):
 
     public: str = Field(max_length=240)
     """Short progress report that every agent and the manager can see."""
-    private: str = Field(max_length=900)
+    private: str = Field(max_length=PRIVATE_CHARS)
     """The substantive content, sent only along this round's outgoing edges."""
     query: str = Field(max_length=160)
     """One sentence: what this agent needs now (the need descriptor)."""
@@ -69,6 +73,8 @@ class StepContext:
     """H_i: own public messages and received private messages, oldest first."""
     same_round: list[MemoryItem] = field(default_factory=list)
     """`tiered` execution only: private messages from earlier tiers of this round."""
+    own_work: Work | None = None
+    """This agent's latest work product (its last private message), to build on."""
     usage: Usage = field(default_factory=Usage)
     attempts: list[Attempt] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
@@ -100,9 +106,11 @@ class StepContext:
 class Agent(ABC):
     """A swarm member. Subclass and implement `step`; mix freely with LLM agents."""
 
-    def __init__(self, id: str, role: str | None = None) -> None:
+    def __init__(self, id: str, role: str | None = None, does: str = "") -> None:
         self.id = id
         self.role = role or id
+        self.does = does
+        """One line on what this agent does, for the manager's view of its team."""
 
     @abstractmethod
     async def step(self, ctx: StepContext) -> AgentOutput:

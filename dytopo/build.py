@@ -86,6 +86,7 @@ def build_swarm(
         on_agent_error=topology.on_agent_error,
         name=topology.name,
         run_token_budget=topology.run_token_budget,
+        answer=topology.answer,
         config={
             **topology.model_dump(mode="json"),
             "budget_plan": plan.model_dump() if plan is not None else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dytopo.agent import Agent, AgentOutput, StepContext
+from dytopo.agent import PRIVATE_CHARS, Agent, AgentOutput, StepContext
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.cards import RoleCard
@@ -13,21 +13,25 @@ from dytopo.errors import AgentFailed
 from dytopo.prompting import Pack, Packer, Timeline
 from dytopo.structured import ask_structured
 from dytopo.tools.context import ToolContext
-from dytopo.tools.executor import ToolExecutor
+from dytopo.tools.executor import ToolExecutor, ToolOutcome
 from dytopo.tools.loop import ToolPolicy, run_tools, tool_notes
 from dytopo.tools.registry import Tool
 
 # No placeholder JSON here: small models copy placeholders verbatim. The server's JSON-schema
 # constraint already fixes the shape; the prompt only has to name the keys.
 FORMAT = (
-    "Each round, do your part for the round's goal: your actual work in private, a one-sentence "
-    "summary in public, what you need next in query and what you can give in key. Reply with "
-    "one JSON object with the string keys public, private, query and key."
+    "Each round, do your part of the round's goal. Reply with one JSON object with four string "
+    "keys: public (one sentence for everyone: what you did), private (your actual work, sent "
+    "only to the teammates who need it), query (one sentence: the specific thing you need "
+    "from a teammate now) and key (one sentence: the specific thing your private work gives). "
+    "query and key decide who receives your work: name this task's own artifacts and names, "
+    "and make them differ."
 )
 # The closing lines follow the round's goal, the first new text of a prompt, so the server
 # processes them again every round: they stay short, and FORMAT (cached) says the rest.
 CLOSING = "Do your part for this round's goal now, as one JSON object."
 MEMORY = "YOUR MEMORY (your reports and messages routed to you, oldest first):"
+OWN = "YOUR LATEST WORK:"
 FRESH = "MESSAGES THIS ROUND (from agents before you in this round):"
 ANSWER = f"Those are your tool results. {CLOSING}"
 ANSWER_TOKENS = 64
@@ -52,7 +56,7 @@ class LLMAgent(Agent):
         tool_context: ToolContext | None = None,
         tool_policy: ToolPolicy | None = None,
     ) -> None:
-        super().__init__(id, card.name)
+        super().__init__(id, card.name, card.description)
         self.tools = list(tools)
         self.tool_context = tool_context or ToolContext()
         self.tool_policy = tool_policy or ToolPolicy(reasks=reasks)
@@ -76,15 +80,18 @@ class LLMAgent(Agent):
         *,
         fresh: Sequence[str] = (),
         notes: Sequence[str] = (),
+        own: Sequence[str] = (),
     ) -> list[ChatMessage]:
         """The prompt, laid out for the server's prompt cache: what never changes first (system,
         task), then `memory` (rendered, oldest first: it only grows, so this round's prompt up
         to the end of its memory starts next round's prompt), then what is new this round
-        (`fresh` messages from earlier tiers, tool `notes`), the round's goal and the closing
-        instruction last."""
+        (its `own` latest work, to revise rather than retype from scratch; `fresh` messages
+        from earlier tiers; tool `notes`), the round's goal and the closing instruction last."""
         user = [f"TASK:\n{task if task is not None else ctx.task}"]
         if memory:
             user.append(MEMORY + "\n" + "\n".join(memory))
+        if own:
+            user.append(OWN + "\n" + "\n".join(own))
         if fresh:
             user.append(FRESH + "\n" + "\n".join(fresh))
         if notes:
@@ -102,25 +109,30 @@ class LLMAgent(Agent):
         most recent first; kept before this round's messages, which are kept before memory."""
         # Most valuable first among this round's messages: the best-matching edges.
         ranked = sorted(ctx.same_round, key=lambda m: -(m.score or 0.0))
+        own = [ctx.own_work.render()] if ctx.own_work is not None else []
         timeline = Timeline.for_budget(
             budget,
             [item.render() for item in ctx.memory],
-            [*notes, *(item.render() for item in ranked)],
+            [*own, *notes, *(item.render() for item in ranked)],
         )
 
         def build(task: str, kept: Sequence[str]) -> list[ChatMessage]:
             fresh, memory = timeline.split(kept)
-            kept_notes = notes[:fresh]
-            kept_ids = {id(item) for item in ranked[: fresh - len(kept_notes)]}
+            kept_own = own[:fresh]
+            kept_notes = notes[: fresh - len(kept_own)]
+            kept_ids = {id(item) for item in ranked[: fresh - len(kept_own) - len(kept_notes)]}
             shown = [item.render() for item in ctx.same_round if id(item) in kept_ids]
-            return self.messages(ctx, memory, task, fresh=shown, notes=kept_notes[::-1])
+            return self.messages(
+                ctx, memory, task, fresh=shown, notes=kept_notes[::-1], own=kept_own
+            )
 
         return timeline, build
 
     async def step(self, ctx: StepContext) -> AgentOutput:
         budget = self.context_budget or (await self.backend.connect()).n_ctx_per_slot
+        outcomes: list[ToolOutcome] = []
         if self.tools:
-            request, pack = await self._tool_step(ctx, budget)
+            request, pack = await self._tool_step(ctx, budget, outcomes)
         else:
             pack = self._packer(ctx, budget)
             request = self._request(await pack())
@@ -138,7 +150,7 @@ class LLMAgent(Agent):
                 f"agent {self.id}: no valid reply after {len(result.attempts)} attempts "
                 f"({result.error})"
             )
-        return result.value
+        return with_evidence(result.value, outcomes)
 
     def _packer(
         self,
@@ -175,7 +187,9 @@ class LLMAgent(Agent):
             **extra,
         )
 
-    async def _tool_step(self, ctx: StepContext, budget: int) -> tuple[ChatRequest, Pack]:
+    async def _tool_step(
+        self, ctx: StepContext, budget: int, outcomes: list[ToolOutcome]
+    ) -> tuple[ChatRequest, Pack]:
         """The tool phase, then the request for the answer, which continues the same
         conversation: the tool phase's prompt, its tool-call turns and results, and a short
         request for the JSON, so the server reuses everything the tool phase processed.
@@ -209,6 +223,7 @@ class LLMAgent(Agent):
         )
         ctx.usage = ctx.usage + phase.usage
         ctx.attempts.extend(phase.attempts)
+        outcomes.extend(phase.outcomes)
         answer = tool_pack.follow_up(max_output_tokens=self.max_output_tokens)
         pinned = [*phase.turns, ChatMessage(role="user", content=ANSWER)] if phase.turns else []
         messages = await answer.behind(pinned)
@@ -239,3 +254,26 @@ class LLMAgent(Agent):
         per_call = int(self._tool_room(budget) * 2.5) // max(1, self.tool_policy.max_calls)
         limit = max(200, min(self.tool_context.max_result_chars, per_call))
         return self.tool_context.model_copy(update={"max_result_chars": limit})
+
+
+EVIDENCE = "TOOL RESULTS (recorded by DyTopo):"
+EVIDENCE_CHARS = 600
+"""Characters of each tool result copied into the report (its tail: where errors are)."""
+
+
+def with_evidence(output: AgentOutput, outcomes: Sequence[ToolOutcome]) -> AgentOutput:
+    """The agent's report with what its tools returned appended, so whoever reads its work (the
+    manager deciding to halt, an agent it is routed to) sees the evidence itself, not only the
+    agent's account of it (measured: a 1.5B tester wrote "Here are my results:" and none)."""
+    if not outcomes:
+        return output
+    lines = []
+    for o in outcomes:
+        text = " ".join(o.result.split())
+        if len(text) > EVIDENCE_CHARS:
+            text = text[:80] + " … " + text[-(EVIDENCE_CHARS - 83) :]
+        lines.append(f"- {o.tool}: {text}" if o.ok else f"- {o.tool} refused: {text}")
+    evidence = (EVIDENCE + "\n" + "\n".join(lines))[: PRIVATE_CHARS // 2]
+    room = PRIVATE_CHARS - len(evidence) - 2
+    private = output.private.strip()[:room]
+    return output.model_copy(update={"private": f"{private}\n\n{evidence}".strip()})

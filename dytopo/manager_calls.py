@@ -14,12 +14,12 @@ from typing import Any, Literal, TypeVar
 
 from dytopo.activity import reporting
 from dytopo.agent import StepContext
+from dytopo.answer import AnswerSpec, Work, resolve
 from dytopo.backends.types import Usage
 from dytopo.errors import AgentFailed, BackendError, BackendUnavailable, BudgetExceeded
-from dytopo.manager import Manager, ManagerDecision, PublicMessage
+from dytopo.manager import FinalAnswer, Manager, ManagerDecision, PublicMessage
 from dytopo.meter import run_meter
 from dytopo.recorder import Recorder
-from dytopo.result import RoundRecord
 
 T = TypeVar("T")
 Duty = Literal["open", "decide", "final"]
@@ -55,6 +55,7 @@ class ManagerCalls:
     recorder: Recorder
     max_rounds: int
     min_rounds: int
+    answer: AnswerSpec = field(default_factory=AnswerSpec)
 
     async def open(self) -> str:
         """The first round's goal (fallback: work on the task)."""
@@ -67,18 +68,25 @@ class ManagerCalls:
         )
         return goal
 
-    async def decide(self, round: int, transcript: Sequence[PublicMessage]) -> Verdict:
-        """Next goal and halt (fallback: no decision, the run goes on with the same goal)."""
-        task, t = self.recorder.task, round
+    async def decide(
+        self, round: int, transcript: Sequence[PublicMessage], work: dict[str, Work]
+    ) -> Verdict:
+        """Next goal and halt (fallback: no decision, the run goes on with the same goal). A
+        halt's answer is resolved here: the named agent's latest work, verbatim."""
+        task, t, shown = self.recorder.task, round, list(work.values())
         decision, acct, failed = await self._call(
             "decide",
             t,
             t,
-            lambda acct: self.manager.decide(task, t, self.max_rounds, transcript, acct),
+            lambda acct: self.manager.decide(task, t, self.max_rounds, transcript, shown, acct),
             lambda: None,
         )
         if failed or decision is None:
             return Verdict(usage=acct.usage)
+        source = ""
+        if decision.halt:
+            text, source = resolve(self.answer, decision.answer_from, decision.final_answer, work)
+            decision = decision.model_copy(update={"final_answer": text})
         accepted = decision.halt and t >= self.min_rounds and bool(decision.final_answer.strip())
         why_not = ""
         if decision.halt and not accepted:
@@ -97,31 +105,49 @@ class ManagerCalls:
             rejected_because=why_not,
             reason=decision.reason,
             goal_next=decision.goal_next,
+            answer_from=decision.answer_from,
+            answer_source=source,
             final_answer=decision.final_answer,
             **acct.accounting(),
         )
         return Verdict(decision, accepted, acct.usage)
 
-    async def final(
-        self, rounds: Sequence[RoundRecord], transcript: Sequence[PublicMessage]
-    ) -> str:
-        """The final answer when the run stops without a halt (fallback: the agents' latest
-        private work)."""
-        task = self.recorder.task
-        latest = rounds[-1].steps if rounds else []
-        work = [f"{st.agent}: {st.output.private}" for st in latest if st.output is not None]
+    async def final(self, transcript: Sequence[PublicMessage], work: dict[str, Work]) -> str:
+        """The final answer when the run stops without a halt: the topology's agent's latest
+        work when it has one (no manager request), else the manager's choice (fallback: the
+        agents' latest work)."""
+        task, shown = self.recorder.task, list(work.values())
+        rounds = max((w.round for w in shown), default=0)
+        if self.answer.source is not None and self.answer.source in work:
+            answer, source = resolve(self.answer, "", "", work)
+            self.recorder.trace.emit(
+                "final_answer", agent="manager", final_answer=answer, answer_source=source
+            )
+            return answer
         meter = run_meter.get()
         if meter is not None:
             meter.final = True  # the reserve was kept for this request
-        answer, acct, _ = await self._call(
+        fallback = "\n\n".join(w.render() for w in shown)
+        reply, acct, failed = await self._call(
             "final",
-            len(rounds),
+            rounds,
             None,
-            lambda acct: self.manager.final(task, transcript, work, acct),
-            lambda: "\n".join(work) or "(no answer: every agent and the manager failed)",
+            lambda acct: self.manager.final(task, transcript, shown, acct),
+            lambda: FinalAnswer(
+                final_answer=fallback or "(no answer: every agent and the manager failed)"
+            ),
         )
+        answer, source = resolve(self.answer, reply.answer_from, reply.final_answer, work)
+        if failed:
+            source = "fallback"
+        if not answer:
+            answer, source = fallback or "(no answer: the manager gave none)", "fallback"
         self.recorder.trace.emit(
-            "final_answer", agent="manager", final_answer=answer, **acct.accounting()
+            "final_answer",
+            agent="manager",
+            final_answer=answer,
+            answer_source=source,
+            **acct.accounting(),
         )
         return answer
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from dytopo import activity
 from dytopo.agent import StepContext
+from dytopo.answer import Work
 from dytopo.memory import MemoryItem
 from dytopo.meter import run_meter
 from dytopo.state import Ledger
@@ -29,6 +30,7 @@ class Recorder:
         goal: str = "",
         memory: Sequence[MemoryItem] = (),
         same_round: Sequence[MemoryItem] = (),
+        own_work: Work | None = None,
     ) -> StepContext:
         """A fresh context for one agent step or manager duty in `round`."""
         return StepContext(
@@ -37,6 +39,7 @@ class Recorder:
             round=round,
             memory=list(memory),
             same_round=list(same_round),
+            own_work=own_work,
             emit=self._emitter(round, who),
         )
 

@@ -18,6 +18,7 @@ import structlog
 
 from dytopo.activity import reporting
 from dytopo.agent import Agent, StepContext, checked_output
+from dytopo.answer import Work
 from dytopo.delivery import forward
 from dytopo.errors import AgentFailed
 from dytopo.memory import MemoryItem
@@ -49,6 +50,8 @@ class Scheduler:
     queue_timeout_s: float | None
     on_agent_error: Literal["continue", "abort"] = "continue"
     on_step: Callable[[AgentStep], None] = field(default=lambda step: None)
+    own_work: Mapping[str, Work] = field(default_factory=dict)
+    """Each agent's latest work product before this round (set by the round loop)."""
 
     async def barrier(
         self, round: int, goal: str, agents: Sequence[Agent], memory: Memory
@@ -92,6 +95,7 @@ class Scheduler:
                         goal=goal,
                         memory=memory[agent.id],
                         same_round=same_round.get(agent.id, ()),
+                        own_work=self.own_work.get(agent.id),
                     )
                     group.create_task(self._step(agent, ctx, results))
         except BaseExceptionGroup as group:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import structlog
 
 from dytopo.agent import Agent, AgentOutput
+from dytopo.answer import AnswerSpec, Work, latest_work
 from dytopo.backends.base import Backend
 from dytopo.budget_guard import budget_stop
 from dytopo.checkpoint import (
@@ -32,7 +33,7 @@ from dytopo.checkpoint import (
 from dytopo.delivery import deliver
 from dytopo.embedders.base import Embedder
 from dytopo.errors import DyTopoError, RunError
-from dytopo.manager import Manager
+from dytopo.manager import Manager, TeamMember
 from dytopo.manager_calls import ManagerCalls, Verdict
 from dytopo.memory import MemoryItem
 from dytopo.meter import TokenMeter, run_meter
@@ -68,6 +69,7 @@ class Swarm:
         config: dict[str, Any] | None = None,
         run_token_budget: int | None = None,
         final_answer_reserve: int = 2000,
+        answer: AnswerSpec | None = None,
     ) -> None:
         ids = [a.id for a in agents]
         if not agents or len(set(ids)) != len(ids):
@@ -92,6 +94,11 @@ class Swarm:
         self.final_answer_reserve = final_answer_reserve
         """Tokens kept for the manager's final answer (at most half the cap): agent and decision
         requests are admitted only up to run_token_budget minus this."""
+        self.answer = answer or AnswerSpec()
+        """What the final answer is made of (an agent's latest work, or the manager's choice)."""
+        if self.answer.source is not None and self.answer.source not in ids:
+            raise ValueError(f"answer.from {self.answer.source!r} is not an agent id ({ids})")
+        manager.join([TeamMember(id=a.id, does=a.does) for a in self.agents], self.answer)
         self.origin: TopologyOrigin | None = None
         """The topology file this swarm was built from (checkpoints name it, for resume)."""
 
@@ -222,7 +229,9 @@ class RoundLoop:
     ) -> None:
         self.swarm, self.state, self.trace, self.saver = swarm, state, trace, saver
         self.recorder = Recorder(trace, state.ledger, state.task)
-        self.calls = ManagerCalls(swarm.manager, self.recorder, swarm.max_rounds, swarm.min_rounds)
+        self.calls = ManagerCalls(
+            swarm.manager, self.recorder, swarm.max_rounds, swarm.min_rounds, swarm.answer
+        )
         self.scheduler = Scheduler(
             self.recorder,
             swarm.agent_timeout_s,
@@ -305,7 +314,7 @@ class RoundLoop:
             fields = {"from": d.source, "to": d.target}
             self.trace.emit("delivery", round=t, score=d.score, phase=d.phase, **fields)
         self.unfinished.routing, self.unfinished.deliveries = routing, deliveries
-        verdict = await self._decide(t)
+        verdict = await self._decide(t, self._work((t, steps)))
         record = RoundRecord(
             round=t,
             goal=goal,
@@ -335,6 +344,7 @@ class RoundLoop:
         swarm, memory = self.swarm, self.state.memory
         active = swarm.agents[:1] if swarm.routing.mode == "single" else swarm.agents
         history = self.state.routing_history
+        self.scheduler.own_work = self._work()
         if swarm.routing.execution == "tiered" and history:
             return await self.scheduler.tiered(t, goal, active, memory, history[-1].edges)
         return await self.scheduler.barrier(t, goal, active, memory), {}
@@ -352,15 +362,20 @@ class RoundLoop:
             )
         return routing
 
-    async def _decide(self, t: int) -> Verdict:
+    async def _decide(self, t: int, work: dict[str, Work]) -> Verdict:
         if self.meter is not None and self.meter.refused:
             # The cap already refused a request: the run halts now, and the final answer is
             # what the remaining tokens are for.
             return Verdict()
-        return await self.calls.decide(t, self.state.transcript)
+        return await self.calls.decide(t, self.state.transcript, work)
 
     async def _final_answer(self) -> str:
-        return await self.calls.final(self.state.rounds, self.state.transcript)
+        return await self.calls.final(self.state.transcript, self._work())
+
+    def _work(self, current: tuple[int, Sequence[AgentStep]] | None = None) -> dict[str, Work]:
+        """Each agent's latest work product, over the complete rounds and `current` steps."""
+        done = [(r.round, r.steps) for r in self.state.rounds]
+        return latest_work([*done, current] if current is not None else done)
 
     def _complete(self, record: RoundRecord, tokens: int) -> None:
         """Round t is done: it joins the state, which now holds everything to continue from."""

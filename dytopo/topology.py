@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dytopo.answer import AnswerSpec
 from dytopo.backends.settings import BackendSettings, check_url
 from dytopo.backends.types import Sampling
 from dytopo.routing import RoutingConfig
@@ -122,6 +123,9 @@ class Topology(_Strict):
     """Each wait of an agent step for a free server slot (not counted in agent_timeout_s)."""
     on_agent_error: Literal["continue", "abort"] = "continue"
     manager: ManagerSpec = Field(default_factory=ManagerSpec)
+    answer: AnswerSpec = Field(default_factory=AnswerSpec)
+    """What the final answer is: an agent's latest work put in verbatim (`from: developer`,
+    `extract: code`), or, by default, the work the manager picks or the text it writes."""
     agents: list[AgentSpec] = Field(min_length=1)
     tool_modules: list[ModuleName] = Field(default_factory=list)
     """Extra Python modules, .py files or folders whose @tool functions are registered. They are
@@ -147,6 +151,9 @@ class Topology(_Strict):
         if self.routing.hub is not None and self.routing.hub not in counts:
             ids = ", ".join(list(counts)[:10]) + (", ..." if len(counts) > 10 else "")
             raise ValueError(f"routing.hub {self.routing.hub!r} is not an agent id ({ids})")
+        if self.answer.source is not None and self.answer.source not in counts:
+            ids = ", ".join(list(counts)[:10]) + (", ..." if len(counts) > 10 else "")
+            raise ValueError(f"answer.from {self.answer.source!r} is not an agent id ({ids})")
         if self.min_rounds > self.max_rounds:
             raise ValueError(f"min_rounds ({self.min_rounds}) > max_rounds ({self.max_rounds})")
         return self

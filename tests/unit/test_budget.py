@@ -169,8 +169,8 @@ async def test_run_token_budget_stops_gracefully_with_the_final_answer() -> None
         backend,
         ["researcher", "writer"],
         max_rounds=5,
-        run_token_budget=1000,
-        final_answer_reserve=100,
+        run_token_budget=1650,
+        final_answer_reserve=450,
     )
     result = await swarm.run("task")
     backend.assert_complete()

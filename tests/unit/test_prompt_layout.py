@@ -18,6 +18,7 @@ from helpers import card, decision, final, goal
 from malformed import VALID_STEP
 
 from dytopo.agent import StepContext
+from dytopo.answer import Work
 from dytopo.backends.types import ChatMessage, ChatRequest, ToolCall
 from dytopo.llm_agent import LLMAgent
 from dytopo.manager import LLMManager, PublicMessage
@@ -106,8 +107,9 @@ async def test_the_managers_prompts_share_one_system_and_extend_each_other() -> 
             *transcript,
             *(PublicMessage(round=round, agent=a, text=f"{a} did {round} " * 6) for a in "abc"),
         ]
-        await manager.decide("Compare LRU and LFU.", round, rounds, transcript, acct)
-    await manager.final("Compare LRU and LFU.", transcript, ["a: the work"], acct)
+        await manager.decide("Compare LRU and LFU.", round, rounds, transcript, [], acct)
+    work = [Work(agent="a", round=rounds, text="the work")]
+    await manager.final("Compare LRU and LFU.", transcript, work, acct)
     backend.assert_complete()
     requests = backend.requests
     # One system prompt for open, decide and final: the duty is named in the last user text.

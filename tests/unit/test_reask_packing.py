@@ -98,12 +98,12 @@ def old_memory(rounds: int, words: int) -> list[MemoryItem]:
 
 async def test_agent_reask_is_packed_into_the_budget() -> None:
     budget = 1400
-    bad = json.dumps({**VALID_STEP, "private": "x " * 2000})  # over the length cap, and long
+    bad = json.dumps({**VALID_STEP, "private": "x " * 3000})  # over the length cap, and long
     backend = ScriptedBackend([bad, GOOD], n_ctx_per_slot=budget)
     agent = LLMAgent("writer", card("writer"), backend, max_output_tokens=300)
-    # 38 rounds: the memory kept after its stable cut (prompting.Timeline) nearly fills the
+    # 36 rounds: the memory kept after its stable cut (prompting.Timeline) nearly fills the
     # budget, so the re-ask cannot simply be appended.
-    ctx = StepContext(task="task", goal="goal", round=39, memory=old_memory(38, 25))
+    ctx = StepContext(task="task", goal="goal", round=37, memory=old_memory(36, 25))
     await agent.step(ctx)
     first, reask = backend.requests
     assert "not valid" in (reask.messages[-1].content or "")
@@ -121,7 +121,7 @@ async def test_manager_reask_is_packed_into_the_budget() -> None:
     manager = LLMManager(card("manager"), backend, max_output_tokens=200)
     acct = StepContext(task="t", goal="", round=0, memory=[])
     transcript = [PublicMessage(round=1, agent=f"a{k}", text="said " * 20) for k in range(60)]
-    await manager.decide("task", 1, 3, transcript, acct)
+    await manager.decide("task", 1, 3, transcript, [], acct)
     assert "reason" in acct.attempts[0].error
     await assert_fits(backend, budget)
     backend.assert_complete()

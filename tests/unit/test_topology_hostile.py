@@ -122,7 +122,9 @@ def test_hostile_file_is_one_line_and_exit_2(
     assert match, lines[0]
     assert match["file"] == str(path)
     assert int(match["line"]) == line, lines[0]
-    assert match["field"].startswith(field), lines[0]
+    # PyYAML 6.0.4 stops deep nesting itself ("YAML syntax: exceeded maximum nesting depth").
+    deep = case == "20000_nested_flow_sequences" and match["field"].startswith("YAML syntax")
+    assert deep or match["field"].startswith(field), lines[0]
 
 
 @pytest.mark.parametrize("case", ["billion_laughs", "weight_inf", "5000_digit_seed", "utf16_bom"])

@@ -1,0 +1,97 @@
+"""What a run's final answer is made of: an agent's latest work, put in verbatim.
+
+A small model asked to retype a teammate's work product writes a sentence about it instead
+(measured: the manager's "final answer" to a HumanEval problem was prose about the developer's
+correct function). So the library, not the manager, copies the work: the topology can name the
+agent whose latest work is the answer (`answer.from`), or the manager names one
+(`answer_from`); only when neither applies does the manager's own text become the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+class AnswerSpec(BaseModel):
+    """How the final answer is made (the topology's `answer:`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    source: str | None = Field(default=None, alias="from")
+    """The agent whose latest work is the answer, verbatim; None: the manager chooses."""
+    extract: Literal["text", "code"] = "text"
+    """text: the whole private message; code: its fenced code blocks, in one fence (the whole
+    message when it has none)."""
+
+
+class Work(BaseModel):
+    """An agent's latest work product: its private message of the last round it succeeded."""
+
+    agent: str
+    round: int
+    text: str
+
+    def render(self, limit: int | None = None) -> str:
+        text = self.text if limit is None or len(self.text) <= limit else self.text[:limit] + " …"
+        return f"[{self.agent}, round {self.round}]\n{text}"
+
+
+class _Output(Protocol):
+    @property
+    def private(self) -> str: ...
+
+
+class _Step(Protocol):
+    @property
+    def agent(self) -> str: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def output(self) -> _Output | None: ...
+
+
+def latest_work(rounds: Iterable[tuple[int, Iterable[_Step]]]) -> dict[str, Work]:
+    """Each agent's latest successful private message over `rounds` ((round, steps) pairs,
+    oldest first)."""
+    work: dict[str, Work] = {}
+    for t, steps in rounds:
+        for step in steps:
+            if step.ok and step.output is not None and step.output.private.strip():
+                work[step.agent] = Work(agent=step.agent, round=t, text=step.output.private)
+    return work
+
+
+def code_blocks(text: str) -> list[str]:
+    """The bodies of the fenced code blocks in `text`, in order (an unclosed last fence counts:
+    a reply cut at its token limit still holds the code up to there)."""
+    return [m.group(2).strip("\n") for m in FENCE.finditer(text) if m.group(2).strip()]
+
+
+def extract(text: str, how: Literal["text", "code"]) -> str:
+    """The part of a work product that is the answer."""
+    if how == "text":
+        return text.strip()
+    blocks = code_blocks(text)
+    if not blocks:
+        return text.strip()
+    language = next((m.group(1) for m in FENCE.finditer(text) if m.group(1)), "")
+    return f"```{language}\n" + "\n\n".join(blocks) + "\n```"
+
+
+def resolve(
+    spec: AnswerSpec, chosen: str, written: str, work: Mapping[str, Work]
+) -> tuple[str, str]:
+    """The final answer and where it came from ("agent:<id>" or "manager").
+
+    The topology's agent wins over the manager's choice; an agent without work yet falls back
+    to the manager's choice, then to the manager's own text."""
+    for agent in (spec.source, chosen.strip()):
+        if agent and agent in work:
+            return extract(work[agent].text, spec.extract), f"agent:{agent}"
+    return written.strip(), "manager"

@@ -1,0 +1,226 @@
+"""The final answer carries the team's work verbatim; the manager sees that work and its team."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import card, goal, step
+
+from dytopo.agent import AgentOutput, StepContext
+from dytopo.answer import AnswerSpec, extract, latest_work
+from dytopo.backends.types import ToolCall
+from dytopo.embedders import HashEmbedder
+from dytopo.llm_agent import EVIDENCE, LLMAgent
+from dytopo.loader import load_topology
+from dytopo.manager import LLMManager
+from dytopo.result import AgentStep
+from dytopo.routing import RoutingConfig
+from dytopo.swarm import Swarm
+from dytopo.testing import Reply, ScriptedBackend
+from dytopo.tools import tool
+from dytopo.trace import read_trace
+
+CODE = 'def add(x, y):\n    """Sum."""\n    return x + y'
+DEV_PRIVATE = f"```python\n{CODE}\n```\nChanged: first version."
+
+
+def halt(reason: str = "tests passed", **extra: object) -> str:
+    return json.dumps({"goal_next": "", "halt": True, "reason": reason, **extra})
+
+
+def go_on(goal_next: str = "developer: fix it") -> str:
+    return json.dumps({"goal_next": goal_next, "halt": False, "reason": "not checked yet"})
+
+
+def swarm(backend: ScriptedBackend, answer: AnswerSpec | None = None, **options: object) -> Swarm:
+    agents = [LLMAgent(i, card(i), backend, reasks=1) for i in ("developer", "tester")]
+    return Swarm(
+        agents,
+        LLMManager(card("manager"), backend, reasks=1),
+        HashEmbedder(),
+        routing=RoutingConfig(mode="broadcast"),
+        answer=answer,
+        **options,
+    )  # type: ignore[arg-type]
+
+
+def dev_step(private: str = DEV_PRIVATE) -> str:
+    return step("wrote add", private, "test results for add", "the add function code")
+
+
+def qa_step(private: str = "3 tests passed") -> str:
+    return step("tested add", private, "the add function code", "test results for add")
+
+
+async def test_topology_answer_is_the_developers_code_verbatim(tmp_path: Path) -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("developer: write add; tester: test it"), halt()],
+            "developer": [dev_step()],
+            "tester": [qa_step()],
+        }
+    )
+    trace = tmp_path / "t.jsonl"
+    result = await swarm(backend, AnswerSpec(source="developer", extract="code"), min_rounds=1).run(
+        "write add", trace_path=trace
+    )
+    backend.assert_complete()
+    assert result.halt_reason == "manager"
+    assert result.final_answer == f"```python\n{CODE}\n```"
+    decision = [r for r in backend.requests if r.tag == "manager"][1]
+    # The manager never writes the answer: its reply has no field for it ...
+    assert decision.json_schema is not None
+    assert set(decision.json_schema["properties"]) == {"goal_next", "halt", "reason"}
+    # ... and it decides on the work itself, not only on the public lines.
+    prompt = decision.messages[-1].content or ""
+    assert "TEAM'S LATEST WORK" in prompt
+    assert CODE in prompt
+    assert "3 tests passed" in prompt
+    events = [e for e in read_trace(trace) if e["event"] == "manager_decision"]
+    assert events[0]["answer_source"] == "agent:developer"
+
+
+async def test_at_max_rounds_the_topology_answer_needs_no_manager_request() -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("work"), go_on()],
+            "developer": [dev_step()],
+            "tester": [qa_step("1 failed")],
+        }
+    )
+    result = await swarm(backend, AnswerSpec(source="developer"), max_rounds=1).run("t")
+    backend.assert_complete()  # no final-answer request was scripted, none was made
+    assert result.halt_reason == "max_rounds"
+    assert result.final_answer == DEV_PRIVATE.strip()
+
+
+async def test_manager_picks_an_agent_and_the_library_copies_its_work() -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("work"), halt(answer_from="developer", final_answer="see dev")],
+            "developer": [dev_step()],
+            "tester": [qa_step()],
+        }
+    )
+    result = await swarm(backend, min_rounds=1).run("t")
+    backend.assert_complete()
+    assert result.final_answer == DEV_PRIVATE.strip()
+    schema = [r for r in backend.requests if r.tag == "manager"][1].json_schema
+    assert schema is not None
+    # answer_from can only name this team's agents (the server enforces the enum).
+    assert schema["properties"]["answer_from"]["enum"] == ["", "developer", "tester"]
+
+
+async def test_manager_may_write_the_answer_when_it_names_no_agent() -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("work"), halt(answer_from="", final_answer="42")],
+            "developer": [dev_step()],
+            "tester": [qa_step()],
+        }
+    )
+    result = await swarm(backend, min_rounds=1).run("t")
+    assert result.final_answer == "42"
+
+
+async def test_final_answer_at_max_rounds_can_name_an_agent() -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [
+                goal("work"),
+                go_on(),
+                json.dumps({"answer_from": "tester", "final_answer": ""}),
+            ],
+            "developer": [dev_step()],
+            "tester": [qa_step("TESTS")],
+        }
+    )
+    result = await swarm(backend, max_rounds=1).run("t")
+    backend.assert_complete()
+    assert result.final_answer == "TESTS"
+
+
+async def test_the_manager_knows_its_team_by_id() -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("g"), halt(final_answer="x")],
+            "developer": [dev_step()],
+            "tester": [qa_step()],
+        }
+    )
+    await swarm(backend, min_rounds=1).run("t")
+    system = backend.requests[0].messages[0].content or ""
+    assert "- developer" in system
+    assert "- tester" in system
+
+
+def test_answer_from_must_name_an_agent(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "name: t\nanswer: {from: nobody}\nagents:\n  - {id: developer, card: developer}\n"
+    )
+    with pytest.raises(Exception, match=r"answer.from .nobody. is not an agent id"):
+        load_topology(path)
+
+
+async def test_an_agent_sees_its_own_latest_work_next_round() -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("work"), go_on(), halt(final_answer="done")],
+            "developer": [dev_step(), dev_step("```python\nv2\n```")],
+            "tester": [qa_step("round one tests"), qa_step()],
+        }
+    )
+    result = await swarm(backend, min_rounds=1).run("t")
+    assert result.halt_reason == "manager"
+    developer = [r for r in backend.requests if r.tag == "developer"]
+    assert CODE not in (developer[0].messages[-1].content or "")
+    assert "YOUR LATEST WORK" in (developer[1].messages[-1].content or "")
+    assert CODE in (developer[1].messages[-1].content or "")
+
+
+@tool
+def run_tests(code: str) -> str:
+    """Run tests.
+
+    Args:
+        code: the code.
+    """
+    return "[exit status 1]\nTraceback ...\nAssertionError: add(2, 3) == 6"
+
+
+async def test_tool_results_reach_the_agents_report() -> None:
+    call = ToolCall(id="c1", name="run_tests", arguments='{"code": "x"}')
+    backend = ScriptedBackend(
+        [Reply(tool_calls=[call]), "ran", step("tested", "Here are my results:", "q", "k")]
+    )
+    agent = LLMAgent("tester", card("tester"), backend, tools=[run_tests])
+    output = await agent.step(StepContext(task="t", goal="g", round=1, memory=[]))
+    assert output.private.startswith("Here are my results:")
+    assert EVIDENCE in output.private
+    assert "AssertionError: add(2, 3) == 6" in output.private
+    assert "[exit status 1]" in output.private
+
+
+def test_extract_code_joins_fenced_blocks_and_keeps_a_cut_one() -> None:
+    text = "Plan.\n```python\nimport math\n```\nthen\n```python\ndef f():\n    return 1\n```\nok"
+    assert extract(text, "code") == "```python\nimport math\n\ndef f():\n    return 1\n```"
+    assert (
+        extract("```python\ndef f():\n    return", "code") == "```python\ndef f():\n    return\n```"
+    )
+    assert extract("no fences here", "code") == "no fences here"
+    assert extract("  keep all  ", "text") == "keep all"
+
+
+def test_latest_work_skips_failed_and_empty_steps() -> None:
+    out = AgentOutput(public="p", private="v1", query="q", key="k")
+    empty = AgentOutput(public="p", private="  ", query="q", key="k")
+    rounds = [
+        (1, [AgentStep(agent="a", ok=True, output=out)]),
+        (2, [AgentStep(agent="a", ok=False), AgentStep(agent="b", ok=True, output=empty)]),
+    ]
+    work = latest_work(rounds)
+    assert list(work) == ["a"]
+    assert (work["a"].round, work["a"].text) == (1, "v1")
