@@ -7,12 +7,20 @@ the entry point: a whole function follows the prompt (its definition replaces th
 body is indented under the prompt's signature. Top-level statements other than imports,
 definitions and assignments (example calls, prints, asserts, a `__main__` block) are dropped:
 they are not part of the function and would run before the tests.
+
+Answers in several blocks: the last block that defines the entry point is the function (models
+fix it and show it again); the helpers it calls and the imports it uses that only another block
+of the answer defines come with it, placed before it.
+
+Code sent as one line of JSON escapes (`def f(x):\\n    return x`) is unescaped, but only when
+that is what makes it code: a one-line answer whose string literal holds a `\\n` is kept as is.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+import symtable
 import textwrap
 from typing import Literal
 
@@ -50,11 +58,20 @@ def _defines(entry_point: str, *, anywhere: bool = False) -> re.Pattern[str]:
     return re.compile(rf"{start}(?:async[ \t]+)?def[ \t]+{re.escape(entry_point)}[ \t]*\(", re.M)
 
 
+_ESCAPE = re.compile(r"\\([nt\"\\])")
+_UNESCAPED = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+
+
 def _normal(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if "\n" not in text.strip() and "\\n" in text:  # code sent as one line of JSON escapes
-        text = text.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"')
-    return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _unescaped(text: str) -> str | None:
+    """One line of code with JSON escapes for its newlines, unescaped in one pass (`\\\\n` in
+    it is a string literal's backslash-n); None when `text` is not such a line."""
+    if "\n" in text.strip() or "\\n" not in text:
+        return None
+    return _ESCAPE.sub(lambda m: _UNESCAPED[m[1]], text)
 
 
 def fenced_blocks(answer: str) -> list[str]:
@@ -93,14 +110,7 @@ def _sanitized(code: str) -> str:
     tree = _parses(code)
     if tree is None:
         return code
-    kept = [node for node in tree.body if isinstance(node, _KEEP)]
-    lines = code.split("\n")
-    pieces = []
-    for node in kept:
-        start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
-        assert node.end_lineno is not None
-        pieces.append("\n".join(lines[start - 1 : node.end_lineno]))
-    return "\n".join(pieces)
+    return "\n".join(_source(code, node) for node in tree.body if isinstance(node, _KEEP))
 
 
 def _from_prose(text: str, entry_point: str) -> str | None:
@@ -131,17 +141,75 @@ def _as_body(code: str) -> str | None:
     return body + "\n"
 
 
-def extract(answer: str, entry_point: str) -> Extraction:
-    """The completion for `entry_point` found in `answer` (see the module docstring)."""
-    text = _normal(answer)
+def _bound(node: ast.stmt) -> set[str]:
+    """The names a top-level import, definition or assignment binds."""
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in node.names}
+    if isinstance(node, (*_DEFINITIONS, ast.ClassDef)):
+        return {node.name}
+    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+    return {n.id for t in targets if t is not None for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def _globals_read(code: str) -> set[str]:
+    """The global names `code` reads: at top level, and inside its functions and classes the
+    names they neither bind nor take as arguments."""
+    try:
+        top = symtable.symtable(code, "<answer>", "exec")
+    except (SyntaxError, ValueError):
+        return set()
+    names: set[str] = set()
+    tables = [top]
+    while tables:
+        table = tables.pop()
+        for symbol in table.get_symbols():
+            if symbol.is_referenced() and (table is top or symbol.is_global()):
+                names.add(symbol.get_name())
+        tables.extend(table.get_children())
+    return names
+
+
+def _source(code: str, node: ast.stmt) -> str:
+    start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+    assert node.end_lineno is not None
+    return "\n".join(code.split("\n")[start - 1 : node.end_lineno])
+
+
+def _with_helpers(code: str, others: list[str]) -> str:
+    """`code` (the entry block, sanitized) after the imports, definitions and assignments of the
+    `others` blocks that it reads and does not bind itself, and those they read in turn."""
+    tree = _parses(code)
+    if tree is None or not others:
+        return code
+    offered: dict[str, str] = {}  # a name -> the statement that binds it
+    for block in others:
+        other = _sanitized(_parsable_prefix(block.strip("\n")))
+        parsed = _parses(other)
+        for node in parsed.body if parsed is not None else []:
+            for name in _bound(node):  # a later block's version of a helper wins
+                offered[name] = _source(other, node)
+    own = {name for node in tree.body for name in _bound(node)}
+    wanted, taken = sorted(_globals_read(code) - own), list[str]()
+    while wanted:
+        found = offered.get(wanted.pop())
+        if found is not None and found not in taken:
+            taken.append(found)
+            wanted.extend(sorted(_globals_read(found) - own))
+    order = list(dict.fromkeys(offered.values()))
+    return "\n".join([*sorted(taken, key=order.index), code])
+
+
+def _extract(text: str, entry_point: str) -> Extraction:
     defines = _defines(entry_point)
     blocks = [textwrap.dedent(b) for b in fenced_blocks(text)]
-    with_def = [b for b in blocks if defines.search(b)]
+    with_def = [k for k, b in enumerate(blocks) if defines.search(b)]
     if with_def:  # the last version: models fix the function and show it again
-        code = _sanitized(_parsable_prefix(with_def[-1].strip("\n")))
+        last = with_def[-1]
+        code = _sanitized(_parsable_prefix(blocks[last].strip("\n")))
+        code = _with_helpers(code, blocks[:last] + blocks[last + 1 :])
         return Extraction(completion=f"\n{code}\n", kind="function")
     found = _from_prose(text, entry_point)
-    if found is not None:
+    if found is not None and found.strip():
         return Extraction(completion=f"\n{_sanitized(found)}\n", kind="function")
     for candidate in [*reversed(blocks), text]:
         body = _as_body(candidate)
@@ -152,3 +220,25 @@ def extract(answer: str, entry_point: str) -> Extraction:
         if tree is not None and any(isinstance(n, _KEEP) for n in tree.body):
             return Extraction(completion=f"\n{_sanitized(block)}\n", kind="code")
     return Extraction(completion="", kind="none")
+
+
+_RANK: dict[Kind, int] = {"none": 0, "code": 1, "body": 2, "function": 3}
+
+
+def _rank(found: Extraction) -> tuple[bool, int]:
+    """Code that parses first, then the more complete kind."""
+    code = textwrap.dedent(found.completion)
+    parses = found.kind == "body" or (bool(code.strip()) and _parses(code) is not None)
+    return parses, _RANK[found.kind]
+
+
+def extract(answer: str, entry_point: str) -> Extraction:
+    """The completion for `entry_point` found in `answer` (see the module docstring)."""
+    text = _normal(answer)
+    found = _extract(text, entry_point)
+    unescaped = _unescaped(text)
+    if unescaped is not None:  # the escaped reading wins only if it is better code
+        other = _extract(unescaped, entry_point)
+        if _rank(other) > _rank(found):
+            return other
+    return found

@@ -79,3 +79,76 @@ def test_a_final_answer_holds_a_whole_program() -> None:
     assert FinalAnswer(final_answer=program)
     cap = ManagerDecision.model_json_schema()["properties"]["final_answer"]["maxLength"]
     assert cap >= len(program)
+
+
+HELPER_ANSWER = (
+    "A helper first:\n```python\nimport math\n\ndef close(a, b, t):\n"
+    "    return math.fabs(a - b) < t\n\nprint(close(1.0, 2.0, 0.5))\n```\n"
+    "An unused one:\n```python\ndef check(candidate):\n    assert False\n```\n"
+    "Then the function:\n```python\ndef has_close_elements(numbers, threshold):\n"
+    "    return any(close(a, b, threshold) for i, a in enumerate(numbers)\n"
+    "               for j, b in enumerate(numbers) if i != j)\n```\n"
+)
+
+
+def test_helpers_from_other_blocks_come_with_the_function_that_calls_them() -> None:
+    found = extract(HELPER_ANSWER, "has_close_elements")
+
+    assert found.kind == "function"
+    assert found.completion == (
+        "\nimport math\ndef close(a, b, t):\n    return math.fabs(a - b) < t\n"
+        "def has_close_elements(numbers, threshold):\n"
+        "    return any(close(a, b, threshold) for i, a in enumerate(numbers)\n"
+        "               for j, b in enumerate(numbers) if i != j)\n"
+    )
+    p = PROBLEMS["HumanEval/0"]
+    grade = grade_answer(HELPER_ANSWER, p["prompt"], p["test"], p["entry_point"])
+    assert grade.passed, grade.status  # without `close` it is a NameError
+
+
+def test_a_helper_shown_twice_comes_in_its_last_version_and_an_own_one_wins() -> None:
+    answer = (
+        "```python\ndef g(x):\n    return 1\n```\n```python\ndef g(x):\n    return 2\n```\n"
+        "```python\ndef h(x):\n    return 3\n```\n"
+        "```python\ndef f(x):\n    return g(x) + h(x)\n\ndef h(x):\n    return 4\n```"
+    )
+
+    found = extract(answer, "f")
+
+    assert found.completion == (
+        "\ndef g(x):\n    return 2\ndef f(x):\n    return g(x) + h(x)\ndef h(x):\n    return 4\n"
+    )
+
+
+def test_a_local_name_is_not_taken_for_a_helper() -> None:
+    answer = (
+        "```python\nresult = f(3)\n```\n"
+        "```python\ndef f(x):\n    result = x\n    return result\n```"
+    )
+    assert extract(answer, "f").completion == "\ndef f(x):\n    result = x\n    return result\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "completion"),
+    [
+        # one line of code whose string literal holds a backslash-n: kept as is
+        ("return s.split('\\n')", "body", "    return s.split('\\n')\n"),
+        ("def f(s): return '\\n'.join(s)", "function", "\ndef f(s): return '\\n'.join(s)\n"),
+        # code sent as JSON escapes, a literal's backslash-n escaped once more
+        (
+            "def f(s):\\n    return s.split('\\\\n')\\n",
+            "function",
+            "\ndef f(s):\n    return s.split('\\n')\n",
+        ),
+        ('def f():\\n\\treturn \\"a\\"', "function", '\ndef f():\n\treturn "a"\n'),
+    ],
+)
+def test_one_line_answers_are_unescaped_only_when_that_makes_them_code(
+    answer: str, kind: str, completion: str
+) -> None:
+    found = extract(answer, "f")
+    assert (found.kind, found.completion) == (kind, completion)
+    namespace: dict[str, Any] = {}
+    exec(f"def f(s):\n    pass\n{completion}", namespace)  # valid code, and it works
+    if "split" in completion:
+        assert namespace["f"]("a\nb") == ["a", "b"]
