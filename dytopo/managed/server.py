@@ -20,7 +20,7 @@ import structlog
 from pydantic import BaseModel
 
 from dytopo.errors import ManagedServerError
-from dytopo.managed import assets
+from dytopo.managed import assets, models
 
 log = structlog.get_logger("dytopo.managed")
 
@@ -164,21 +164,32 @@ CACHE_FLAGS: list[str] = [
 """Prompt-cache flags of the embedded chat server (measured: benchmarks/server_cache.md)."""
 
 
+DEFAULT_SLOTS = 2
+DEFAULT_CTX_PER_SLOT = 8192
+"""Context per slot of the embedded chat server: a swarm's prompts (role card, goal, memory,
+routed messages) outgrow 4096 by round 3. The Qwen2.5-Coder models are trained for 32,768
+tokens; 2 x 8192 keeps their KV cache (28 KB per token for the 1.5B) under 0.5 GB."""
+
+
 def chat_args(
     *,
-    slots: int = 2,
-    ctx_per_slot: int = 4096,
+    model: str | None = None,
+    slots: int = DEFAULT_SLOTS,
+    ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
     cache_flags: list[str] | None = None,
     threads: int | None = None,
 ) -> list[str]:
-    """llama-server arguments of the embedded chat server (`cache_flags`: CACHE_FLAGS;
-    `threads`: CPU threads, default one per core)."""
+    """llama-server arguments of the embedded chat server (`model`: a catalogue name, None for
+    $DYTOPO_MODEL or the default; `cache_flags`: CACHE_FLAGS; `threads`: CPU threads, default
+    one per core). Assembles the model first if need be (blocking)."""
+    chosen = models.embedded_model(model)
+    template = ["--chat-template-file", str(chosen.template)] if chosen.template else []
     return [
         "-m",
-        str(assets.chat_model()),
+        str(models.ensure_model(chosen)),
+        # Jinja templates always: tool calls are parsed from the template's own format.
         "--jinja",
-        "--chat-template-file",
-        str(assets.TEMPLATE),
+        *template,
         "--parallel",
         str(slots),
         "--ctx-size",
@@ -188,18 +199,24 @@ def chat_args(
         "--metrics",
         "--slots",
         "--alias",
-        "smollm2-135m-instruct",
+        chosen.name,
         *(CACHE_FLAGS if cache_flags is None else cache_flags),
     ]
 
 
 def chat_server(
-    *, slots: int = 2, ctx_per_slot: int = 4096, detached: bool = False, threads: int | None = None
+    *,
+    model: str | None = None,
+    slots: int = DEFAULT_SLOTS,
+    ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
+    detached: bool = False,
+    threads: int | None = None,
 ) -> LlamaServerProcess:
-    """SmolLM2-135M-Instruct with DyTopo's tools-capable ChatML template. Servers sharing one
-    machine should split its cores (`threads`): llama.cpp's threads spin while they wait, and
-    two servers with a thread per core each ran a batch 10x slower than one server alone."""
-    args = chat_args(slots=slots, ctx_per_slot=ctx_per_slot, threads=threads)
+    """The embedded chat server on `model` (see `dytopo.managed.models`; None: $DYTOPO_MODEL,
+    else Qwen2.5-Coder-1.5B-Instruct). Servers sharing one machine should split its cores
+    (`threads`): llama.cpp's threads spin while they wait, and two servers with a thread per
+    core each ran a batch 10x slower than one server alone."""
+    args = chat_args(model=model, slots=slots, ctx_per_slot=ctx_per_slot, threads=threads)
     return LlamaServerProcess("chat", args, detached=detached)
 
 
@@ -226,11 +243,21 @@ def embedding_server(*, detached: bool = False) -> LlamaServerProcess:
 
 
 class ManagedStack:
-    """The embedded default: chat and embedding servers, stopped on exit, error or Ctrl-C."""
+    """The embedded default: chat and embedding servers, stopped on exit, error or Ctrl-C.
+
+    `model`: a catalogue name (`dytopo.managed.models`); None: $DYTOPO_MODEL, else the default.
+    """
 
     def __init__(
-        self, *, slots: int = 2, ctx_per_slot: int = 4096, embeddings: bool = True
+        self,
+        *,
+        model: str | None = None,
+        slots: int = DEFAULT_SLOTS,
+        ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
+        embeddings: bool = True,
     ) -> None:
+        self.model = models.embedded_model(model)
+        """The chat model (an unknown name fails here, before anything starts)."""
         self.slots = slots
         self.ctx_per_slot = ctx_per_slot
         self.embeddings = embeddings
@@ -247,7 +274,11 @@ class ManagedStack:
         return self.embed.url if self.embed else None
 
     async def start(self) -> None:
-        self.chat = chat_server(slots=self.slots, ctx_per_slot=self.ctx_per_slot)
+        # A split model is assembled (and hashed) once: seconds of I/O, kept off the loop.
+        await asyncio.to_thread(models.ensure_model, self.model)
+        self.chat = chat_server(
+            model=self.model.name, slots=self.slots, ctx_per_slot=self.ctx_per_slot
+        )
         if self.embeddings:
             self.embed = embedding_server()
         try:
