@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable
 
@@ -12,7 +13,8 @@ from pydantic import BaseModel, Field
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.embedders.http import HttpEmbedder
-from dytopo.errors import DyTopoError
+from dytopo.errors import DyTopoError, ManagedServerError
+from dytopo.managed import models
 
 TEMPLATE_FIX = (
     "serve the model with `--jinja --chat-template-file` and a template that has a tools section "
@@ -63,6 +65,59 @@ class Burst(BaseModel):
     wall_s: float = 0.0
 
 
+class EmbeddedModelStatus(BaseModel):
+    """The chat model of the embedded server: the one running, or the one a run would start."""
+
+    name: str
+    title: str
+    file: str
+    """The GGUF (a split model's assembled copy in the model cache)."""
+    ready: bool
+    """Installed and, when split, assembled and verified: it starts without waiting."""
+    bytes: int | None = None
+    problem: str = ""
+    """Why it cannot start, with the command that fixes it."""
+
+
+def embedded_status(name: str | None = None) -> EmbeddedModelStatus:
+    """What `dytopo doctor` says about the embedded chat model `name` (None: the default)."""
+    try:
+        model = models.embedded_model(name)
+    except ManagedServerError as exc:  # a bad $DYTOPO_MODEL: a warning beside another server
+        chosen = name or os.environ.get("DYTOPO_MODEL", "")
+        return EmbeddedModelStatus(name=chosen, title="", file="", ready=False, problem=str(exc))
+    status = EmbeddedModelStatus(
+        name=model.name, title=model.title, file="", ready=False, bytes=model.size
+    )
+    try:
+        path = models.model_file(model)
+    except ManagedServerError as exc:
+        status.problem = str(exc)
+        return status
+    status.file, status.ready = str(path), models.is_ready(model)
+    if status.bytes is None and path.is_file():
+        status.bytes = path.stat().st_size
+    return status
+
+
+def embedded_check(status: EmbeddedModelStatus, *, in_use: bool) -> Check:
+    """The doctor's line on the embedded model; a problem is a warning (this server may not
+    need it)."""
+    size = f", {status.bytes / 1e9:.2f} GB" if status.bytes else ""
+    state = "ready" if status.ready else "assembled from its packages on first start"
+    detail = f"{status.name} ({status.title}): {status.file or 'not installed'}"
+    detail += f" ({state}{size})" if not status.problem else ""
+    if not in_use:
+        detail += "; used when no server is configured (--model or $DYTOPO_MODEL choose it)"
+    return Check(
+        name="embedded model",
+        ok=True,
+        warning=bool(status.problem),
+        detail=detail,
+        fix=status.problem,
+    )
+
+
 class DoctorReport(BaseModel):
     ok: bool = False
     url: str
@@ -78,6 +133,8 @@ class DoctorReport(BaseModel):
     generation_tokens_per_s: float = 0.0
     burst: Burst = Field(default_factory=Burst)
     prompt_cache: PromptCache = Field(default_factory=PromptCache)
+    embedded_model: EmbeddedModelStatus | None = None
+    """The embedded chat model that runs (source embedded or background) or would run."""
     checks: list[Check] = Field(default_factory=list)
 
 

@@ -59,8 +59,10 @@ async def run_topology(
     trust_topology: bool = False,
     source: str | Path | None = None,
     checkpoint: Checkpoint | None = None,
+    model: str | None = None,
 ) -> RunResult:
-    """Run a topology on its configured server, or on an embedded one started for this run.
+    """Run a topology on its configured server, or on an embedded one started for this run
+    (on `model`, else the topology's backend.model, else $DYTOPO_MODEL or the default).
 
     Its tool modules (code) and role cards must lie in its folder tree (`base_dir`) or be
     installed entry points, unless `trust_topology`. `source`: the file a Topology object was
@@ -75,7 +77,7 @@ async def run_topology(
     if not task:
         raise ConfigError(f"no task: pass --task, or set `task:` in the {topology.name} topology")
     trace = Path(trace_path) if trace_path else default_trace_path(topology)
-    built = _built(topology, backend_url, embed_url, base_dir, trust_topology, source)
+    built = _built(topology, backend_url, embed_url, base_dir, trust_topology, source, model)
     async with built as swarm:
         if checkpoint is not None:
             return await swarm.resume(checkpoint, observers=observers)
@@ -91,6 +93,7 @@ async def resume_run(
     observers: Sequence[Observer] = (),
     runs_dir: Path = Path("runs"),
     trust_topology: bool = False,
+    model: str | None = None,
 ) -> RunResult:
     """Continue a stopped run (a run id in `runs_dir`, a trace path or a checkpoint path) from
     its last complete round, on a swarm rebuilt from its topology file.
@@ -102,7 +105,7 @@ async def resume_run(
     if cp.trace_path is not None:
         runlock.check_free(Path(cp.trace_path))
     topology, file = _topology_of(cp, force=force, trust_topology=trust_topology)
-    built = _built(topology, backend_url, embed_url, file.parent, trust_topology, file)
+    built = _built(topology, backend_url, embed_url, file.parent, trust_topology, file, model)
     async with built as swarm:
         changed = cp.topology_sha256 != file_sha256(file)
         return await swarm.resume(cp, observers=observers, forced=force and changed)
@@ -201,11 +204,13 @@ async def _built(
     base_dir: Path | None,
     trust_topology: bool,
     source: str | Path | None,
+    model: str | None,
 ) -> AsyncIterator[Swarm]:
     """The topology's swarm on its servers (embedded ones started for the duration), with
     budgets planned from the server's real context."""
     url = backend_url or topology.backend.base_url or next(iter(topology.backends or []), None)
-    async with endpoints(url, embed_url or topology.embedder.base_url) as ends:
+    embed = embed_url or topology.embedder.base_url
+    async with endpoints(url, embed, model=model or topology.backend.model) as ends:
         settings = topology.backend.model_copy(update={"base_url": ends.chat_url})
         backend = LlamaCppBackend(settings)
         embedder = make_embedder(topology.embedder, ends)
@@ -230,11 +235,17 @@ def run(
     backend_url: str | None = None,
     embed_url: str | None = None,
     trace_path: str | Path | None = None,
+    model: str | None = None,
 ) -> RunResult:
     """Blocking `run_topology` for scripts: `dytopo.run("topologies/research.yaml", "task")`."""
     return asyncio.run(
         run_topology(
-            topology, task, backend_url=backend_url, embed_url=embed_url, trace_path=trace_path
+            topology,
+            task,
+            backend_url=backend_url,
+            embed_url=embed_url,
+            trace_path=trace_path,
+            model=model,
         )
     )
 
@@ -247,6 +258,7 @@ def resume(
     force: bool = False,
     observers: Sequence[Observer] = (),
     runs_dir: Path = Path("runs"),
+    model: str | None = None,
 ) -> RunResult:
     """Blocking `resume_run` for scripts: `dytopo.resume("3f2a9c81d0b4")`."""
     return asyncio.run(
@@ -257,20 +269,22 @@ def resume(
             force=force,
             observers=observers,
             runs_dir=runs_dir,
+            model=model,
         )
     )
 
 
 @asynccontextmanager
 async def connect(
-    backend_url: str | None = None, embed_url: str | None = None
+    backend_url: str | None = None, embed_url: str | None = None, *, model: str | None = None
 ) -> AsyncIterator[tuple[LlamaCppBackend, Embedder]]:
-    """A backend and an embedder on the configured server, or on an embedded one for the duration.
+    """A backend and an embedder on the configured server, or on an embedded one (`model`, see
+    `dytopo.managed.models`) for the duration.
 
     async with dytopo.connect() as (backend, embedder):
         swarm = Swarm(agents=[...], manager=..., embedder=embedder)
     """
-    async with endpoints(backend_url, embed_url) as ends:
+    async with endpoints(backend_url, embed_url, model=model) as ends:
         backend = LlamaCppBackend(ends.chat_url)
         embedder = make_embedder(EmbedderSpec(), ends)
         try:

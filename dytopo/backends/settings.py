@@ -42,7 +42,9 @@ class BackendSettings(BaseModel):
     api_key: str | None = None
     """Bearer token, if the server wants one (llama-server --api-key)."""
     model: str | None = None
-    """Model name to send; needed by router-mode and non-llama.cpp servers."""
+    """Model name to send; needed by router-mode and non-llama.cpp servers. With no server
+    configured, the embedded chat model to start (`dytopo doctor` names it; the CLI's --model
+    wins)."""
     slots: int | None = Field(default=None, ge=1, le=1024)
     """Concurrent requests to allow. None: the server's slot count from /props."""
     n_ctx_per_slot: int | None = Field(default=None, ge=256, le=100_000_000)

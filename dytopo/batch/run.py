@@ -206,12 +206,14 @@ async def run_batch(
     grader: Grader | None = None,
     on_start: Callable[[BatchItem, Mode], None] | None = None,
     on_record: Callable[[RunRecord], None] | None = None,
+    model: str | None = None,
 ) -> list[RunRecord]:
     """Run every (item, mode) pair that `store` has no record of, in order, and return the new
     records (each appended to `store`, graded, as it ends).
 
     With no server configured (argument, topology, $DYTOPO_BASE_URL), one embedded server is
-    started for the whole batch. Cancelling (Ctrl-C) stops the run in progress; the records of
+    started for the whole batch (on `model`, else the topology's backend.model, else
+    $DYTOPO_MODEL or the default). Cancelling (Ctrl-C) stops the run in progress; the records of
     the finished ones are on disk, and the same call later runs only what is left."""
     if len({i.id for i in items}) != len(items):
         raise ValueError("batch item ids must be unique")
@@ -220,7 +222,8 @@ async def run_batch(
         return []
     written: list[RunRecord] = []
     chat = backend_url or topology.backend.base_url
-    async with endpoints(chat, embed_url or topology.embedder.base_url) as ends:
+    embed = embed_url or topology.embedder.base_url
+    async with endpoints(chat, embed, model=model or topology.backend.model) as ends:
         for item, mode in todo:
             if on_start is not None:
                 on_start(item, mode)

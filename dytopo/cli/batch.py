@@ -57,6 +57,7 @@ def batch_command(
     embed_url: str | None = typer.Option(
         None, "--embed-url", help="Embedding server root (default: as `dytopo run`)."
     ),
+    model: str | None = options.MODEL,
     runs_per_server: int | None = typer.Option(
         None,
         "--runs-per-server",
@@ -114,7 +115,9 @@ def batch_command(
         )
         view = None if as_json or not todo else RunsProgress(err, len(todo))
         ray = use_ray or ray_address is not None
-        batch = _Batch(spec, urls, runs_per_server, ray_address if ray else None, ray, view)
+        batch = _Batch(
+            spec, urls, runs_per_server, ray_address if ray else None, ray, view, model=model
+        )
         _interruptible(batch, todo, store, folder)
         records = [r for r in store.records() if r.item in {i.id for i in items}]
     summary = BatchSummary(
@@ -151,9 +154,13 @@ class _Batch:
         ray_address: str | None,
         ray: bool,
         view: RunsProgress | None,
+        *,
+        model: str | None = None,
     ) -> None:
         self.spec, self.urls, self.runs_per_server = spec, urls, runs_per_server
         self.ray, self.ray_address, self.view = ray, ray_address, view
+        self.model = model
+        """The embedded server's model when no server is given (None: the topology's)."""
         self.written: list[RunRecord] = []
         self.servers: list[ServerStats] = []
         self.wall_s = 0.0
@@ -193,7 +200,9 @@ class _Batch:
         s = self.spec
         # Given servers are used as they are; with none, the one `dytopo run` would use.
         chat = self.urls[0] if self.urls else s.topology.backend.base_url
-        async with endpoints(chat, s.embed_url or s.topology.embedder.base_url) as ends:
+        embed = s.embed_url or s.topology.embedder.base_url
+        model = self.model or s.topology.backend.model
+        async with endpoints(chat, embed, model=model) as ends:
             urls = self.urls or [ends.chat_url]
             spec = replace(s, embed_url=ends.embed_url)
             pool = await BackendPool.connect(

@@ -41,6 +41,7 @@ def compare(
     embed_url: str | None = typer.Option(
         None, "--embed-url", help="Embedding server root (default: as `dytopo run`)."
     ),
+    model: str | None = options.MODEL,
     as_json: bool = typer.Option(
         False, "--json", help="Print one JSON object (a row per mode), no progress."
     ),
@@ -95,6 +96,7 @@ def compare(
                 base_dir=topology.parent,
                 source=topology,
                 trust_topology=trust_topology,
+                model=model,
                 observers=view.observers if view else lambda index, mode: (),
                 on_row=on_row,
             )

@@ -5,14 +5,19 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from dytopo.cli import options
 from dytopo.cli._common import check_urls, out, run_async
-from dytopo.doctor import DoctorReport, run_doctor
+from dytopo.doctor import DoctorReport, embedded_check, embedded_status, run_doctor
 from dytopo.managed.resolve import endpoints
 
 
-async def _doctor(url: str | None, embed_url: str | None) -> DoctorReport:
-    async with endpoints(url, embed_url) as ends:
-        return await run_doctor(ends.chat_url, ends.embed_url, source=ends.source)
+async def _doctor(url: str | None, embed_url: str | None, model: str | None) -> DoctorReport:
+    async with endpoints(url, embed_url, model=model) as ends:
+        report = await run_doctor(ends.chat_url, ends.embed_url, source=ends.source)
+    # The model that ran, else the one a run without a configured server would start.
+    report.embedded_model = embedded_status(ends.model or model)
+    report.checks.append(embedded_check(report.embedded_model, in_use=ends.model is not None))
+    return report
 
 
 def doctor(
@@ -26,11 +31,13 @@ def doctor(
         "--embed-url",
         help="Embedding server root (default: $DYTOPO_EMBED_URL, else the chat server).",
     ),
+    model: str | None = options.SERVER_MODEL,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Check a llama.cpp server (or the embedded one) and measure it."""
+    """Check a llama.cpp server (or the embedded one) and measure it; name the embedded chat
+    model, its file and whether it is assembled."""
     check_urls(backend_url, embed_url)
-    report = run_async(_doctor(backend_url, embed_url))
+    report = run_async(_doctor(backend_url, embed_url, model))
     if as_json:
         print(report.model_dump_json(indent=2))
     else:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from dytopo.cli import options
 from dytopo.cli._common import check_seconds, check_urls, run_async
 from dytopo.errors import ConfigError
 
@@ -33,6 +34,7 @@ def mcp(
         "--embed-url",
         help="Embedding server root (default: $DYTOPO_EMBED_URL, else embedded).",
     ),
+    model: str | None = options.SERVER_MODEL,
     reply_within: float = typer.Option(
         50.0,
         "--reply-within",
@@ -59,6 +61,7 @@ def mcp(
         max_queued=max_queued,
         backend_url=backend_url,
         embed_url=embed_url,
+        model=model,
     )
 
     async def serve() -> None:

@@ -5,6 +5,22 @@ from __future__ import annotations
 import typer
 
 from dytopo.cli._common import TRUST_HELP
+from dytopo.errors import ConfigError, ManagedServerError
+from dytopo.managed.models import embedded_model, known
+
+
+def _known_model(name: str | None) -> str | None:
+    """Refuse an unknown --model before anything starts (even when a configured server would
+    make it moot: a typo is a typo)."""
+    if name is not None:
+        try:
+            embedded_model(name)
+        except ManagedServerError:
+            raise ConfigError(
+                f"--model {name!r} is not an embedded model; choose one of {known()}"
+            ) from None
+    return name
+
 
 BACKEND_URL = typer.Option(
     None, "--backend-url", help="LLM server root (default: $DYTOPO_BASE_URL, else embedded)."
@@ -14,6 +30,24 @@ EMBED_URL = typer.Option(
     "--embed-url",
     help="Embedding server root (default: $DYTOPO_EMBED_URL, else the embedded MiniLM server, "
     "else the LLM server).",
+)
+_MODEL_HELP = (
+    f"Chat model of the embedded server, used only when one is started (no server given): "
+    f"{known()}."
+)
+MODEL = typer.Option(
+    None,
+    "--model",
+    metavar="NAME",
+    callback=_known_model,
+    help=f"{_MODEL_HELP} Default: the topology's backend.model, else $DYTOPO_MODEL.",
+)
+SERVER_MODEL = typer.Option(
+    None,
+    "--model",
+    metavar="NAME",
+    callback=_known_model,
+    help=f"{_MODEL_HELP} Default: $DYTOPO_MODEL.",
 )
 JSON = typer.Option(False, "--json", help="Print one JSON object, no progress.")
 QUIET = typer.Option(

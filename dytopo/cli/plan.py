@@ -16,8 +16,9 @@ from dytopo.managed.resolve import endpoints
 from dytopo.topology import Topology
 
 
-async def _from_server(topology: Topology, url: str | None) -> BudgetPlan:
-    async with endpoints(url or topology.backend.base_url) as ends:
+async def _from_server(topology: Topology, url: str | None, model: str | None) -> BudgetPlan:
+    chat = url or topology.backend.base_url
+    async with endpoints(chat, model=model or topology.backend.model) as ends:
         settings = topology.backend.model_copy(update={"base_url": ends.chat_url})
         async with LlamaCppBackend(settings) as backend:
             info = await backend.connect()
@@ -33,6 +34,7 @@ def plan(
     slots: int | None = typer.Option(None, "--slots", min=1, help="...and this many slots (-np)."),
     kv_unified: bool = typer.Option(False, "--kv-unified", help="...started with --kv-unified."),
     backend_url: str | None = typer.Option(None, "--backend-url", help="Read a running server."),
+    model: str | None = options.MODEL,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     trust_topology: bool = options.TRUST,
 ) -> None:
@@ -47,7 +49,7 @@ def plan(
         )
     else:
         check_urls(backend_url or loaded.backend.base_url)
-        result = run_async(_from_server(loaded, backend_url))
+        result = run_async(_from_server(loaded, backend_url, model))
     if as_json:
         print(result.model_dump_json(indent=2))
     else:

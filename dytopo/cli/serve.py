@@ -11,6 +11,7 @@ from types import FrameType
 import typer
 from pydantic import ValidationError
 
+from dytopo.cli import options
 from dytopo.cli._common import check_urls, err, run_async
 from dytopo.errors import ConfigError
 from dytopo.service.settings import EXTRA, ServiceSettings
@@ -42,6 +43,7 @@ def serve(
         "--embed-url",
         help="Embedding server root (default: $DYTOPO_EMBED_URL, else embedded).",
     ),
+    model: str | None = options.SERVER_MODEL,
 ) -> None:
     """Serve swarm runs over HTTP (OpenAPI docs at /docs) and MCP (at /mcp). Ctrl-C stops the
     runs (they become interrupted and can be resumed) and the servers it started."""
@@ -56,6 +58,7 @@ def serve(
             max_queued=max_queued,
             backend_url=backend_url,
             embed_url=embed_url,
+            model=model,
         )
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]

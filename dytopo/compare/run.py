@@ -53,11 +53,13 @@ async def run_modes(
     base_dir: Path | None = None,
     source: Path | None = None,
     trust_topology: bool = False,
+    model: str | None = None,
     observers: Callable[[int, str], Sequence[Observer]] = lambda index, mode: (),
     on_row: Callable[[list[ModeRow]], None] = lambda rows: None,
 ) -> list[ModeRow]:
     """Run `task` (default: the topology's) once per mode with the same seed on the same
-    server, started once for all of them when none is configured. A mode that fails is a row
+    server, started once for all of them when none is configured (on `model`, else the
+    topology's backend.model, else $DYTOPO_MODEL or the default). A mode that fails is a row
     with its error; the next mode still runs. `on_row(rows so far)` is called after each mode
     (so an interruption keeps every finished row); `observers(index, mode)` watch that mode's
     run. Traces and HTML reports go to `out_dir` as MODE.jsonl and MODE.html."""
@@ -67,7 +69,8 @@ async def run_modes(
     prepare(out_dir, modes)
     rows: list[ModeRow] = []
     url = backend_url or topology.backend.base_url
-    async with endpoints(url, embed_url or topology.embedder.base_url) as ends:
+    embed = embed_url or topology.embedder.base_url
+    async with endpoints(url, embed, model=model or topology.backend.model) as ends:
         for index, mode in enumerate(modes):
             trace = trace_of(out_dir, mode)
             try:

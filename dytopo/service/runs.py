@@ -117,7 +117,7 @@ class RunService:
     async def _connect(self, stack: AsyncExitStack) -> None:
         """One backend and embedder for every run (an embedded stack starts once, here)."""
         s = self.settings
-        ends = await stack.enter_async_context(endpoints(s.backend_url, s.embed_url))
+        ends = await stack.enter_async_context(endpoints(s.backend_url, s.embed_url, model=s.model))
         backend = LlamaCppBackend(BackendSettings(base_url=ends.chat_url))
         stack.push_async_callback(backend.aclose)
         embedder = make_embedder(EmbedderSpec(), ends)

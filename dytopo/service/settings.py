@@ -44,6 +44,9 @@ class ServiceSettings(BaseModel):
     backend_url: str | None = None
     """LLM server root; None: $DYTOPO_BASE_URL, else the embedded stack (started once)."""
     embed_url: str | None = None
+    model: str | None = None
+    """The embedded stack's chat model (`dytopo.managed.models`); None: $DYTOPO_MODEL, else
+    the default. Unused with a configured server."""
 
     @field_validator("token")
     @classmethod

@@ -457,18 +457,22 @@ def test_without_any_server_the_embedded_one_is_started_for_the_batch(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    started: list[tuple[str | None, str | None]] = []
+    started: list[tuple[str | None, str | None, str | None]] = []
 
     @asynccontextmanager
-    async def embedded(chat: str | None, embed: str | None) -> AsyncIterator[Endpoints]:
-        started.append((chat, embed))
+    async def embedded(
+        chat: str | None, embed: str | None, *, model: str | None = None
+    ) -> AsyncIterator[Endpoints]:
+        started.append((chat, embed, model))
         yield Endpoints(chat_url=A, embed_url="http://127.0.0.1:18005", source="embedded")
 
     monkeypatch.setattr(batch_cli, "endpoints", embedded)
 
-    code, stdout, stderr = batch(capsys, monkeypatch, files, tmp_path / "out", "--json")
+    code, stdout, stderr = batch(
+        capsys, monkeypatch, files, tmp_path / "out", "--json", "--model", "smollm2-135m"
+    )
 
     assert code == 0, stderr
-    assert started == [(None, None)]  # once for the whole batch
+    assert started == [(None, None, "smollm2-135m")]  # once for the whole batch
     assert [s["server"] for s in json.loads(stdout)["servers"]] == [A]
     assert net.built == [(A, 2)] * 3
