@@ -97,7 +97,7 @@ class SlotWatch(threading.Thread):
 def second(stack: ManagedStack) -> Iterator[LlamaServerProcess]:
     """A second chat server beside the session's (same model, slots and context; one thread:
     servers that each take a thread per core make each other crawl on 2 cores)."""
-    server = chat_server(slots=SLOTS, ctx_per_slot=2048, threads=1)
+    server = chat_server(model=stack.model.name, slots=SLOTS, ctx_per_slot=2048, threads=1)
     try:
         asyncio.run(server.start())
         yield server
@@ -232,7 +232,7 @@ def test_a_server_killed_mid_batch_leaves_every_task_done_on_the_other(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    victim = chat_server(slots=SLOTS, ctx_per_slot=2048, threads=1)
+    victim = chat_server(model=stack.model.name, slots=SLOTS, ctx_per_slot=2048, threads=1)
     asyncio.run(victim.start())
     capsys.readouterr()  # the server's start-up log lines: not the batch's --json output
     killed: list[float] = []
