@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +12,11 @@ from dytopo.routing import Mode
 
 Key = tuple[str, str]
 """(item id, mode): one run of a batch."""
+
+Baseline = Literal["plain"]
+"""A run without a swarm: one chat completion of the same model with the task (`dytopo eval`)."""
+RunMode: TypeAlias = Mode | Baseline
+"""What a record was run in: a routing mode, or the baseline."""
 
 
 class BatchItem(BaseModel):
@@ -36,7 +41,7 @@ class RunRecord(BaseModel):
     are then what it had spent and completed before it stopped."""
 
     item: str
-    mode: Mode
+    mode: RunMode
     ok: bool
     final_answer: str = ""
     rounds: int = 0

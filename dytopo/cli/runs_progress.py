@@ -51,7 +51,7 @@ class RunsProgress:
     def _line(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-    def start(self, item: BatchItem, mode: Mode, server: PoolServer | None = None) -> None:
+    def start(self, item: BatchItem, mode: str, server: PoolServer | None = None) -> None:
         if self.bar is not None:
             where = f" on {escape(server.name)}" if server is not None else ""
             self.bar.update(self.task, description=f"{escape(item.id)} [cyan]{mode}[/]{where}")

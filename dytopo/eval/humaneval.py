@@ -7,11 +7,14 @@ DyTopo's OS sandbox, see dytopo.eval.grade.)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dytopo.batch import BatchItem, RunRecord
 from dytopo.errors import ConfigError
-from dytopo.eval.grade import grade_answer
+from dytopo.eval.grade import grade_answer, grade_completion
+from dytopo.eval.oracle import oracle
+from dytopo.eval.plain import MODE as PLAIN
 
 NAME = "humaneval"
 SIZE = 164
@@ -53,7 +56,11 @@ def items(limit: int | None = None) -> list[BatchItem]:
 
 def grade(item: BatchItem, record: RunRecord) -> dict[str, Any]:
     """A batch grader: the record's final answer against the problem's tests (a failed run is
-    graded on whatever answer it left, usually none)."""
+    graded on whatever answer it left, usually none), and the run's oracle (see
+    dytopo.eval.oracle) under `oracle`."""
     meta = item.meta
-    verdict = grade_answer(record.final_answer, meta["prompt"], meta["test"], meta["entry_point"])
-    return verdict.model_dump()
+    prompt, test, entry = meta["prompt"], meta["test"], meta["entry_point"]
+    verdict = grade_answer(record.final_answer, prompt, test, entry)
+    trace = Path(record.trace) if record.trace and record.mode != PLAIN else None
+    found = oracle(verdict, trace, entry, lambda code: grade_completion(prompt, code, test, entry))
+    return {**verdict.model_dump(), "oracle": found.model_dump()}

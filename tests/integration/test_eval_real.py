@@ -1,6 +1,7 @@
 """`dytopo eval --limit 3` end to end on the real llama-server (SmolLM2-135M) and MiniLM: every
-run recorded and graded, the table printed, and a rerun skips them all. The accuracy of a 135M
-model is not asserted (it is near zero)."""
+run recorded and graded (the plain call as one request, with the server's cache count), the
+table printed, and a rerun skips them all. The accuracy of a 135M model is not asserted (it is
+near zero)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dytopo.managed import ManagedStack
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEMS = ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
-MODES = ["single", "dynamic"]
+MODES = ["plain", "single", "dynamic"]
 
 
 def dytopo_eval(stack: ManagedStack, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -49,20 +50,25 @@ def test_eval_limit_3_end_to_end(stack: ManagedStack, tmp_path: Path) -> None:
         assert record.grade["kind"] in ("function", "body", "code", "none")
         assert isinstance(record.grade["passed"], bool)
         assert record.grade["status"]
+        assert isinstance(record.grade["oracle"]["passed"], bool)
+    plain = [r for r in records if r.mode == "plain"]
+    assert all(r.ok and r.usage.requests == 1 and r.usage.completion_tokens > 0 for r in plain)
+    assert all(r.grade["oracle"]["passed"] == r.grade["passed"] for r in plain)
     assert all(r.rounds == 1 for r in records if r.ok)
     assert "Traceback" not in done.stderr
-    assert "[6/6] HumanEval/2 dynamic: " in done.stderr
+    assert "[9/9] HumanEval/2 dynamic: " in done.stderr
     table = done.stdout
     assert "humaneval: 3 problems" in table
     for mode in MODES:
         assert f"  {mode} " in table
-    print(f"dytopo eval --limit 3 (single, dynamic, 1 round): {wall:.0f} s")  # for BENCHMARKS
+    print(f"dytopo eval --limit 3 (plain, single, dynamic, 1 round): {wall:.0f} s")  # BENCHMARKS
 
     again = dytopo_eval(stack, tmp_path, "--json")
 
     assert again.returncode == 0, again.stderr[-3000:]
     shown = json.loads(again.stdout)
-    assert (shown["problems"], shown["skipped"]) == (3, 6)
+    assert (shown["problems"], shown["skipped"]) == (3, 9)
     assert [row["mode"] for row in shown["modes"]] == MODES
-    assert [row["problems"] for row in shown["modes"]] == [3, 3]
-    assert len(read_records(tmp_path / "records.jsonl")) == 6  # nothing ran again
+    assert [row["problems"] for row in shown["modes"]] == [3, 3, 3]
+    assert shown["modes"][0]["requests"] == 1.0
+    assert len(read_records(tmp_path / "records.jsonl")) == 9  # nothing ran again
