@@ -315,6 +315,7 @@ def test_an_unknown_model_option_is_one_line_and_exit_2(
         ["resume", "x"],
         ["serve"],
         ["mcp"],
+        ["eval"],
         ["batch", "x", "-t", "x"],
         ["compare", "x"],
         ["plan", "x"],
