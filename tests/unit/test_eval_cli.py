@@ -38,12 +38,14 @@ def test_every_answer_is_graded_recorded_and_tabulated(
     assert records[0].final_answer == canonical("HumanEval/0")
     assert Path(records[0].trace or "").is_file()
     assert records[0].trace == str(tmp_path / "traces" / "HumanEval_0-single.jsonl")
-    # single: goal, the developer alone, decision; dynamic: three agents (the tester, who has a
-    # tool, asks twice: a turn that may call run_python, then its step)
-    assert [r.usage.requests for r in records[:2]] == [3, 6]
+    # every request a run made is in its usage (single: goal, the developer alone, decision;
+    # dynamic: three agents; an agent with a tool asks twice), none of another run's
+    assert [r.usage.requests for r in records] == [len(b.requests) for b in server.backends]
+    assert records[0].usage.requests < records[1].usage.requests
     assert re.search(r"single +2/3 +66\.7% \[20\.8, 93\.9\] +66\.7% +0 ", out), out
     assert re.search(r"dynamic +2/3 +66\.7% \[20\.8, 93\.9\] ", out), out
-    assert "[1/6] HumanEval/0 single: passed; oracle passed; 3 requests, server work " in err
+    asked = records[0].usage.requests
+    assert f"[1/6] HumanEval/0 single: passed; oracle passed; {asked} requests, server work " in err
     assert "(1 rounds, " in err
     assert "[3/6] HumanEval/1 single: failed (exit status 1" in err
 
