@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
@@ -28,6 +28,17 @@ class AnswerSpec(BaseModel):
     extract: Literal["text", "code"] = "text"
     """text: the whole private message; code: its fenced code blocks, in one fence (the whole
     message when it has none)."""
+    tests_from: str | None = None
+    """The agent whose latest code blocks are tests: after every round the library runs the
+    answer's code followed by them in the OS sandbox (needs `from` and `extract: code`)."""
+    halt_on_pass: bool = True
+    """A passing check ends the run (from min_rounds on) without asking the manager."""
+
+    @model_validator(mode="after")
+    def _check(self) -> AnswerSpec:
+        if self.tests_from is not None and (self.source is None or self.extract != "code"):
+            raise ValueError("answer.tests_from needs answer.from and answer.extract: code")
+        return self
 
 
 class Work(BaseModel):
@@ -56,14 +67,22 @@ class _Step(Protocol):
     def output(self) -> _Output | None: ...
 
 
-def latest_work(rounds: Iterable[tuple[int, Iterable[_Step]]]) -> dict[str, Work]:
+def latest_work(
+    rounds: Iterable[tuple[int, Iterable[_Step]]], spec: AnswerSpec | None = None
+) -> dict[str, Work]:
     """Each agent's latest successful private message over `rounds` ((round, steps) pairs,
-    oldest first)."""
+    oldest first). With `spec` extracting code, the answer's author's latest message that
+    holds code: a reply that only says what changed does not replace the code it changed."""
     work: dict[str, Work] = {}
     for t, steps in rounds:
         for step in steps:
-            if step.ok and step.output is not None and step.output.private.strip():
-                work[step.agent] = Work(agent=step.agent, round=t, text=step.output.private)
+            if not step.ok or step.output is None or not step.output.private.strip():
+                continue
+            text = step.output.private
+            author = spec is not None and spec.extract == "code" and step.agent == spec.source
+            if author and not code_blocks(text) and step.agent in work:
+                continue
+            work[step.agent] = Work(agent=step.agent, round=t, text=text)
     return work
 
 

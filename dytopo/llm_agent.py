@@ -20,7 +20,8 @@ from dytopo.tools.registry import Tool
 # No placeholder JSON here: small models copy placeholders verbatim. The server's JSON-schema
 # constraint already fixes the shape; the prompt only has to name the keys.
 FORMAT = (
-    "Each round, do your part of the round's goal. Reply with one JSON object with four string "
+    "The task is the team's: each round, do only your own role's part of it and of the "
+    "round's goal. Reply with one JSON object with four string "
     "keys: public (one sentence for everyone: what you did), private (your actual work, sent "
     "only to the teammates who need it), query (one sentence: the specific thing you need "
     "from a teammate now) and key (one sentence: the specific thing your private work gives). "

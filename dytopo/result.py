@@ -10,11 +10,13 @@ from pydantic import BaseModel, Field
 
 from dytopo.agent import AgentOutput
 from dytopo.backends.types import Usage
+from dytopo.check import Check
 from dytopo.manager import ManagerDecision
 from dytopo.router import Routing
 from dytopo.structured import Attempt
 
-HaltReason = Literal["manager", "max_rounds", "budget", "error"]
+HaltReason = Literal["manager", "checked", "max_rounds", "budget", "error"]
+"""checked: the answer's check passed (`answer.tests_from`, `halt_on_pass`)."""
 
 
 class AgentStep(BaseModel):
@@ -53,6 +55,8 @@ class RoundRecord(BaseModel):
     decision: ManagerDecision | None = None
     """None when the manager failed and the fallback applied."""
     halt_accepted: bool = False
+    check: Check | None = None
+    """The answer's check after this round (`answer.tests_from`), when it ran."""
     usage: Usage = Field(default_factory=Usage)
     """Agents' steps plus the manager's decision in this round."""
     wall_s: float = 0.0

@@ -19,6 +19,7 @@ from dytopo.agent import Agent, AgentOutput
 from dytopo.answer import AnswerSpec, Work, latest_work
 from dytopo.backends.base import Backend
 from dytopo.budget_guard import budget_stop
+from dytopo.check import Check, run_check
 from dytopo.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -96,8 +97,9 @@ class Swarm:
         requests are admitted only up to run_token_budget minus this."""
         self.answer = answer or AnswerSpec()
         """What the final answer is made of (an agent's latest work, or the manager's choice)."""
-        if self.answer.source is not None and self.answer.source not in ids:
-            raise ValueError(f"answer.from {self.answer.source!r} is not an agent id ({ids})")
+        for key, agent in (("from", self.answer.source), ("tests_from", self.answer.tests_from)):
+            if agent is not None and agent not in ids:
+                raise ValueError(f"answer.{key} {agent!r} is not an agent id ({ids})")
         manager.join([TeamMember(id=a.id, does=a.does) for a in self.agents], self.answer)
         self.origin: TopologyOrigin | None = None
         """The topology file this swarm was built from (checkpoints name it, for resume)."""
@@ -293,6 +295,9 @@ class RoundLoop:
                 self.halt = ("budget", await self._final_answer())
                 return
             record = await self._round(t, self.state.goal)
+            if record.check is not None and record.check.passed and self._halts_on(t):
+                self.halt = ("checked", record.check.answer)
+                return
             if record.halt_accepted and record.decision is not None:
                 self.halt = ("manager", record.decision.final_answer)
                 return
@@ -314,7 +319,13 @@ class RoundLoop:
             fields = {"from": d.source, "to": d.target}
             self.trace.emit("delivery", round=t, score=d.score, phase=d.phase, **fields)
         self.unfinished.routing, self.unfinished.deliveries = routing, deliveries
-        verdict = await self._decide(t, self._work((t, steps)))
+        work = self._work((t, steps))
+        check = await self._check(t, work)
+        if check is not None and check.passed and self._halts_on(t):
+            verdict = Verdict()  # verified: no decision to pay for
+        else:
+            shown = work if check is None else {**work, "check": _check_work(check, self.swarm)}
+            verdict = await self._decide(t, shown)
         record = RoundRecord(
             round=t,
             goal=goal,
@@ -323,6 +334,7 @@ class RoundLoop:
             deliveries=deliveries,
             decision=verdict.decision,
             halt_accepted=verdict.accepted,
+            check=check,
             usage=sum((st.usage for st in steps), verdict.usage),
             wall_s=round(time.monotonic() - started, 3),
         )
@@ -370,12 +382,33 @@ class RoundLoop:
         return await self.calls.decide(t, self.state.transcript, work)
 
     async def _final_answer(self) -> str:
+        passed = [r.check for r in self.state.rounds if r.check is not None and r.check.passed]
+        if passed:  # the latest checked answer beats a later unchecked one
+            self.trace.emit("final_answer", final_answer=passed[-1].answer, answer_source="check")
+            return passed[-1].answer
         return await self.calls.final(self.state.transcript, self._work())
+
+    def _halts_on(self, t: int) -> bool:
+        return self.swarm.answer.halt_on_pass and t >= self.swarm.min_rounds
+
+    async def _check(self, t: int, work: dict[str, Work]) -> Check | None:
+        """Run the answer's check; a failure reaches the author and the tester as a message."""
+        spec = self.swarm.answer
+        check = await run_check(spec, work, t)
+        if check is None:
+            return None
+        self.trace.emit("check", **check.model_dump(exclude={"answer"}))
+        if not check.passed:
+            note = MemoryItem(round=t, kind="private", source="check", text=check.render(spec))
+            for agent in {spec.source, spec.tests_from} - {None}:
+                assert agent is not None
+                self.state.memory[agent].append(note)
+        return check
 
     def _work(self, current: tuple[int, Sequence[AgentStep]] | None = None) -> dict[str, Work]:
         """Each agent's latest work product, over the complete rounds and `current` steps."""
         done = [(r.round, r.steps) for r in self.state.rounds]
-        return latest_work([*done, current] if current is not None else done)
+        return latest_work([*done, current] if current is not None else done, self.swarm.answer)
 
     def _complete(self, record: RoundRecord, tokens: int) -> None:
         """Round t is done: it joins the state, which now holds everything to continue from."""
@@ -494,6 +527,11 @@ class RoundLoop:
             f"{what}{kept}{where}{again}",
             partial=partial,
         )
+
+
+def _check_work(check: Check, swarm: Swarm) -> Work:
+    """The check's result as the manager sees it, beside the agents' work."""
+    return Work(agent="check", round=check.round, text=check.render(swarm.answer))
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -151,9 +151,10 @@ class Topology(_Strict):
         if self.routing.hub is not None and self.routing.hub not in counts:
             ids = ", ".join(list(counts)[:10]) + (", ..." if len(counts) > 10 else "")
             raise ValueError(f"routing.hub {self.routing.hub!r} is not an agent id ({ids})")
-        if self.answer.source is not None and self.answer.source not in counts:
-            ids = ", ".join(list(counts)[:10]) + (", ..." if len(counts) > 10 else "")
-            raise ValueError(f"answer.from {self.answer.source!r} is not an agent id ({ids})")
+        for key, agent in (("from", self.answer.source), ("tests_from", self.answer.tests_from)):
+            if agent is not None and agent not in counts:
+                ids = ", ".join(list(counts)[:10]) + (", ..." if len(counts) > 10 else "")
+                raise ValueError(f"answer.{key} {agent!r} is not an agent id ({ids})")
         if self.min_rounds > self.max_rounds:
             raise ValueError(f"min_rounds ({self.min_rounds}) > max_rounds ({self.max_rounds})")
         return self

@@ -224,3 +224,103 @@ def test_latest_work_skips_failed_and_empty_steps() -> None:
     work = latest_work(rounds)
     assert list(work) == ["a"]
     assert (work["a"].round, work["a"].text) == (1, "v1")
+
+
+def test_a_reply_without_code_does_not_replace_the_authors_code() -> None:
+    code = AgentOutput(public="p", private="```python\nv1\n```", query="q", key="k")
+    prose = AgentOutput(public="p", private="I added a helper function.", query="q", key="k")
+    rounds = [
+        (1, [AgentStep(agent="dev", ok=True, output=code)]),
+        (2, [AgentStep(agent="dev", ok=True, output=prose)]),
+    ]
+    spec = AnswerSpec(source="dev", extract="code")
+    assert latest_work(rounds, spec)["dev"].round == 1
+    assert latest_work(rounds)["dev"].round == 2  # without the rule: the latest message
+
+
+# --- the answer's check: the author's code with the tester's asserts, in the sandbox ---------
+
+GOOD = "```python\ndef add(x, y):\n    return x + y\n```"
+BAD = "```python\ndef add(x, y):\n    return x - y\n```"
+TESTS = "```python\nassert add(2, 3) == 5\nassert add(0, 0) == 0\n```"
+
+
+def checked_swarm(backend: ScriptedBackend, **options: object) -> Swarm:
+    spec = AnswerSpec(source="developer", extract="code", tests_from="tester")
+    return swarm(backend, spec, **options)
+
+
+async def test_a_passing_check_ends_the_run_with_the_checked_code(tmp_path: Path) -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("work")],
+            "developer": [dev_step(GOOD)],
+            "tester": [qa_step(TESTS)],
+        }
+    )
+    trace = tmp_path / "t.jsonl"
+    result = await checked_swarm(backend, min_rounds=1).run("write add", trace_path=trace)
+    backend.assert_complete()  # no decision was asked for: the check decided
+    assert result.halt_reason == "checked"
+    assert result.final_answer == GOOD
+    check = result.rounds[0].check
+    assert check is not None
+    assert check.passed
+    assert [e["passed"] for e in read_trace(trace) if e["event"] == "check"] == [True]
+
+
+async def test_a_failed_check_goes_to_author_and_tester_and_the_fix_is_checked() -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("work"), go_on()],
+            "developer": [dev_step(BAD), dev_step(GOOD)],
+            "tester": [qa_step(TESTS), qa_step(TESTS)],
+        }
+    )
+    result = await checked_swarm(backend, min_rounds=1, max_rounds=3).run("write add")
+    backend.assert_complete()
+    assert result.halt_reason == "checked"
+    assert result.final_answer == GOOD
+    first = result.rounds[0].check
+    assert first is not None
+    assert not first.passed
+    assert "AssertionError" in first.output
+    # The failure reached the developer's next prompt, and the manager's decision.
+    developer = [r for r in backend.requests if r.tag == "developer"][1]
+    assert "check of developer's round 1 code with tester's round 1 tests: FAILED" in (
+        developer.messages[-1].content or ""
+    )
+    decision = [r for r in backend.requests if r.tag == "manager"][1]
+    assert "FAILED" in (decision.messages[-1].content or "")
+
+
+async def test_at_max_rounds_the_latest_passing_code_beats_a_later_broken_one() -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("work"), go_on(), go_on()],
+            "developer": [dev_step(GOOD), dev_step(BAD)],
+            "tester": [qa_step(TESTS), qa_step(TESTS)],
+        }
+    )
+    # min_rounds=2: the round-1 pass cannot end the run; round 2 breaks the code.
+    result = await checked_swarm(backend, min_rounds=2, max_rounds=2).run("write add")
+    backend.assert_complete()
+    assert result.halt_reason == "max_rounds"
+    assert result.final_answer == GOOD
+
+
+def test_redefinitions_in_tests_are_dropped() -> None:
+    from dytopo.check import test_code
+
+    answer = "def add(x, y):\n    return x + y"
+    tests = "```python\ndef add(x, y):\n    return 0\nassert add(1, 1) == 2\n```"
+    kept = test_code(tests, answer)
+    assert kept is not None
+    assert "return 0" not in kept
+    assert "assert add(1, 1) == 2" in kept
+    assert test_code("```python\nprint(add(1, 2))\n```", answer) is None  # nothing asserted
+
+
+def test_tests_from_needs_code_answers() -> None:
+    with pytest.raises(ValueError, match="tests_from needs"):
+        AnswerSpec(source="developer", tests_from="tester")
