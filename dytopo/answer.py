@@ -9,6 +9,7 @@ agent whose latest work is the answer (`answer.from`), or the manager names one
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterable, Mapping
 from typing import Literal, Protocol
@@ -29,8 +30,9 @@ class AnswerSpec(BaseModel):
     """text: the whole private message; code: its fenced code blocks, in one fence (the whole
     message when it has none)."""
     tests_from: str | None = None
-    """The agent whose latest code blocks are tests: after every round the library runs the
-    answer's code followed by them in the OS sandbox (needs `from` and `extract: code`)."""
+    """The agent whose latest code blocks are tests, or `task` (the examples the task gives:
+    doctests, or `call == expected` lines): after every round the library runs the answer's
+    code followed by them in the OS sandbox (needs `from` and `extract: code`)."""
     halt_on_pass: bool = True
     """A passing check ends the run (from min_rounds on) without asking the manager."""
 
@@ -80,7 +82,7 @@ def latest_work(
                 continue
             text = step.output.private
             author = spec is not None and spec.extract == "code" and step.agent == spec.source
-            if author and not code_blocks(text) and step.agent in work:
+            if author and not has_code(text) and step.agent in work:
                 continue
             work[step.agent] = Work(agent=step.agent, round=t, text=text)
     return work
@@ -92,14 +94,42 @@ def code_blocks(text: str) -> list[str]:
     return [m.group(2).strip("\n") for m in FENCE.finditer(text) if m.group(2).strip()]
 
 
+CODE_START = re.compile(r"^(def |async def |class |import |from \S+ import |@)", re.MULTILINE)
+
+
+def bare_code(text: str) -> str | None:
+    """Python written without a fence: from the first line that starts a definition or an
+    import, up to the last line after which it still parses (prose around it is dropped)."""
+    start = CODE_START.search(text)
+    if start is None:
+        return None
+    lines = text[start.start() :].splitlines()
+    for end in range(len(lines), 0, -1):
+        candidate = "\n".join(lines[:end]).strip()
+        try:
+            ast.parse(candidate)
+        except SyntaxError:
+            continue
+        return candidate
+    return None
+
+
+def has_code(text: str) -> bool:
+    return bool(code_blocks(text)) or bare_code(text) is not None
+
+
 def extract(text: str, how: Literal["text", "code"]) -> str:
-    """The part of a work product that is the answer."""
+    """The part of a work product that is the answer (code: its fenced blocks in one fence,
+    else the Python it holds unfenced, else the whole text)."""
     if how == "text":
         return text.strip()
     blocks = code_blocks(text)
-    if not blocks:
-        return text.strip()
     language = next((m.group(1) for m in FENCE.finditer(text) if m.group(1)), "")
+    if not blocks:
+        bare = bare_code(text)
+        if bare is None:
+            return text.strip()
+        blocks, language = [bare], "python"
     return f"```{language}\n" + "\n\n".join(blocks) + "\n```"
 
 

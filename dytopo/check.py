@@ -4,19 +4,23 @@ A small model asked to run code through a tool call splits the function and its 
 separate calls (each its own process: NameError) and retypes the code it should have copied
 (measured with Qwen2.5-Coder-1.5B). So when a topology names who writes the tests
 (`answer.tests_from`), the library runs the check itself after every round, at no token cost:
-the author's latest code, then the tester's latest test code, in one sandboxed process. A
-pass ends the run (`halt_on_pass`); a failure goes to the author and the tester as a message.
+the author's latest code, then the tester's latest test code (or, with `tests_from: task`, the
+examples the task gives), in one sandboxed process. A pass ends the run (`halt_on_pass`); a
+failure goes to the author and the tester as a message.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import builtins
+import doctest
+import re
 from collections.abc import Mapping
 
 from pydantic import BaseModel
 
-from dytopo.answer import AnswerSpec, Work, code_blocks, extract
+from dytopo.answer import AnswerSpec, Work, bare_code, code_blocks, extract
 from dytopo.sandbox import SandboxError, SandboxLimits, run_sandboxed
 
 LIMITS = SandboxLimits(wall_s=10.0, memory_mb=512)
@@ -38,10 +42,12 @@ class Check(BaseModel):
     """The checked answer as the final answer would carry it."""
 
     def render(self, spec: AnswerSpec) -> str:
-        what = (
-            f"{spec.source}'s round {self.answer_round} code with {spec.tests_from}'s "
-            f"round {self.tests_round} tests"
+        tests = (
+            "the task's examples"
+            if spec.tests_from == TASK
+            else f"{spec.tests_from}'s round {self.tests_round} tests"
         )
+        what = f"{spec.source}'s round {self.answer_round} code with {tests}"
         return f"check of {what}: " + ("passed" if self.passed else f"FAILED: {self.output}")
 
 
@@ -75,16 +81,102 @@ def test_code(tests: str, answer: str) -> str | None:
     return ast.unparse(ast.Module(body=kept, type_ignores=[]))
 
 
-async def run_check(spec: AnswerSpec, work: Mapping[str, Work], round: int) -> Check | None:
-    """Check the answer's latest code with the tests' latest code; None when either is missing
-    or the host cannot sandbox (the run goes on unchecked)."""
+TASK = "task"
+"""`tests_from: task`: the examples the task itself gives are the tests."""
+FENCE_LINE = re.compile(r"^[ \t]*(```.*|\"\"\"|\'\'\')[ \t]*$", re.MULTILINE)
+EXAMPLE_LINE = re.compile(r"^\s*([A-Za-z_]\w*\(.*\))\s*(?:==|➞|=>|→)\s*(.+?)\s*$")
+RUNNER = """
+import math as _math, sys as _sys
+def _same(a, b):
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return _math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+        except TypeError:
+            return False
+    return a == b
+_failed = []
+{examples}
+print("\\n".join(_failed) or "all {count} examples passed")
+_sys.exit(1 if _failed else 0)
+"""
+EXAMPLE = """
+try:
+    _got = ({call})
+except Exception as _e:
+    _failed.append({call!r} + " raised " + type(_e).__name__ + ": " + str(_e))
+else:
+    if not _same(_got, ({want})):
+        _failed.append({call!r} + " returned " + repr(_got) + ", expected " + {want!r})
+"""
+
+
+def examples(task: str) -> list[tuple[str, str]]:
+    """The (call, expected) pairs a task gives: its doctests (`>>> call`, then the output),
+    and its `call == expected` lines (also with ➞, => or →)."""
+    text = FENCE_LINE.sub("", task)
+    try:
+        found = doctest.DocTestParser().get_examples(text)
+    except ValueError:  # inconsistent indentation: no usable doctests
+        found = []
+    pairs = []
+    for e in found:
+        call, want = e.source.strip(), e.want.strip()
+        if not want and "==" in call:
+            want = "True"
+        pairs.append((call, want))
+    if not pairs:
+        pairs = [(m[1], m[2]) for m in map(EXAMPLE_LINE.match, text.splitlines()) if m]
+    return pairs
+
+
+def _usable(call: str, want: str, names: set[str]) -> tuple[str, str] | None:
+    """The example as two clean expressions (comments dropped), when both are expressions
+    over the answer's names, builtins and literals (a name the task never defines, such as
+    `a` or a lowercase `true`, would fail any code)."""
+    try:
+        trees = [ast.parse(call, mode="eval"), ast.parse(want, mode="eval")]
+    except SyntaxError:
+        return None
+    known = names | set(dir(builtins))
+    used = {n.id for t in trees for n in ast.walk(t) if isinstance(n, ast.Name)}
+    if isinstance(trees[0].body, ast.Constant) or not used <= known:
+        return None
+    return ast.unparse(trees[0]), ast.unparse(trees[1])
+
+
+def example_tests(task: str, answer: str) -> str | None:
+    """A program that runs the task's examples against the answer's functions and exits 1
+    listing the ones that failed; None when the task gives no usable example."""
+    try:
+        tree = ast.parse(answer)
+    except SyntaxError:
+        return None
+    names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    chosen = [e for c, w in examples(task) if (e := _usable(c, w, names)) is not None]
+    if not chosen:
+        return None
+    body = "".join(EXAMPLE.format(call=c, want=w) for c, w in chosen)
+    return RUNNER.format(examples=body, count=len(chosen))
+
+
+async def run_check(
+    spec: AnswerSpec, work: Mapping[str, Work], round: int, task: str = ""
+) -> Check | None:
+    """Check the answer's latest code with the tests' latest code (or the task's examples);
+    None when either is missing or the host cannot sandbox (the run goes on unchecked)."""
     if spec.source is None or spec.tests_from is None:
         return None
-    answer, tests = work.get(spec.source), work.get(spec.tests_from)
-    if answer is None or tests is None:
+    answer = work.get(spec.source)
+    tests = None if spec.tests_from == TASK else work.get(spec.tests_from)
+    if answer is None or (tests is None and spec.tests_from != TASK):
         return None
-    code = "\n\n".join(code_blocks(answer.text))
-    checks = test_code(tests.text, code) if code.strip() else None
+    code = "\n\n".join(code_blocks(answer.text)) or bare_code(answer.text) or ""
+    if not code.strip():
+        return None
+    checks = example_tests(task, code) if tests is None else test_code(tests.text, code)
     if checks is None:
         return None
     try:
@@ -100,7 +192,7 @@ async def run_check(spec: AnswerSpec, work: Mapping[str, Work], round: int) -> C
     return Check(
         round=round,
         answer_round=answer.round,
-        tests_round=tests.round,
+        tests_round=tests.round if tests is not None else 0,
         passed=result.returncode == 0 and not result.timed_out,
         output=f"[{status}] {tail}".strip(),
         answer=extract(answer.text, spec.extract),

@@ -19,7 +19,7 @@ from dytopo.agent import Agent, AgentOutput
 from dytopo.answer import AnswerSpec, Work, latest_work
 from dytopo.backends.base import Backend
 from dytopo.budget_guard import budget_stop
-from dytopo.check import Check, run_check
+from dytopo.check import TASK, Check, run_check
 from dytopo.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -98,7 +98,7 @@ class Swarm:
         self.answer = answer or AnswerSpec()
         """What the final answer is made of (an agent's latest work, or the manager's choice)."""
         for key, agent in (("from", self.answer.source), ("tests_from", self.answer.tests_from)):
-            if agent is not None and agent not in ids:
+            if agent is not None and agent not in [*ids, TASK]:
                 raise ValueError(f"answer.{key} {agent!r} is not an agent id ({ids})")
         manager.join([TeamMember(id=a.id, does=a.does) for a in self.agents], self.answer)
         self.origin: TopologyOrigin | None = None
@@ -394,15 +394,15 @@ class RoundLoop:
     async def _check(self, t: int, work: dict[str, Work]) -> Check | None:
         """Run the answer's check; a failure reaches the author and the tester as a message."""
         spec = self.swarm.answer
-        check = await run_check(spec, work, t)
+        check = await run_check(spec, work, t, self.state.task)
         if check is None:
             return None
         self.trace.emit("check", **check.model_dump(exclude={"answer"}))
         if not check.passed:
             note = MemoryItem(round=t, kind="private", source="check", text=check.render(spec))
-            for agent in {spec.source, spec.tests_from} - {None}:
-                assert agent is not None
-                self.state.memory[agent].append(note)
+            for agent in self.state.memory:
+                if agent in (spec.source, spec.tests_from):
+                    self.state.memory[agent].append(note)
         return check
 
     def _work(self, current: tuple[int, Sequence[AgentStep]] | None = None) -> dict[str, Work]:

@@ -152,7 +152,7 @@ class Topology(_Strict):
             ids = ", ".join(list(counts)[:10]) + (", ..." if len(counts) > 10 else "")
             raise ValueError(f"routing.hub {self.routing.hub!r} is not an agent id ({ids})")
         for key, agent in (("from", self.answer.source), ("tests_from", self.answer.tests_from)):
-            if agent is not None and agent not in counts:
+            if agent is not None and agent not in counts and (key, agent) != ("tests_from", "task"):
                 ids = ", ".join(list(counts)[:10]) + (", ..." if len(counts) > 10 else "")
                 raise ValueError(f"answer.{key} {agent!r} is not an agent id ({ids})")
         if self.min_rounds > self.max_rounds:

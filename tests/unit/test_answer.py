@@ -324,3 +324,45 @@ def test_redefinitions_in_tests_are_dropped() -> None:
 def test_tests_from_needs_code_answers() -> None:
     with pytest.raises(ValueError, match="tests_from needs"):
         AnswerSpec(source="developer", tests_from="tester")
+
+
+def test_unfenced_code_is_found_and_prose_around_it_dropped() -> None:
+    text = "Here's the function:\n\ndef f(x):\n    return x + 1\n\nIt adds one."
+    assert extract(text, "code") == "```python\ndef f(x):\n    return x + 1\n```"
+    assert extract("Here's the complete function with the implementation:", "code") == (
+        "Here's the complete function with the implementation:"
+    )
+
+
+def test_the_task_examples_check_the_code() -> None:
+    from dytopo.check import example_tests
+
+    task = (
+        '```python\ndef inc(x):\n    """Add one.\n    >>> inc(1)\n    2\n'
+        '    >>> inc(a)  # a is not defined anywhere\n    3\n    """\n```'
+    )
+    tests = example_tests(task, "def inc(x):\n    return x + 1")
+    assert tests is not None
+    assert "inc(1)" in tests
+    assert "inc(a)" not in tests  # an example over undefined names would fail any code
+    lines = 'def f(s):\n    """\n    f("ab") == "AB"\n    f("") ➞ ""\n    """'
+    assert example_tests(lines, "def f(s):\n    return s.upper()").count("_got = ") == 2  # type: ignore[union-attr]
+    assert example_tests("no examples here", "def f(s):\n    pass") is None
+
+
+async def test_task_examples_end_the_run_when_they_pass() -> None:
+    task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
+    script = {
+        "manager": [goal("work"), go_on()],
+        "developer": [dev_step(BAD), dev_step(GOOD)],
+        "tester": [qa_step("t"), qa_step("t")],
+    }
+    backend = ScriptedBackend(by_tag=script)
+    spec = AnswerSpec(source="developer", extract="code", tests_from="task")
+    result = await swarm(backend, spec, min_rounds=1, max_rounds=3).run(task)
+    backend.assert_complete()
+    assert result.halt_reason == "checked"
+    assert result.final_answer == GOOD
+    first = result.rounds[0].check
+    assert first is not None
+    assert "add(2, 3) returned -1, expected 5" in first.output

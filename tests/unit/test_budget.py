@@ -169,7 +169,7 @@ async def test_run_token_budget_stops_gracefully_with_the_final_answer() -> None
         backend,
         ["researcher", "writer"],
         max_rounds=5,
-        run_token_budget=1650,
+        run_token_budget=1750,
         final_answer_reserve=450,
     )
     result = await swarm.run("task")
