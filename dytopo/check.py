@@ -85,6 +85,7 @@ TASK = "task"
 """`tests_from: task`: the examples the task itself gives are the tests."""
 FENCE_LINE = re.compile(r"^[ \t]*(```.*|\"\"\"|\'\'\')[ \t]*$", re.MULTILINE)
 EXAMPLE_LINE = re.compile(r"^\s*([A-Za-z_]\w*\(.*\))\s*(?:==|➞|=>|→)\s*(.+?)\s*$")
+DEFINED = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)", re.MULTILINE)
 RUNNER = """
 import math as _math, sys as _sys
 def _same(a, b):
@@ -149,12 +150,13 @@ def example_tests(task: str, answer: str) -> str | None:
     listing the ones that failed; None when the task gives no usable example."""
     try:
         tree = ast.parse(answer)
-    except SyntaxError:
-        return None
-    names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    except SyntaxError:  # still checked: the run reports the syntax error to the author
+        names = set(DEFINED.findall(answer))
+    else:
+        names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names |= {(a.asname or a.name).split(".")[0] for a in node.names}
     chosen = [e for c, w in examples(task) if (e := _usable(c, w, names)) is not None]
     if not chosen:
         return None

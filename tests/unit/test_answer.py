@@ -366,3 +366,16 @@ async def test_task_examples_end_the_run_when_they_pass() -> None:
     first = result.rounds[0].check
     assert first is not None
     assert "add(2, 3) returned -1, expected 5" in first.output
+
+
+async def test_code_that_does_not_parse_fails_its_check() -> None:
+    from dytopo.answer import Work
+    from dytopo.check import run_check
+
+    task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
+    broken = Work(agent="dev", round=1, text="```python\ndef add(x, y):\n    return (x +\n```")
+    spec = AnswerSpec(source="dev", extract="code", tests_from="task")
+    check = await run_check(spec, {"dev": broken}, 1, task)
+    assert check is not None
+    assert not check.passed
+    assert "SyntaxError" in check.output
