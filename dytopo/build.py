@@ -61,6 +61,7 @@ def build_swarm(
                 tools=registry.subset(spec.tools),
                 tool_context=tool_context,
                 tool_policy=policy,
+                text_work=spec.text_work,
             )
         )
     m = topology.manager

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from dytopo.agent import PRIVATE_CHARS, Agent, AgentOutput, StepContext
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
@@ -28,13 +30,27 @@ FORMAT = (
     "query and key decide who receives your work: name this task's own artifacts and names, "
     "and make them differ."
 )
+TEXT_FORMAT = (
+    "The task is the team's: each round, do only your own role's part of it and of the "
+    "round's goal. First write your work itself as plain text: what your teammates receive "
+    "(code goes in one fenced block). Then you are asked for one JSON object about that work, "
+    "with the string keys public (one sentence for everyone: what you did), query (one "
+    "sentence: the specific thing you need from a teammate now) and key (one sentence: the "
+    "specific thing your work gives). query and key decide who receives your work: name this "
+    "task's own artifacts and names, and make them differ."
+)
 # The closing lines follow the round's goal, the first new text of a prompt, so the server
 # processes them again every round: they stay short, and FORMAT (cached) says the rest.
 CLOSING = "Do your part for this round's goal now, as one JSON object."
 MEMORY = "YOUR MEMORY (your reports and messages routed to you, oldest first):"
 OWN = "YOUR LATEST WORK:"
 FRESH = "MESSAGES THIS ROUND (from agents before you in this round):"
-ANSWER = f"Those are your tool results. {CLOSING}"
+WORK = "Do your part for this round's goal now: write your work itself, as plain text."
+DESCRIBE = (
+    "Now one JSON object about the work you just wrote, with the string keys public, query and key."
+)
+DESCRIBE_TOKENS = 200
+"""max_tokens of the JSON about a text work product (three sentences)."""
 ANSWER_TOKENS = 64
 """Room for the request for the answer after the tool phase (about 40 tokens)."""
 
@@ -56,8 +72,11 @@ class LLMAgent(Agent):
         tools: Sequence[Tool] = (),
         tool_context: ToolContext | None = None,
         tool_policy: ToolPolicy | None = None,
+        text_work: bool = False,
     ) -> None:
         super().__init__(id, card.name, card.description)
+        self.text_work = text_work
+        """Write the private work as plain text first, then the JSON about it (see step)."""
         self.tools = list(tools)
         self.tool_context = tool_context or ToolContext()
         self.tool_policy = tool_policy or ToolPolicy(reasks=reasks)
@@ -69,8 +88,15 @@ class LLMAgent(Agent):
         self.sampling = sampling or Sampling()
         self.reasks = reasks
 
+    def _closing(self) -> str:
+        return WORK if self.text_work else CLOSING
+
     def system_prompt(self) -> str:
-        parts = [self.card.prompt, self.instructions.strip(), FORMAT]
+        parts = [
+            self.card.prompt,
+            self.instructions.strip(),
+            TEXT_FORMAT if self.text_work else FORMAT,
+        ]
         return "\n\n".join(p for p in parts if p)
 
     def messages(
@@ -97,7 +123,7 @@ class LLMAgent(Agent):
             user.append(FRESH + "\n" + "\n".join(fresh))
         if notes:
             user.append("TOOL RESULTS:\n" + "\n".join(notes))
-        user += [f"ROUND {ctx.round} GOAL:\n{ctx.goal}", CLOSING]
+        user += [f"ROUND {ctx.round} GOAL:\n{ctx.goal}", self._closing()]
         return [
             ChatMessage(role="system", content=self.system_prompt()),
             ChatMessage(role="user", content="\n\n".join(user)),
@@ -137,6 +163,8 @@ class LLMAgent(Agent):
         else:
             pack = self._packer(ctx, budget)
             request = self._request(await pack())
+        if self.text_work:
+            return with_evidence(await self._text_step(ctx, request, pack), outcomes)
         result = await ask_structured(
             self.backend,
             request,
@@ -152,6 +180,42 @@ class LLMAgent(Agent):
                 f"({result.error})"
             )
         return with_evidence(result.value, outcomes)
+
+    async def _text_step(self, ctx: StepContext, request: ChatRequest, pack: Pack) -> AgentOutput:
+        """The work as plain text, then the JSON about it in the same conversation (its prompt
+        is the first one's continuation, so the server reuses all of it). Code and drafts
+        written as text come out whole; inside a JSON string a 1.5B model dropped the code
+        and kept only its note on what changed, or turned a docstring's quotes into fences."""
+        reply = await self.backend.chat(request)
+        ctx.usage = ctx.usage + reply.usage
+        work = (reply.content or "").strip()[:PRIVATE_CHARS]
+        pinned = [
+            ChatMessage(role="assistant", content=work or "(nothing)"),
+            ChatMessage(role="user", content=DESCRIBE),
+        ]
+
+        async def describe_pack(extra: Sequence[ChatMessage]) -> list[ChatMessage]:
+            return await pack([*pinned, *extra])
+
+        described = request.model_copy(
+            update={"messages": await describe_pack(()), "max_tokens": DESCRIBE_TOKENS}
+        )
+        result = await ask_structured(
+            self.backend,
+            described,
+            Descriptors,
+            reasks=self.reasks,
+            on_attempt=ctx.record_attempt,
+            pack=describe_pack,
+        )
+        ctx.usage = ctx.usage + result.usage
+        if result.value is None:
+            raise AgentFailed(
+                f"agent {self.id}: no valid reply after {len(result.attempts)} attempts "
+                f"({result.error})"
+            )
+        fields = result.value
+        return AgentOutput(public=fields.public, private=work, query=fields.query, key=fields.key)
 
     def _packer(
         self,
@@ -226,7 +290,8 @@ class LLMAgent(Agent):
         ctx.attempts.extend(phase.attempts)
         outcomes.extend(phase.outcomes)
         answer = tool_pack.follow_up(max_output_tokens=self.max_output_tokens)
-        pinned = [*phase.turns, ChatMessage(role="user", content=ANSWER)] if phase.turns else []
+        after = ChatMessage(role="user", content=f"Those are your tool results. {self._closing()}")
+        pinned = [*phase.turns, after] if phase.turns else []
         messages = await answer.behind(pinned)
         if messages is not None:
 
@@ -255,6 +320,16 @@ class LLMAgent(Agent):
         per_call = int(self._tool_room(budget) * 2.5) // max(1, self.tool_policy.max_calls)
         limit = max(200, min(self.tool_context.max_result_chars, per_call))
         return self.tool_context.model_copy(update={"max_result_chars": limit})
+
+
+class Descriptors(BaseModel):
+    """The JSON about a work product written as text (`text_work`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    public: str = Field(max_length=240)
+    query: str = Field(max_length=160)
+    key: str = Field(max_length=160)
 
 
 EVIDENCE = "TOOL RESULTS (recorded by DyTopo):"

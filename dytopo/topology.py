@@ -63,6 +63,10 @@ class AgentSpec(_Strict):
     """required: the agent's first request in a step must call a tool (for small models)."""
     max_tool_rounds: int = Field(default=2, ge=1, le=8)
     """Model turns with tool calls per step."""
+    text_work: bool = False
+    """Write the private work as plain text, then the JSON (public, query, key) about it in a
+    second, cached request. Code and drafts come out whole: inside a JSON string a 1.5B model
+    dropped its code or mangled a docstring's quotes."""
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     sampling: Sampling = Field(default_factory=Sampling)
 

@@ -114,6 +114,11 @@ class Server:
         if request.tag != "manager":
             work = answer if request.tag == "developer" and isinstance(answer, str) else None
             private = work or self.private(task_id, request.tag)
+            if request.json_schema is None:  # text_work: the work itself, then the JSON
+                return private
+            about = {"public": "wrote it", "query": "tests of the function", "key": "the function"}
+            if "private" not in request.json_schema.get("properties", {}):
+                return json.dumps(about)
             return step("wrote it", private, "tests of the function", "the function")
         fields = (request.json_schema or {}).get("properties", {})
         if "goal" in fields:

@@ -379,3 +379,27 @@ async def test_code_that_does_not_parse_fails_its_check() -> None:
     assert check is not None
     assert not check.passed
     assert "SyntaxError" in check.output
+
+
+async def test_text_work_comes_whole_and_the_json_only_describes_it() -> None:
+    code = 'def f(s):\n    """Say "hi"."""\n    return "hi"'
+    backend = ScriptedBackend(
+        [
+            Reply(content=f"```python\n{code}\n```\nFirst version."),
+            json.dumps({"public": "wrote f", "query": "tests of f", "key": "the code of f"}),
+        ]
+    )
+    agent = LLMAgent("developer", card("developer"), backend, text_work=True)
+    output = await agent.step(StepContext(task="t", goal="g", round=1, memory=[]))
+    backend.assert_complete()
+    assert output.private == f"```python\n{code}\n```\nFirst version."
+    assert (output.public, output.query, output.key) == ("wrote f", "tests of f", "the code of f")
+    work, described = backend.requests
+    assert work.json_schema is None  # the work is free text: nothing to escape
+    assert described.json_schema is not None
+    assert set(described.json_schema["properties"]) == {"public", "query", "key"}
+    # The JSON request continues the work's conversation, so the server reuses its prompt.
+    assert [m.content for m in described.messages[: len(work.messages)]] == [
+        m.content for m in work.messages
+    ]
+    assert described.messages[len(work.messages)].content == output.private
