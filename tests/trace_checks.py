@@ -18,7 +18,7 @@ ROUND_SHAPE = re.compile(
     r"round_end "
 )
 SHAPED = {"round_start", "agent_output", "routing", "delivery", "manager_decision", "round_end"}
-HALT_REASONS = {"manager", "max_rounds", "budget", "error"}
+HALT_REASONS = {"manager", "checked", "max_rounds", "budget", "error"}
 
 
 def check_trace(events: list[Event], *, rounds: int) -> None:
