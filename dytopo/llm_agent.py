@@ -32,12 +32,9 @@ FORMAT = (
 )
 TEXT_FORMAT = (
     "The task is the team's: each round, do only your own role's part of it and of the "
-    "round's goal. First write your work itself as plain text: what your teammates receive "
-    "(code goes in one fenced block). Then you are asked for one JSON object about that work, "
-    "with the string keys public (one sentence for everyone: what you did), query (one "
-    "sentence: the specific thing you need from a teammate now) and key (one sentence: the "
-    "specific thing your work gives). query and key decide who receives your work: name this "
-    "task's own artifacts and names, and make them differ."
+    "round's goal. Write your work itself as plain text, ready for your teammates to use "
+    "(code goes in one fenced block), with no headings about the format. Afterwards you are "
+    "asked for a short JSON summary of it."
 )
 # The closing lines follow the round's goal, the first new text of a prompt, so the server
 # processes them again every round: they stay short, and FORMAT (cached) says the rest.
