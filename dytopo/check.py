@@ -85,6 +85,7 @@ TASK = "task"
 """`tests_from: task`: the examples the task itself gives are the tests."""
 FENCE_LINE = re.compile(r"^[ \t]*(```.*|\"\"\"|\'\'\')[ \t]*$", re.MULTILINE)
 EXAMPLE_LINE = re.compile(r"^\s*([A-Za-z_]\w*\(.*\))\s*(?:==|➞|=>|→)\s*(.+?)\s*$")
+IMPORT_LINE = re.compile(r"^(import [\w., ]+|from [\w.]+ import [\w., ()*]+)\s*$")
 DEFINED = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)", re.MULTILINE)
 RUNNER = """
 import math as _math, sys as _sys
@@ -157,11 +158,36 @@ def example_tests(task: str, answer: str) -> str | None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    names |= {name for line in task_imports(task) for name in _imported(line)}
     chosen = [e for c, w in examples(task) if (e := _usable(c, w, names)) is not None]
     if not chosen:
         return None
     body = "".join(EXAMPLE.format(call=c, want=w) for c, w in chosen)
     return RUNNER.format(examples=body, count=len(chosen))
+
+
+def task_imports(task: str) -> list[str]:
+    """The import lines of the task's own code (a signature's `List` comes from the task's
+    `from typing import List`, which an answer may leave out as the task already has it)."""
+    lines = []
+    for block in code_blocks(task):
+        for line in block.splitlines():
+            if IMPORT_LINE.match(line):
+                lines.append(line.strip())
+    return lines
+
+
+def _imported(line: str) -> set[str]:
+    try:
+        nodes = ast.parse(line).body
+    except SyntaxError:
+        return set()
+    return {
+        (a.asname or a.name).split(".")[0]
+        for n in nodes
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in n.names
+    }
 
 
 async def run_check(
@@ -181,6 +207,8 @@ async def run_check(
     checks = example_tests(task, code) if tests is None else test_code(tests.text, code)
     if checks is None:
         return None
+    if tests is None:  # the task's examples run with the task's imports in scope
+        code = "\n".join([*task_imports(task), code])
     try:
         result = await asyncio.to_thread(run_sandboxed, f"{code}\n\n{checks}\n", LIMITS)
     except SandboxError:

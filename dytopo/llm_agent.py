@@ -32,15 +32,14 @@ FORMAT = (
 )
 TEXT_FORMAT = (
     "The task is the team's: each round, do only your own role's part of it and of the "
-    "round's goal. Write your work itself as plain text, ready for your teammates to use "
-    "(code goes in one fenced block), with no headings about the format. Afterwards you are "
-    "asked for a short JSON summary of it."
+    "round's goal. Write your work itself as plain prose, ready for your teammates to use "
+    "(code goes in one fenced block)."
 )
 # The closing lines follow the round's goal, the first new text of a prompt, so the server
 # processes them again every round: they stay short, and FORMAT (cached) says the rest.
 CLOSING = "Do your part for this round's goal now, as one JSON object."
 MEMORY = "YOUR MEMORY (your reports and messages routed to you, oldest first):"
-OWN = "YOUR LATEST WORK:"
+OWN = "YOUR LATEST WORK (revise it; do not copy this heading):"
 FRESH = "MESSAGES THIS ROUND (from agents before you in this round):"
 WORK = "Do your part for this round's goal now: write your work itself, as plain text."
 DESCRIBE = (
@@ -133,7 +132,7 @@ class LLMAgent(Agent):
         most recent first; kept before this round's messages, which are kept before memory."""
         # Most valuable first among this round's messages: the best-matching edges.
         ranked = sorted(ctx.same_round, key=lambda m: -(m.score or 0.0))
-        own = [ctx.own_work.render()] if ctx.own_work is not None else []
+        own = [ctx.own_work.text] if ctx.own_work is not None else []
         timeline = Timeline.for_budget(
             budget,
             [item.render() for item in ctx.memory],

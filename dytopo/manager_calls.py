@@ -69,7 +69,11 @@ class ManagerCalls:
         return goal
 
     async def decide(
-        self, round: int, transcript: Sequence[PublicMessage], work: dict[str, Work]
+        self,
+        round: int,
+        transcript: Sequence[PublicMessage],
+        work: dict[str, Work],
+        check_failed: bool = False,
     ) -> Verdict:
         """Next goal and halt (fallback: no decision, the run goes on with the same goal). A
         halt's answer is resolved here: the named agent's latest work, verbatim."""
@@ -87,15 +91,16 @@ class ManagerCalls:
         if decision.halt:
             text, source = resolve(self.answer, decision.answer_from, decision.final_answer, work)
             decision = decision.model_copy(update={"final_answer": text})
-        accepted = decision.halt and t >= self.min_rounds and bool(decision.final_answer.strip())
+        answered = bool(decision.final_answer.strip())
+        accepted = decision.halt and t >= self.min_rounds and answered and not check_failed
         why_not = ""
         if decision.halt and not accepted:
-            too_early = t < self.min_rounds
-            why_not = (
-                f"halt before min_rounds={self.min_rounds}"
-                if too_early
-                else "halt without a final answer"
-            )
+            if t < self.min_rounds:
+                why_not = f"halt before min_rounds={self.min_rounds}"
+            elif not answered:
+                why_not = "halt without a final answer"
+            else:  # the answer was checked, and it failed: nothing is verifiably done
+                why_not = "the answer's check failed"
         self.recorder.trace.emit(
             "manager_decision",
             round=t,

@@ -325,7 +325,7 @@ class RoundLoop:
             verdict = Verdict()  # verified: no decision to pay for
         else:
             shown = work if check is None else {**work, "check": _check_work(check, self.swarm)}
-            verdict = await self._decide(t, shown)
+            verdict = await self._decide(t, shown, check is not None and not check.passed)
         record = RoundRecord(
             round=t,
             goal=goal,
@@ -374,12 +374,12 @@ class RoundLoop:
             )
         return routing
 
-    async def _decide(self, t: int, work: dict[str, Work]) -> Verdict:
+    async def _decide(self, t: int, work: dict[str, Work], check_failed: bool = False) -> Verdict:
         if self.meter is not None and self.meter.refused:
             # The cap already refused a request: the run halts now, and the final answer is
             # what the remaining tokens are for.
             return Verdict()
-        return await self.calls.decide(t, self.state.transcript, work)
+        return await self.calls.decide(t, self.state.transcript, work, check_failed)
 
     async def _final_answer(self) -> str:
         passed = [r.check for r in self.state.rounds if r.check is not None and r.check.passed]

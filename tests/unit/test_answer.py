@@ -403,3 +403,38 @@ async def test_text_work_comes_whole_and_the_json_only_describes_it() -> None:
         m.content for m in work.messages
     ]
     assert described.messages[len(work.messages)].content == output.private
+
+
+async def test_a_manager_halt_on_a_failed_check_is_not_accepted() -> None:
+    task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
+    script = {
+        "manager": [goal("work"), halt()],
+        "developer": [dev_step(BAD), dev_step(GOOD)],
+        "tester": [qa_step("t"), qa_step("t")],
+    }
+    backend = ScriptedBackend(by_tag=script)
+    spec = AnswerSpec(source="developer", extract="code", tests_from="task")
+    result = await swarm(backend, spec, min_rounds=1, max_rounds=3).run(task)
+    backend.assert_complete()
+    assert result.halt_reason == "checked"  # round 2's fix passed; round 1's halt was refused
+    assert result.final_answer == GOOD
+    assert result.rounds[0].halt_accepted is False
+
+
+async def test_the_tasks_imports_are_in_scope_for_its_examples() -> None:
+    from dytopo.answer import Work
+    from dytopo.check import run_check
+
+    task = (
+        "```python\nfrom typing import List\n\n\ndef total(xs: List[int]) -> int:\n"
+        '    """Sum.\n    >>> total([1, 2])\n    3\n    """\n```'
+    )
+    answer = Work(
+        agent="dev",
+        round=1,
+        text="```python\ndef total(xs: List[int]) -> int:\n    return sum(xs)\n```",
+    )
+    spec = AnswerSpec(source="dev", extract="code", tests_from="task")
+    check = await run_check(spec, {"dev": answer}, 1, task)
+    assert check is not None
+    assert check.passed, check.output
