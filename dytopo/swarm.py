@@ -297,6 +297,9 @@ class RoundLoop:
             record = await self._round(t, self.state.goal)
             if record.check is not None and record.check.passed and self._halts_on(t):
                 self.halt = ("checked", record.check.answer)
+                self.trace.emit(
+                    "final_answer", final_answer=record.check.answer, answer_source="check"
+                )
                 return
             if record.halt_accepted and record.decision is not None:
                 self.halt = ("manager", record.decision.final_answer)
