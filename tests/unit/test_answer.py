@@ -438,3 +438,18 @@ async def test_the_tasks_imports_are_in_scope_for_its_examples() -> None:
     check = await run_check(spec, {"dev": answer}, 1, task)
     assert check is not None
     assert check.passed, check.output
+
+
+async def test_a_long_fallback_answer_does_not_fail_the_run() -> None:
+    long = "x" * 3500  # two of them pass the manager's 6,000-character answer cap
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("work"), go_on(), "not json", "still not json"],
+            "developer": [dev_step(long)],
+            "tester": [qa_step(long)],
+        }
+    )
+    result = await swarm(backend, max_rounds=1).run("t")
+    backend.assert_complete()
+    assert result.halt_reason == "max_rounds"
+    assert result.final_answer.count(long) == 2  # both agents' work, labelled
