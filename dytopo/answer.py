@@ -114,8 +114,13 @@ def bare_code(text: str) -> str | None:
     return None
 
 
+def code_of(text: str) -> str | None:
+    """The code a work product holds: its fenced blocks joined, else its unfenced Python."""
+    return "\n\n".join(code_blocks(text)) or bare_code(text)
+
+
 def has_code(text: str) -> bool:
-    return bool(code_blocks(text)) or bare_code(text) is not None
+    return code_of(text) is not None
 
 
 def extract(text: str, how: Literal["text", "code"]) -> str:
@@ -123,14 +128,12 @@ def extract(text: str, how: Literal["text", "code"]) -> str:
     else the Python it holds unfenced, else the whole text)."""
     if how == "text":
         return text.strip()
-    blocks = code_blocks(text)
+    code = code_of(text)
+    if code is None:
+        return text.strip()
+    fenced = code_blocks(text)
     language = next((m.group(1) for m in FENCE.finditer(text) if m.group(1)), "")
-    if not blocks:
-        bare = bare_code(text)
-        if bare is None:
-            return text.strip()
-        blocks, language = [bare], "python"
-    return f"```{language}\n" + "\n\n".join(blocks) + "\n```"
+    return f"```{language if fenced else 'python'}\n{code}\n```"
 
 
 def resolve(

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel
 
-from dytopo.answer import AnswerSpec, Work, bare_code, code_blocks, extract
+from dytopo.answer import AnswerSpec, Work, code_blocks, code_of, extract
 from dytopo.sandbox import SandboxError, SandboxLimits, run_sandboxed
 
 LIMITS = SandboxLimits(wall_s=10.0, memory_mb=512)
@@ -201,7 +201,7 @@ async def run_check(
     tests = None if spec.tests_from == TASK else work.get(spec.tests_from)
     if answer is None or (tests is None and spec.tests_from != TASK):
         return None
-    code = "\n\n".join(code_blocks(answer.text)) or bare_code(answer.text) or ""
+    code = code_of(answer.text) or ""
     if not code.strip():
         return None
     checks = example_tests(task, code) if tests is None else test_code(tests.text, code)
