@@ -83,10 +83,19 @@ class StepContext:
     """Prompt tokens with everything kept (`full_tokens`) and as sent (`prompt_tokens`)."""
     emit: Callable[..., None] | None = None
     """Trace hook (set by the scheduler): `ctx.event("tool_call", ...)`."""
+    on_work: Callable[[str], Awaitable[None]] | None = None
+    """Set by the scheduler: sees the work product as soon as it is written."""
 
     def event(self, name: str, **fields: Any) -> None:
         if self.emit is not None:
             self.emit(name, **fields)
+
+    async def work_done(self, text: str) -> None:
+        """Hand in this step's work product before the step is over (what comes after it,
+        such as the descriptors, may still run). The round may be settled by it: a passing
+        check of the answer cancels the teammates' steps that are still running."""
+        if self.on_work is not None:
+            await self.on_work(text)
 
     def accounting(self) -> dict[str, Any]:
         """The trace fields every step and manager duty reports."""

@@ -185,6 +185,7 @@ class LLMAgent(Agent):
         reply = await self.backend.chat(request)
         ctx.usage = ctx.usage + reply.usage
         work = (reply.content or "").strip()[:PRIVATE_CHARS]
+        await ctx.work_done(work)
         pinned = [
             ChatMessage(role="assistant", content=work or "(nothing)"),
             ChatMessage(role="user", content=DESCRIBE),

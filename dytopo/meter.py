@@ -1,5 +1,8 @@
 """The run's token cap, checked before every request.
 
+What a request that never completed cost (cancelled, cut short, failed mid-stream) is counted
+through `spend_abandoned`: against the cap, and into the step that sent it (`abandoned_sink`).
+
 A run with `run_token_budget` puts a TokenMeter in `run_meter` for its duration. Every backend
 calls `await admit(self, request)` before it sends a request and `settle(usage)` once it has the
 reply's usage. A request is refused (TokenCapReached) when the tokens used so far, plus what the
@@ -12,6 +15,7 @@ answer may use the reserve. Outside a capped run both calls do nothing.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -105,3 +109,20 @@ def settle(usage: Usage) -> None:
     meter = run_meter.get()
     if meter is not None:
         meter.settle(usage)
+
+
+abandoned_sink: ContextVar[Callable[[Usage], None] | None] = ContextVar(
+    "dytopo_abandoned_sink", default=None
+)
+"""Set by the scheduler for one agent step: where the usage of its unfinished requests goes."""
+
+
+def spend_abandoned(usage: Usage) -> None:
+    """Count a request that never completed: the server processed its prompt and generated
+    what streamed before it stopped, and none of that comes back in a reply's usage."""
+    meter = run_meter.get()
+    if meter is not None:
+        meter.used += usage.prompt_tokens + usage.completion_tokens
+    sink = abandoned_sink.get()
+    if sink is not None:
+        sink(usage)

@@ -26,6 +26,9 @@ class AgentStep(BaseModel):
     ok: bool
     output: AgentOutput | None = None
     error: str = ""
+    skipped: str = ""
+    """Why the step was cancelled without fault: the round was settled before it finished
+    (the answer's check passed). Not a failure; its tokens so far are in `usage`."""
     usage: Usage = Field(default_factory=Usage)
     attempts: list[Attempt] = Field(default_factory=list)
     dropped: list[str] = Field(default_factory=list)

@@ -3,14 +3,17 @@
 Barrier mode (the paper's): every agent steps at once from its memory. Tiered mode: agents run
 in topological tiers of last round's graph, and a tier reads this round's private messages of
 the tiers before it. A step that fails or times out is recorded; it never throws away the steps
-that finished.
+that finished. A round can be settled before its last step ends (`settle`: the answer's check
+passed on a work product just handed in); the steps still running are then cancelled, their
+server slots freed, and recorded as skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from asyncio import TaskGroup
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,10 +22,11 @@ import structlog
 from dytopo.activity import reporting
 from dytopo.agent import Agent, StepContext, checked_output
 from dytopo.answer import Work
+from dytopo.backends.types import Usage
 from dytopo.delivery import forward
 from dytopo.errors import AgentFailed
 from dytopo.memory import MemoryItem
-from dytopo.meter import TokenCapReached
+from dytopo.meter import TokenCapReached, abandoned_sink
 from dytopo.recorder import Recorder
 from dytopo.result import AgentStep
 from dytopo.router import Edge, tiers
@@ -52,11 +56,17 @@ class Scheduler:
     on_step: Callable[[AgentStep], None] = field(default=lambda step: None)
     own_work: Mapping[str, Work] = field(default_factory=dict)
     """Each agent's latest work product before this round (set by the round loop)."""
+    settle: Callable[[int, str, str], Awaitable[str]] | None = None
+    """(round, agent, work) -> why the round is settled ("" if it is not): asked as soon as an
+    agent hands in its work product."""
+    settled: str = ""
+    """Why the current round was settled, if it was."""
 
     async def barrier(
         self, round: int, goal: str, agents: Sequence[Agent], memory: Memory
     ) -> list[AgentStep]:
         """Every agent at once; results in agent order."""
+        self.settled = ""
         return await self._together(round, goal, agents, memory, {})
 
     async def tiered(
@@ -68,7 +78,13 @@ class Scheduler:
         edges = [e for e in edges if e.source in by_id and e.target in by_id]
         same_round: dict[str, list[MemoryItem]] = {a.id: [] for a in agents}
         steps: dict[str, AgentStep] = {}
+        self.settled = ""
         for tier in tiers(list(by_id), edges):
+            if self.settled:
+                for agent in tier:
+                    steps[agent] = AgentStep(agent=agent, ok=False, skipped=self.settled)
+                    self.on_step(steps[agent])
+                continue
             done = await self._together(round, goal, [by_id[i] for i in tier], memory, same_round)
             for step in done:
                 steps[step.agent] = step
@@ -86,6 +102,21 @@ class Scheduler:
         same_round: Memory,
     ) -> list[AgentStep]:
         results: dict[str, AgentStep] = {}
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        def hand_in(agent: str) -> Callable[[str], Awaitable[None]]:
+            async def on_work(text: str) -> None:
+                if self.settle is None or self.settled:
+                    return
+                reason = await self.settle(round, agent, text)
+                if reason and not self.settled:
+                    self.settled = reason
+                    for other, task in tasks.items():
+                        if other != agent and not task.done():
+                            task.cancel()
+
+            return on_work
+
         try:
             async with TaskGroup() as group:
                 for agent in agents:
@@ -97,7 +128,8 @@ class Scheduler:
                         same_round=same_round.get(agent.id, ()),
                         own_work=self.own_work.get(agent.id),
                     )
-                    group.create_task(self._step(agent, ctx, results))
+                    ctx.on_work = hand_in(agent.id)
+                    tasks[agent.id] = group.create_task(self._step(agent, ctx, results))
         except BaseExceptionGroup as group:
             # on_agent_error=abort: the first failed agent (in agent order) ends the run.
             aborted = [e for e in group.exceptions if isinstance(e, AgentAborted)]
@@ -114,11 +146,32 @@ class Scheduler:
         timer = StepTimer(self.agent_timeout_s, self.queue_timeout_s)
         error: Exception | None = None
         live = self.recorder.activity(ctx.round, agent.id)
+        handed_in = False
+        on_work = ctx.on_work
+
+        async def noted(text: str) -> None:
+            nonlocal handed_in
+            handed_in = True
+            if on_work is not None:
+                await on_work(text)
+
+        ctx.on_work = noted
+
+        def spent(usage: Usage) -> None:
+            ctx.usage = ctx.usage + usage
+
+        abandoned_sink.set(spent)  # this task's context only: the step's own requests
         try:
             with reporting(live):
                 output = await timer.run(lambda: agent.step(ctx))
             step.output = checked_output(agent.id, output)
             step.ok = True
+            if not handed_in:  # an agent that does not hand in early hands in at its end
+                await noted(step.output.private)
+        except asyncio.CancelledError:
+            if not self.settled:
+                raise  # the run was cancelled, not this round settled
+            step.skipped = self.settled
         except StepTimeout as exc:
             step.error, error = str(exc), exc
         except Exception as exc:  # a custom agent's bug must not kill the round
@@ -127,8 +180,8 @@ class Scheduler:
         step.packing = ctx.packing
         step.wall_s = round(time.monotonic() - started, 3)
         step.queued_s = round(timer.queued_s, 3)
-        live("done" if step.ok else "failed", step.error)
-        if not step.ok:
+        live("done" if step.ok or step.skipped else "failed", step.error or step.skipped)
+        if not step.ok and not step.skipped:
             self.recorder.failed()
             log.warning("agent.failed", agent=agent.id, round=ctx.round, error=step.error)
         self.recorder.charge(agent.id, ctx)

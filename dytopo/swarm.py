@@ -16,7 +16,7 @@ from typing import Any, Literal
 import structlog
 
 from dytopo.agent import Agent, AgentOutput
-from dytopo.answer import AnswerSpec, Work, latest_work
+from dytopo.answer import AnswerSpec, Work, has_code, latest_work
 from dytopo.backends.base import Backend
 from dytopo.budget_guard import budget_stop
 from dytopo.check import TASK, Check, run_check
@@ -240,6 +240,7 @@ class RoundLoop:
             swarm.queue_timeout_s,
             swarm.on_agent_error,
             on_step=self._keep_step,
+            settle=self._settles,
         )
         self.rng = load_rng(state.rng)
         self.meter = swarm._meter(state.meter)
@@ -251,6 +252,8 @@ class RoundLoop:
         """Whether its agent_output events are in the trace."""
         self.ended = False
         """Whether the run completed and its end was handed to the checkpoint writer."""
+        self.early: Check | None = None
+        """This round's check that passed on work handed in before the round was over."""
 
     async def execute(self) -> RunResult:
         meter_token = run_meter.set(self.meter)
@@ -312,6 +315,7 @@ class RoundLoop:
         started, tokens_before = time.monotonic(), self.state.ledger.tokens
         self.trace.emit("round_start", round=t, goal=goal)
         self.unfinished, self.unfinished_traced = UnfinishedRound(round=t, goal=goal), False
+        self.early = None
         steps, same_round = await self._steps(t, goal)
         self._trace_steps(t, steps)
         self.unfinished_traced = True
@@ -323,7 +327,7 @@ class RoundLoop:
             self.trace.emit("delivery", round=t, score=d.score, phase=d.phase, **fields)
         self.unfinished.routing, self.unfinished.deliveries = routing, deliveries
         work = self._work((t, steps))
-        check = await self._check(t, work)
+        check = await self._check(t, work, self.early)
         if check is not None and check.passed and self._halts_on(t):
             verdict = Verdict()  # verified: no decision to pay for
         else:
@@ -346,7 +350,8 @@ class RoundLoop:
             round=t,
             edges=len(routing.edges),
             usage=record.usage,
-            failed=[st.agent for st in steps if not st.ok],
+            failed=[st.agent for st in steps if not st.ok and not st.skipped],
+            skipped=[st.agent for st in steps if st.skipped],
             wall_s=record.wall_s,
         )
         self._complete(record, self.state.ledger.tokens - tokens_before)
@@ -394,10 +399,29 @@ class RoundLoop:
     def _halts_on(self, t: int) -> bool:
         return self.swarm.answer.halt_on_pass and t >= self.swarm.min_rounds
 
-    async def _check(self, t: int, work: dict[str, Work]) -> Check | None:
-        """Run the answer's check; a failure reaches the author and the tester as a message."""
+    async def _settles(self, t: int, agent: str, text: str) -> str:
+        """Why round t is settled by `agent` handing in `text` ("" if it is not): the answer's
+        check passed on it, and a pass ends the run. The teammates still working are then
+        cancelled: whatever they would add cannot change a verified answer."""
         spec = self.swarm.answer
+        if not self._halts_on(t) or agent not in (spec.source, spec.tests_from):
+            return ""
+        steps = self.unfinished.steps if self.unfinished is not None else []
+        work = self._work((t, steps))
+        handed = Work(agent=agent, round=t, text=text)
+        if agent != spec.source or has_code(text) or agent not in work:
+            work[agent] = handed
         check = await run_check(spec, work, t, self.state.task)
+        if check is None or not check.passed:
+            return ""  # checked again with the whole round's work at its end
+        self.early = check
+        return f"{agent}'s round {t} work passed the answer's check"
+
+    async def _check(self, t: int, work: dict[str, Work], early: Check | None) -> Check | None:
+        """Run the answer's check (unless one passed during the round); a failure reaches the
+        author and the tester as a message."""
+        spec = self.swarm.answer
+        check = early or await run_check(spec, work, t, self.state.task)
         if check is None:
             return None
         self.trace.emit("check", **check.model_dump(exclude={"answer"}))

@@ -32,7 +32,7 @@ from dytopo.backends.types import (
     Usage,
 )
 from dytopo.errors import BackendError, ConfigError
-from dytopo.meter import admit, settle
+from dytopo.meter import admit, settle, spend_abandoned
 
 log = structlog.get_logger("dytopo.backend")
 
@@ -160,11 +160,19 @@ class LlamaCppBackend(Backend):
             # waiting to retry must not keep the server's slot from everyone else.
             async with self.limiter:
                 started = started or time.monotonic()
-                async with self._open(path, body) as response:
-                    assembler = Assembler(str(response.url))
-                    async for chunk in events(response):
-                        assembler.feed(chunk)
-                    return assembler.result()
+                assembler: Assembler | None = None
+                try:
+                    async with self._open(path, body) as response:
+                        assembler = Assembler(str(response.url))
+                        async for chunk in events(response):
+                            assembler.feed(chunk)
+                        return assembler.result()
+                except BaseException as exc:
+                    # Accepted (or cancelled while the server worked on it), never completed:
+                    # the server did work no reply will report. A refusal is not counted.
+                    if assembler is not None or isinstance(exc, asyncio.CancelledError):
+                        self._abandoned(request, assembler)
+                    raise
 
         reply, attempts = await self.http.retrying(path, once)
         assert started is not None  # set by the attempt that produced the reply
@@ -181,6 +189,19 @@ class LlamaCppBackend(Backend):
             completion=reply.usage.completion_tokens,
         )
         return reply
+
+    def _abandoned(self, request: ChatRequest, assembler: Assembler | None) -> None:
+        """Count a request that was sent and never completed: its prompt (exact when it was
+        counted before, else estimated high) and the pieces that streamed, none cached."""
+        known = self._token_cache.get(_count_key(request.messages, request.tools)[0])
+        prompt = known or estimate_tokens(request.messages, request.tools)
+        usage = Usage(
+            prompt_tokens=prompt,
+            completion_tokens=assembler.pieces if assembler is not None else 0,
+            requests=1,
+        )
+        self._usage = self._usage + usage
+        spend_abandoned(usage)
 
     @asynccontextmanager
     async def _open(self, path: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
@@ -231,10 +252,7 @@ class LlamaCppBackend(Backend):
         info = await self.connect()
         if not info.llamacpp:
             return estimate_tokens(messages, tools)
-        payload: dict[str, Any] = {"messages": [m.to_openai() for m in messages]}
-        if tools:
-            payload["tools"] = list(tools)
-        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        key, payload = _count_key(messages, tools)
         if key not in self._token_cache:
             response, _ = await self.http.send("POST", "/apply-template", json=payload)
             self.http.raise_for_status(response, "/apply-template")
@@ -264,3 +282,13 @@ class LlamaCppBackend(Backend):
     async def aclose(self) -> None:
         if self._own_client:
             await self.http.client.aclose()
+
+
+def _count_key(
+    messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None
+) -> tuple[str, dict[str, Any]]:
+    """The token cache's key for a prompt, and the /apply-template payload it hashes."""
+    payload: dict[str, Any] = {"messages": [m.to_openai() for m in messages]}
+    if tools:
+        payload["tools"] = list(tools)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest(), payload

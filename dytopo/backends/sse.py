@@ -147,6 +147,8 @@ class Assembler:
         self.finish_reason = "stop"
         self.usage = Usage(requests=1)
         self.timings: Timings | None = None
+        self.pieces = 0
+        """Chunks that carried generated text or tool-call fragments (about one token each)."""
 
     def feed(self, chunk: dict[str, Any]) -> str:
         """Take one chunk; return its new text (for live display).
@@ -168,6 +170,8 @@ class Assembler:
         new = ""
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or choice.get("message") or {}
+            if delta.get("content") or delta.get("tool_calls"):
+                self.pieces += 1
             if delta.get("content"):
                 new += delta["content"]
             for call in delta.get("tool_calls") or []:

@@ -47,6 +47,8 @@ class AgentView(View):
     """Its `agent_output` is in the trace (a crash may cut a round before it)."""
     ok: bool = True
     error: str = ""
+    skipped: str = ""
+    """Why the step was cancelled without fault (the round was settled before it ended)."""
     query: str = ""
     key: str = ""
     public: str = ""

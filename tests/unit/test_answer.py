@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -299,7 +300,8 @@ async def test_at_max_rounds_the_latest_passing_code_beats_a_later_broken_one() 
         by_tag={
             "manager": [goal("work"), go_on(), go_on()],
             "developer": [dev_step(GOOD), dev_step(BAD)],
-            "tester": [qa_step(TESTS), qa_step(TESTS)],
+            # Late: handed in first, round 2's tests would pass round 1's code and settle it.
+            "tester": [qa_step(TESTS), Reply(content=qa_step(TESTS), delay_s=0.2)],
         }
     )
     # min_rounds=2: the round-1 pass cannot end the run; round 2 breaks the code.
@@ -453,3 +455,59 @@ async def test_a_long_fallback_answer_does_not_fail_the_run() -> None:
     backend.assert_complete()
     assert result.halt_reason == "max_rounds"
     assert result.final_answer.count(long) == 2  # both agents' work, labelled
+
+
+async def test_a_check_passing_mid_round_cancels_the_teammates_still_working() -> None:
+    task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
+    script = {
+        "manager": [goal("work")],
+        "developer": [
+            Reply(content=GOOD),
+            json.dumps({"public": "wrote add", "query": "tests", "key": "the add code"}),
+        ],
+        "tester": [Reply(content=qa_step("t"), delay_s=30.0)],
+    }
+    backend = ScriptedBackend(by_tag=script)
+    agents = [
+        LLMAgent("developer", card("developer"), backend, reasks=1, text_work=True),
+        LLMAgent("tester", card("tester"), backend, reasks=1),
+    ]
+    spec = AnswerSpec(source="developer", extract="code", tests_from="task")
+    team = Swarm(
+        agents,
+        LLMManager(card("manager"), backend, reasks=1),
+        HashEmbedder(),
+        routing=RoutingConfig(mode="broadcast"),
+        answer=spec,
+        min_rounds=1,
+        max_rounds=3,
+    )
+    result = await asyncio.wait_for(team.run(task), timeout=10)
+    assert result.halt_reason == "checked"
+    assert result.final_answer == GOOD
+    developer, tester = result.rounds[0].steps
+    assert developer.ok
+    assert not tester.ok
+    assert not tester.error
+    assert "developer's round 1 work passed" in tester.skipped
+    assert result.failures == 0  # a skipped step is not a failure
+    assert result.rounds[0].check is not None
+    assert result.rounds[0].check.passed
+
+
+async def test_a_failing_check_mid_round_lets_the_round_finish() -> None:
+    task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
+    script = {
+        "manager": [goal("work"), halt()],
+        "developer": [dev_step(BAD)],
+        "tester": [Reply(content=qa_step("t"), delay_s=0.2)],
+    }
+    backend = ScriptedBackend(by_tag=script)
+    spec = AnswerSpec(source="developer", extract="code", tests_from="task")
+    result = await swarm(backend, spec, min_rounds=1, max_rounds=1).run(task)
+    tester = result.rounds[0].steps[1]
+    assert tester.ok
+    assert not tester.skipped
+    check = result.rounds[0].check
+    assert check is not None
+    assert not check.passed

@@ -617,3 +617,60 @@ async def test_malformed_data_is_one_line_malformed_reply(body: str, live: bool)
     assert len(message) < 400
     assert URL in message
     assert calls["n"] == 1
+
+
+async def test_a_cancelled_request_counts_what_the_server_did_for_its_step() -> None:
+    from dytopo.meter import abandoned_sink
+
+    release, entered = asyncio.Event(), asyncio.Event()
+
+    async def handle(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/props":
+            return httpx.Response(200, json=PROPS)
+        entered.set()
+        await release.wait()
+        return completion()
+
+    b = backend(handle, slots=1)
+    seen: list[int] = []
+
+    async def step() -> None:
+        abandoned_sink.set(lambda usage: seen.append(usage.prompt_tokens))
+        await b.chat(request("a prompt the server was working on"))
+
+    task = asyncio.create_task(step())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    usage = b.usage
+    assert usage.requests == 1
+    assert usage.prompt_tokens > 0
+    assert seen == [usage.prompt_tokens]
+    assert usage.cached_tokens == 0  # nothing is assumed served from the cache
+
+
+async def test_a_cut_stream_that_is_retried_counts_both_attempts() -> None:
+    calls = {"n": 0}
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return raw(PARTIAL) if calls["n"] == 1 else completion("whole", prompt=10)
+
+    b = backend(server(chat))
+    reply = await b.chat(request())
+    assert reply.usage.requests == 1  # the reply reports its own attempt
+    usage = b.usage
+    assert usage.requests == 2
+    assert usage.completion_tokens == 2 + 1  # the cut attempt streamed one piece
+    assert usage.prompt_tokens > 10
+
+
+async def test_a_refused_request_is_not_counted() -> None:
+    def chat(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": "bad request", "code": 400}})
+
+    b = backend(server(chat))
+    with pytest.raises(BackendError):
+        await b.chat(request())
+    assert b.usage.requests == 0
