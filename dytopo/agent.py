@@ -85,6 +85,9 @@ class StepContext:
     """Trace hook (set by the scheduler): `ctx.event("tool_call", ...)`."""
     on_work: Callable[[str], Awaitable[None]] | None = None
     """Set by the scheduler: sees the work product as soon as it is written."""
+    settled: str = ""
+    """Set when this step's work settled the round (why): the run ends with it, so what the
+    step would do after handing it in (describing it for routing) can be left out."""
 
     def event(self, name: str, **fields: Any) -> None:
         if self.emit is not None:

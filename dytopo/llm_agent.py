@@ -186,6 +186,8 @@ class LLMAgent(Agent):
         ctx.usage = ctx.usage + reply.usage
         work = (reply.content or "").strip()[:PRIVATE_CHARS]
         await ctx.work_done(work)
+        if ctx.settled:  # the run ends with this work: nothing left to route
+            return AgentOutput(public=ctx.settled[:240], private=work, query="", key="")
         pinned = [
             ChatMessage(role="assistant", content=work or "(nothing)"),
             ChatMessage(role="user", content=DESCRIBE),

@@ -19,7 +19,7 @@ from typing import Literal
 
 import structlog
 
-from dytopo.activity import reporting
+from dytopo.activity import State, reporting
 from dytopo.agent import Agent, StepContext, checked_output
 from dytopo.answer import Work
 from dytopo.backends.types import Usage
@@ -61,6 +61,10 @@ class Scheduler:
     agent hands in its work product."""
     settled: str = ""
     """Why the current round was settled, if it was."""
+    lead: str | None = None
+    """The agent whose work may settle the round (the answer's author): its step starts first,
+    the others once its first request holds a server slot (or its step ended). Otherwise the
+    teammates may take every slot and the work that could end the round waits behind them."""
 
     async def barrier(
         self, round: int, goal: str, agents: Sequence[Agent], memory: Memory
@@ -104,13 +108,16 @@ class Scheduler:
         results: dict[str, AgentStep] = {}
         tasks: dict[str, asyncio.Task[None]] = {}
 
-        def hand_in(agent: str) -> Callable[[str], Awaitable[None]]:
+        ids = {a.id for a in agents}
+        lead = asyncio.Event() if self.lead in ids and len(agents) > 1 else None
+
+        def hand_in(agent: str, ctx: StepContext) -> Callable[[str], Awaitable[None]]:
             async def on_work(text: str) -> None:
                 if self.settle is None or self.settled:
                     return
                 reason = await self.settle(round, agent, text)
                 if reason and not self.settled:
-                    self.settled = reason
+                    self.settled = ctx.settled = reason
                     for other, task in tasks.items():
                         if other != agent and not task.done():
                             task.cancel()
@@ -128,8 +135,10 @@ class Scheduler:
                         same_round=same_round.get(agent.id, ()),
                         own_work=self.own_work.get(agent.id),
                     )
-                    ctx.on_work = hand_in(agent.id)
-                    tasks[agent.id] = group.create_task(self._step(agent, ctx, results))
+                    ctx.on_work = hand_in(agent.id, ctx)
+                    leads = agent.id == self.lead
+                    step = self._step(agent, ctx, results, lead, leads)
+                    tasks[agent.id] = group.create_task(step)
         except BaseExceptionGroup as group:
             # on_agent_error=abort: the first failed agent (in agent order) ends the run.
             aborted = [e for e in group.exceptions if isinstance(e, AgentAborted)]
@@ -140,12 +149,25 @@ class Scheduler:
             raise first from first.__cause__
         return [results[a.id] for a in agents]
 
-    async def _step(self, agent: Agent, ctx: StepContext, results: dict[str, AgentStep]) -> None:
+    async def _step(
+        self,
+        agent: Agent,
+        ctx: StepContext,
+        results: dict[str, AgentStep],
+        lead: asyncio.Event | None = None,
+        leads: bool = False,
+    ) -> None:
         started = time.monotonic()
         step = AgentStep(agent=agent.id, ok=False)
         timer = StepTimer(self.agent_timeout_s, self.queue_timeout_s)
         error: Exception | None = None
-        live = self.recorder.activity(ctx.round, agent.id)
+        shown = self.recorder.activity(ctx.round, agent.id)
+
+        def live(state: State, detail: str) -> None:
+            if lead is not None and leads and state != "waiting":
+                lead.set()  # it holds a slot (or is done): the teammates may start
+            shown(state, detail)
+
         handed_in = False
         on_work = ctx.on_work
 
@@ -162,6 +184,8 @@ class Scheduler:
 
         abandoned_sink.set(spent)  # this task's context only: the step's own requests
         try:
+            if lead is not None and not leads:
+                await lead.wait()
             with reporting(live):
                 output = await timer.run(lambda: agent.step(ctx))
             step.output = checked_output(agent.id, output)

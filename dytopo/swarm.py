@@ -320,7 +320,8 @@ class RoundLoop:
         self._trace_steps(t, steps)
         self.unfinished_traced = True
         outputs = {st.agent: st.output for st in steps if st.ok and st.output is not None}
-        routing = await self._route(t, outputs)
+        # A settled round ends the run: nothing is delivered, so nothing is embedded.
+        routing = await self._route(t, {} if self.early is not None else outputs)
         self.state, deliveries = deliver(self.state, t, routing, outputs, same_round)
         for d in deliveries:
             fields = {"from": d.source, "to": d.target}
@@ -365,6 +366,8 @@ class RoundLoop:
         active = swarm.agents[:1] if swarm.routing.mode == "single" else swarm.agents
         history = self.state.routing_history
         self.scheduler.own_work = self._work()
+        spec = swarm.answer
+        self.scheduler.lead = spec.source if spec.tests_from and self._halts_on(t) else None
         if swarm.routing.execution == "tiered" and history:
             return await self.scheduler.tiered(t, goal, active, memory, history[-1].edges)
         return await self.scheduler.barrier(t, goal, active, memory), {}

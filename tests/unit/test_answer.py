@@ -461,10 +461,8 @@ async def test_a_check_passing_mid_round_cancels_the_teammates_still_working() -
     task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
     script = {
         "manager": [goal("work")],
-        "developer": [
-            Reply(content=GOOD),
-            json.dumps({"public": "wrote add", "query": "tests", "key": "the add code"}),
-        ],
+        # The passing work is handed in before its descriptors: none are asked for.
+        "developer": [Reply(content=GOOD, delay_s=0.1)],
         "tester": [Reply(content=qa_step("t"), delay_s=30.0)],
     }
     backend = ScriptedBackend(by_tag=script)
@@ -483,6 +481,9 @@ async def test_a_check_passing_mid_round_cancels_the_teammates_still_working() -
         max_rounds=3,
     )
     result = await asyncio.wait_for(team.run(task), timeout=10)
+    backend.assert_complete()
+    # The author's request goes first: the teammates cannot take the slots it needs.
+    assert [r.tag.split()[-1] for r in backend.requests[1:]] == ["developer", "tester"]
     assert result.halt_reason == "checked"
     assert result.final_answer == GOOD
     developer, tester = result.rounds[0].steps
@@ -511,3 +512,28 @@ async def test_a_failing_check_mid_round_lets_the_round_finish() -> None:
     check = result.rounds[0].check
     assert check is not None
     assert not check.passed
+
+
+async def test_the_author_starts_first_and_a_pass_spares_the_teammates_request() -> None:
+    from dytopo.agent import FunctionAgent
+
+    task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
+
+    async def slow_author(ctx: StepContext) -> AgentOutput:
+        await asyncio.sleep(0.2)  # e.g. packing a long memory before its first request
+        return AgentOutput(public="wrote add", private=GOOD, query="tests", key="code")
+
+    backend = ScriptedBackend(
+        by_tag={"manager": [goal("work")], "tester": [Reply(content=qa_step("t"))]}
+    )
+    team = Swarm(
+        [FunctionAgent("developer", slow_author), LLMAgent("tester", card("tester"), backend)],
+        LLMManager(card("manager"), backend, reasks=1),
+        HashEmbedder(),
+        answer=AnswerSpec(source="developer", extract="code", tests_from="task"),
+        min_rounds=1,
+    )
+    result = await team.run(task)
+    assert result.halt_reason == "checked"
+    assert [r.tag for r in backend.requests] == ["manager"]  # no tester request at all
+    assert result.rounds[0].steps[1].skipped
