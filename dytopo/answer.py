@@ -16,7 +16,12 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+FENCE = re.compile(
+    r"^[ \t]*```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE
+)
+"""A fenced block: its fences start their lines (prose that mentions ``` is not a fence)."""
+LOOSE_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+"""A fence anywhere in a line, for replies that open one mid-sentence ("Here: ```python")."""
 
 
 class AnswerSpec(BaseModel):
@@ -91,7 +96,11 @@ def latest_work(
 def code_blocks(text: str) -> list[str]:
     """The bodies of the fenced code blocks in `text`, in order (an unclosed last fence counts:
     a reply cut at its token limit still holds the code up to there)."""
-    return [m.group(2).strip("\n") for m in FENCE.finditer(text) if m.group(2).strip()]
+    return [m.group(2).strip("\n") for m in _fences(text) if m.group(2).strip()]
+
+
+def _fences(text: str) -> list[re.Match[str]]:
+    return list(FENCE.finditer(text)) or list(LOOSE_FENCE.finditer(text))
 
 
 CODE_START = re.compile(r"^(def |async def |class |import |from \S+ import |@)", re.MULTILINE)
@@ -132,7 +141,7 @@ def extract(text: str, how: Literal["text", "code"]) -> str:
     if code is None:
         return text.strip()
     fenced = code_blocks(text)
-    language = next((m.group(1) for m in FENCE.finditer(text) if m.group(1)), "")
+    language = next((m.group(1) for m in _fences(text) if m.group(1)), "")
     return f"```{language if fenced else 'python'}\n{code}\n```"
 
 

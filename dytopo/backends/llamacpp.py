@@ -167,10 +167,11 @@ class LlamaCppBackend(Backend):
                         async for chunk in events(response):
                             assembler.feed(chunk)
                         return assembler.result()
-                except BaseException as exc:
-                    # Accepted (or cancelled while the server worked on it), never completed:
-                    # the server did work no reply will report. A refusal is not counted.
-                    if assembler is not None or isinstance(exc, asyncio.CancelledError):
+                except BaseException:
+                    # Accepted (the stream opened), never completed: the server did work no
+                    # reply will report. A refused request or one cancelled before the server
+                    # answered is not counted.
+                    if assembler is not None:
                         self._abandoned(request, assembler)
                     raise
 

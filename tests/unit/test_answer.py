@@ -537,3 +537,34 @@ async def test_the_author_starts_first_and_a_pass_spares_the_teammates_request()
     assert result.halt_reason == "checked"
     assert [r.tag for r in backend.requests] == ["manager"]  # no tester request at all
     assert result.rounds[0].steps[1].skipped
+
+
+def test_prose_that_mentions_a_fence_does_not_open_one() -> None:
+    from dytopo.answer import code_blocks
+    from dytopo.check import task_imports
+
+    task = (
+        "Return the function in one ```python block.\n\n```python\n"
+        "from typing import List\n\n\ndef f(xs: List[int]) -> int:\n    pass\n```"
+    )
+    assert task_imports(task) == ["from typing import List"]
+    assert code_blocks(task)[0].startswith("from typing import List")
+    # A reply that opens its fence mid-sentence still has its code found.
+    assert code_blocks("Here: ```python\ndef f():\n    return 1\n``` done") == [
+        "def f():\n    return 1"
+    ]
+
+
+async def test_the_tasks_imports_reach_a_check_of_code_written_without_them() -> None:
+    from dytopo.answer import Work
+    from dytopo.check import run_check
+
+    task = (
+        "Return the function in one ```python block.\n\n```python\nfrom typing import List\n\n"
+        'def total(xs: List[int]) -> int:\n    """\n    >>> total([1, 2])\n    3\n    """\n```'
+    )
+    code = "```python\ndef total(xs: List[int]) -> int:\n    return sum(xs)\n```"
+    spec = AnswerSpec(source="dev", extract="code", tests_from="task")
+    check = await run_check(spec, {"dev": Work(agent="dev", round=1, text=code)}, 1, task)
+    assert check is not None
+    assert check.passed, check.output

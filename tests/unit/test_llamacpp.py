@@ -624,12 +624,15 @@ async def test_a_cancelled_request_counts_what_the_server_did_for_its_step() -> 
 
     release, entered = asyncio.Event(), asyncio.Event()
 
+    async def body() -> AsyncIterator[bytes]:
+        yield data({"choices": [{"delta": {"content": "half"}}]}).encode()
+        entered.set()
+        await release.wait()
+
     async def handle(req: httpx.Request) -> httpx.Response:
         if req.url.path == "/props":
             return httpx.Response(200, json=PROPS)
-        entered.set()
-        await release.wait()
-        return completion()
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
 
     b = backend(handle, slots=1)
     seen: list[int] = []
@@ -645,6 +648,7 @@ async def test_a_cancelled_request_counts_what_the_server_did_for_its_step() -> 
         await task
     usage = b.usage
     assert usage.requests == 1
+    assert usage.completion_tokens == 1  # the piece that streamed
     assert usage.prompt_tokens > 0
     assert seen == [usage.prompt_tokens]
     assert usage.cached_tokens == 0  # nothing is assumed served from the cache
