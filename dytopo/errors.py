@@ -63,3 +63,7 @@ class RunInUse(DyTopoError):
 
 class AgentFailed(DyTopoError):
     """An agent could not produce a valid step (after the whole re-ask ladder)."""
+
+
+class RoundFailed(AgentFailed):
+    """No agent step of a round succeeded: the run has nothing to route or decide on."""

@@ -33,7 +33,7 @@ from dytopo.checkpoint import (
 )
 from dytopo.delivery import deliver
 from dytopo.embedders.base import Embedder
-from dytopo.errors import DyTopoError, RunError
+from dytopo.errors import DyTopoError, RoundFailed, RunError
 from dytopo.manager import Manager, TeamMember
 from dytopo.manager_calls import ManagerCalls, Verdict
 from dytopo.memory import MemoryItem
@@ -319,6 +319,7 @@ class RoundLoop:
         steps, same_round = await self._steps(t, goal)
         self._trace_steps(t, steps)
         self.unfinished_traced = True
+        self._none_failed_all(t, steps)
         outputs = {st.agent: st.output for st in steps if st.ok and st.output is not None}
         # A settled round ends the run: nothing is delivered, so nothing is embedded.
         routing = await self._route(t, {} if self.early is not None else outputs)
@@ -371,6 +372,20 @@ class RoundLoop:
         if swarm.routing.execution == "tiered" and history:
             return await self.scheduler.tiered(t, goal, active, memory, history[-1].edges)
         return await self.scheduler.barrier(t, goal, active, memory), {}
+
+    def _none_failed_all(self, t: int, steps: Sequence[AgentStep]) -> None:
+        """A round in which every step failed is the run's failure, not a round to decide on
+        (the manager would halt on nothing and the run would look like a success). The token
+        cap refusing them is not: the run then halts on its budget."""
+        if not steps or any(st.ok or st.skipped for st in steps):
+            return
+        if self.meter is not None and self.meter.refused:
+            return
+        first = steps[0]
+        raise RoundFailed(
+            f"round {t}: every agent step failed ({len(steps)} of {len(steps)}; first, "
+            f"{first.agent}: {first.error})"
+        )
 
     async def _route(self, t: int, outputs: dict[str, AgentOutput]) -> Routing:
         """Embed needs and offers, induce the graph and sigma (ALGORITHM.md steps 3-4)."""

@@ -250,13 +250,15 @@ async def test_each_limit_names_itself_when_it_expires() -> None:
     script: dict[str, list[object]] = {
         "a": [Reply(content=STEP, delay_s=0.6)],
         "b": [Reply(content=STEP, delay_s=0.6)],
-        "manager": [goal("go"), decision(True, "done")],
+        "manager": [goal("go")],
     }
     backend = ScriptedBackend(by_tag=script, slots=1)  # type: ignore[arg-type]
     swarm = make_swarm(backend, ["a", "b"], min_rounds=1, agent_timeout_s=0.3, queue_timeout_s=0.1)
-    result = await swarm.run("task")
+    with pytest.raises(RunError, match="round 1: every agent step failed") as failed:
+        await swarm.run("task")
     backend.assert_complete()
-    a, b = result.rounds[0].steps
+    unfinished = failed.value.partial.unfinished
+    a, b = sorted(unfinished.steps, key=lambda st: st.agent)
     assert a.error.startswith("timed out after working 0.3s (agent_timeout_s)")
     assert b.error.startswith("timed out after waiting 0.1s for a server slot (queue_timeout_s)")
 
@@ -265,11 +267,29 @@ async def test_an_agents_own_timeout_error_is_not_reported_as_a_limit() -> None:
     async def slow_upstream(ctx: StepContext) -> AgentOutput:
         raise TimeoutError("upstream API slow")
 
-    backend = ScriptedBackend(by_tag={"manager": [goal("go"), decision(True, "done")]})
+    backend = ScriptedBackend(by_tag={"manager": [goal("go")]})
     swarm = make_swarm(backend, [], extra=[FunctionAgent("x", slow_upstream)], min_rounds=1)
-    result = await swarm.run("task")
+    with pytest.raises(RunError) as failed:
+        await swarm.run("task")
     backend.assert_complete()
-    assert result.rounds[0].steps[0].error == "TimeoutError: upstream API slow"
+    assert failed.value.partial.unfinished.steps[0].error == "TimeoutError: upstream API slow"
+
+
+async def test_a_round_in_which_every_step_failed_is_a_run_error_with_the_partial_result() -> None:
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("go"), decision(False, goal_next="again")],
+            "a": [STEP, "not json", "still not json"],
+            "b": [STEP, "not json", "still not json"],
+        }
+    )
+    swarm = make_swarm(backend, ["a", "b"], max_rounds=3)
+    with pytest.raises(RunError, match="round 2: every agent step failed") as failed:
+        await swarm.run("task")
+    backend.assert_complete()
+    partial = failed.value.partial
+    assert len(partial.rounds) == 1  # round 1 is kept
+    assert partial.halt_reason == "error"
 
 
 # --- accounting ------------------------------------------------------------------------------
