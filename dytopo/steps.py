@@ -92,9 +92,13 @@ class Scheduler:
             done = await self._together(round, goal, [by_id[i] for i in tier], memory, same_round)
             for step in done:
                 steps[step.agent] = step
+            for step in done:
                 if step.output is not None:
+                    # Only to agents still to come: an edge into a tier that already ran (one
+                    # `tiers` dropped to break a cycle) is this round's routing's to deliver.
                     for target, item in forward(round, step.agent, step.output, edges).items():
-                        same_round[target].append(item)
+                        if target not in steps:
+                            same_round[target].append(item)
         return [steps[a.id] for a in agents], same_round
 
     async def _together(

@@ -315,3 +315,17 @@ def test_swarm_from_yaml_builds_the_topologys_agents() -> None:
     assert isinstance(researcher, LLMAgent)
     assert [t.name for t in researcher.tools] == ["search_docs"]
     assert researcher.tool_context.docs_dir == (root / "examples" / "docs").resolve()
+
+
+async def test_tiered_execution_forwards_only_to_agents_still_to_come() -> None:
+    # a and b need and offer the same thing: edges both ways, equal scores; `tiers` keeps
+    # b -> a and drops a -> b, so round 2 runs b, then a (which reads b's message at once).
+    script = {i: [step(f"{i} pub", f"{i}-{t}", "X", "X") for t in (1, 2)] for i in ("a", "b")}
+    script["manager"] = [goal("go"), decision(False), decision(True, "done")]
+    backend = ScriptedBackend(by_tag=script)
+    swarm = make_swarm(backend, ["a", "b"], routing=RoutingConfig(tau=0.1, execution="tiered"))
+    result = await swarm.run("task")
+    backend.assert_complete()
+    phases = {(d.source, d.target): d.phase for d in result.rounds[1].deliveries}
+    # b had already stepped when a wrote: a's message reaches b after the round, not "within".
+    assert phases == {("b", "a"): "same_round", ("a", "b"): "after_round"}
