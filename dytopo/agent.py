@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from dytopo.answer import Work
 from dytopo.backends.types import Usage
 from dytopo.errors import AgentFailed
 from dytopo.memory import MemoryItem
+from dytopo.meter import usage_to
 from dytopo.structured import Attempt
 
 PRIVATE_CHARS = 4000
@@ -92,6 +94,14 @@ class StepContext:
     def event(self, name: str, **fields: Any) -> None:
         if self.emit is not None:
             self.emit(name, **fields)
+
+    def counting(self) -> AbstractContextManager[None]:
+        """Book every request sent inside the block to this context's `usage` (backends report
+        each request's usage, complete or not, through `dytopo.meter.settle`)."""
+        return usage_to(self._spent)
+
+    def _spent(self, usage: Usage) -> None:
+        self.usage = self.usage + usage
 
     async def work_done(self, text: str) -> None:
         """Hand in this step's work product before the step is over (what comes after it,

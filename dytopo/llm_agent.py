@@ -152,6 +152,10 @@ class LLMAgent(Agent):
         return timeline, build
 
     async def step(self, ctx: StepContext) -> AgentOutput:
+        with ctx.counting():  # also when called outside a swarm
+            return await self._step(ctx)
+
+    async def _step(self, ctx: StepContext) -> AgentOutput:
         budget = self.context_budget or (await self.backend.connect()).n_ctx_per_slot
         outcomes: list[ToolOutcome] = []
         if self.tools:
@@ -169,7 +173,6 @@ class LLMAgent(Agent):
             on_attempt=ctx.record_attempt,
             pack=pack,
         )
-        ctx.usage = ctx.usage + result.usage
         if result.value is None:
             raise AgentFailed(
                 f"agent {self.id}: no valid reply after {len(result.attempts)} attempts "
@@ -183,7 +186,6 @@ class LLMAgent(Agent):
         written as text come out whole; inside a JSON string a 1.5B model dropped the code
         and kept only its note on what changed, or turned a docstring's quotes into fences."""
         reply = await self.backend.chat(request)
-        ctx.usage = ctx.usage + reply.usage
         work = (reply.content or "").strip()[:PRIVATE_CHARS]
         await ctx.work_done(work)
         if ctx.settled:  # the run ends with this work: nothing left to route
@@ -207,7 +209,6 @@ class LLMAgent(Agent):
             on_attempt=ctx.record_attempt,
             pack=describe_pack,
         )
-        ctx.usage = ctx.usage + result.usage
         if result.value is None:
             raise AgentFailed(
                 f"agent {self.id}: no valid reply after {len(result.attempts)} attempts "
@@ -285,7 +286,6 @@ class LLMAgent(Agent):
             emit=ctx.emit,
             pack=tool_pack,
         )
-        ctx.usage = ctx.usage + phase.usage
         ctx.attempts.extend(phase.attempts)
         outcomes.extend(phase.outcomes)
         answer = tool_pack.follow_up(max_output_tokens=self.max_output_tokens)

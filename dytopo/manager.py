@@ -253,15 +253,15 @@ class LLMManager(Manager):
             sampling=self.sampling,
             tag="manager",
         )
-        result = await ask_structured(
-            self.backend,
-            request,
-            model,
-            reasks=self.reasks,
-            on_attempt=acct.record_attempt,
-            pack=pack,
-        )
-        acct.usage = acct.usage + result.usage
+        with acct.counting():
+            result = await ask_structured(
+                self.backend,
+                request,
+                model,
+                reasks=self.reasks,
+                on_attempt=acct.record_attempt,
+                pack=pack,
+            )
         if result.value is None:
             raise AgentFailed(
                 f"manager: no valid {model.__name__} after "

@@ -170,7 +170,7 @@ class ManagerCalls:
         acct = self.recorder.context(round, "manager")
         live = self.recorder.activity(round, "manager", _DOING[duty])
         try:
-            with reporting(live):
+            with reporting(live), acct.counting():
                 value = await call(acct)
             live("done", "")
             return value, acct, False

@@ -1,7 +1,9 @@
 """The run's token cap, checked before every request.
 
-What a request that never completed cost (cancelled, cut short, failed mid-stream) is counted
-through `spend_abandoned`: against the cap, and into the step that sent it (`abandoned_sink`).
+`settle` and `spend_abandoned` (a request that never completed: cancelled, cut short, failed
+mid-stream) are also the one path by which usage is booked: each hands the request's usage to
+`usage_sink`, the step or manager duty that sent it (`with usage_to(...)`), so the run's usage,
+its steps', the meter's and the checkpoint's all come from the same counts.
 
 A run with `run_token_budget` puts a TokenMeter in `run_meter` for its duration. Every backend
 calls `await admit(self, request)` before it sends a request and `settle(usage)` once it has the
@@ -15,7 +17,8 @@ answer may use the reserve. Outside a capped run both calls do nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -105,16 +108,29 @@ async def admit(backend: Backend, request: ChatRequest) -> None:
 
 
 def settle(usage: Usage) -> None:
-    """Count a completed request's usage against the run's token cap."""
+    """Count a completed request's usage against the run's token cap, and book it to the step
+    or duty that sent it."""
     meter = run_meter.get()
     if meter is not None:
         meter.settle(usage)
+    _book(usage)
 
 
-abandoned_sink: ContextVar[Callable[[Usage], None] | None] = ContextVar(
-    "dytopo_abandoned_sink", default=None
+usage_sink: ContextVar[Callable[[Usage], None] | None] = ContextVar(
+    "dytopo_usage_sink", default=None
 )
-"""Set by the scheduler for one agent step: where the usage of its unfinished requests goes."""
+"""Where the usage of each request goes: the step or manager duty that sent it."""
+
+
+@contextmanager
+def usage_to(sink: Callable[[Usage], None]) -> Iterator[None]:
+    """Book the usage of every request sent inside the block (by this task and the tasks it
+    starts) to `sink`."""
+    token = usage_sink.set(sink)
+    try:
+        yield
+    finally:
+        usage_sink.reset(token)
 
 
 def spend_abandoned(usage: Usage) -> None:
@@ -123,6 +139,10 @@ def spend_abandoned(usage: Usage) -> None:
     meter = run_meter.get()
     if meter is not None:
         meter.used += usage.prompt_tokens + usage.completion_tokens
-    sink = abandoned_sink.get()
+    _book(usage)
+
+
+def _book(usage: Usage) -> None:
+    sink = usage_sink.get()
     if sink is not None:
         sink(usage)

@@ -22,11 +22,10 @@ import structlog
 from dytopo.activity import State, reporting
 from dytopo.agent import Agent, StepContext, checked_output
 from dytopo.answer import Work
-from dytopo.backends.types import Usage
 from dytopo.delivery import forward
 from dytopo.errors import AgentFailed
 from dytopo.memory import MemoryItem
-from dytopo.meter import TokenCapReached, abandoned_sink
+from dytopo.meter import TokenCapReached
 from dytopo.recorder import Recorder
 from dytopo.result import AgentStep
 from dytopo.router import Edge, tiers
@@ -183,14 +182,10 @@ class Scheduler:
 
         ctx.on_work = noted
 
-        def spent(usage: Usage) -> None:
-            ctx.usage = ctx.usage + usage
-
-        abandoned_sink.set(spent)  # this task's context only: the step's own requests
         try:
             if lead is not None and not leads:
                 await lead.wait()
-            with reporting(live):
+            with reporting(live), ctx.counting():
                 output = await timer.run(lambda: agent.step(ctx))
             step.output = checked_output(agent.id, output)
             step.ok = True

@@ -620,7 +620,7 @@ async def test_malformed_data_is_one_line_malformed_reply(body: str, live: bool)
 
 
 async def test_a_cancelled_request_counts_what_the_server_did_for_its_step() -> None:
-    from dytopo.meter import abandoned_sink
+    from dytopo.meter import usage_sink
 
     release, entered = asyncio.Event(), asyncio.Event()
 
@@ -638,7 +638,7 @@ async def test_a_cancelled_request_counts_what_the_server_did_for_its_step() -> 
     seen: list[int] = []
 
     async def step() -> None:
-        abandoned_sink.set(lambda usage: seen.append(usage.prompt_tokens))
+        usage_sink.set(lambda usage: seen.append(usage.prompt_tokens))
         await b.chat(request("a prompt the server was working on"))
 
     task = asyncio.create_task(step())

@@ -313,3 +313,21 @@ async def test_reasks_count_structured_reasks_only() -> None:
     backend.assert_complete()
     assert result.stats["tool_call_attempts"] == 2
     assert result.reasks == 1
+
+
+async def test_a_failed_steps_earlier_attempts_are_in_the_runs_usage() -> None:
+    # b's first reply is no JSON (a request the server did process), then the server fails:
+    # the step fails, but the tokens of its first request were spent all the same.
+    backend = ScriptedBackend(
+        by_tag={
+            "manager": [goal("go"), decision(True, "done")],
+            "a": [STEP],
+            "b": ["not json", BackendError("server gone", url="http://x")],
+        }
+    )
+    result = await make_swarm(backend, ["a", "b"], min_rounds=1).run("task")
+    backend.assert_complete()
+    b = result.rounds[0].steps[1]
+    assert not b.ok
+    assert b.usage.requests == 1
+    assert result.usage == backend.usage  # every request the server served, once
