@@ -32,6 +32,8 @@ class BudgetPlan(BaseModel):
     request_limit: int
     """The most one request may use: the slot's share, or all of n_ctx with a unified cache."""
     kv_unified: bool = False
+    kv_layout: str = ""
+    """How the KV layout was learnt (for doctor and plan)."""
     agents: list[AgentBudget] = Field(default_factory=list)
     concurrent_peak: int = 0
     """The `slots` largest budgets added up: the most context concurrent requests can hold."""
@@ -103,6 +105,36 @@ def plan_budgets(
             f"{slots} concurrent requests may need {plan.concurrent_peak} tokens but the shared "
             f"KV cache holds {n_ctx}: lower the largest budgets: {names}"
         )
+    return plan
+
+
+def kv_layout(configured: bool | None, own_server: bool) -> tuple[bool, str]:
+    """Whether the server's slots share one KV pool, and how DyTopo knows.
+
+    llama-server started without -np runs 4 slots on one pool and reports the whole pool as
+    each slot's n_ctx (measured: b0-unknown, Qwen2.5-Coder-0.5B, -c 8192: 4 slots x 8192);
+    neither /props nor /slots says which layout it runs. Planned as one pool, four concurrent
+    requests fit together; planned per slot, they could need 4x what the server holds."""
+    if configured is not None:
+        shared = "one pool shared by the slots" if configured else "one context per slot"
+        return configured, f"{shared} (backend.kv_unified: {str(configured).lower()})"
+    if own_server:
+        return False, "one context per slot (DyTopo's own server, --no-kv-unified)"
+    return True, (
+        "assumed one pool shared by the slots (the server does not say; llama-server shares "
+        "one unless started with --no-kv-unified): set backend.kv_unified: false if each slot "
+        "has its own context, to give each agent more"
+    )
+
+
+def plan_for_server(
+    topology: Topology, per_slot_reported: int, slots: int, layout: tuple[bool, str]
+) -> BudgetPlan:
+    """`plan_budgets` for a server as /props describes it, in the KV layout `kv_layout` gave."""
+    unified, how = layout
+    n_ctx = server_context(per_slot_reported, slots, unified)
+    plan = plan_budgets(topology, n_ctx=n_ctx, slots=slots, kv_unified=unified)
+    plan.kv_layout = how
     return plan
 
 

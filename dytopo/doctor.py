@@ -12,9 +12,11 @@ from pydantic import BaseModel, Field
 
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
+from dytopo.budget import kv_layout
 from dytopo.embedders.http import HttpEmbedder
 from dytopo.errors import DyTopoError, ManagedServerError
 from dytopo.managed import models
+from dytopo.managed.resolve import own_server
 
 TEMPLATE_FIX = (
     "serve the model with `--jinja --chat-template-file` and a template that has a tools section "
@@ -127,6 +129,8 @@ class DoctorReport(BaseModel):
     slots: int = 0
     n_ctx_per_slot: int = 0
     supports_tools: bool | None = None
+    kv_layout: str = ""
+    """How the server's slots keep their KV cache, as DyTopo plans for it."""
     json_schema: bool = False
     embeddings: bool = False
     prompt_tokens_per_s: float = 0.0
@@ -163,6 +167,20 @@ async def run_doctor(
                 name="reachable",
                 ok=True,
                 detail=f"{info.model}, {info.slots} slots x {info.n_ctx_per_slot} ctx",
+            )
+        )
+        shared, how = kv_layout(None, source in ("embedded", "background") or own_server(url))
+        report.kv_layout = how
+        report.checks.append(
+            Check(
+                name="kv_layout",
+                ok=True,
+                detail=f"KV cache: {how}; planned: "
+                + (
+                    f"{info.slots} concurrent requests share {info.n_ctx_per_slot} tokens"
+                    if shared
+                    else f"each request up to {info.n_ctx_per_slot} tokens"
+                ),
             )
         )
         report.checks.append(

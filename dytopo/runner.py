@@ -12,7 +12,7 @@ from dytopo import runlock
 from dytopo.backends.base import Backend
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
-from dytopo.budget import plan_budgets, server_context
+from dytopo.budget import kv_layout, plan_for_server
 from dytopo.build import build_swarm
 from dytopo.checkpoint import (
     Checkpoint,
@@ -27,7 +27,7 @@ from dytopo.embedders.hashing import HashEmbedder
 from dytopo.embedders.http import HttpEmbedder
 from dytopo.errors import BudgetExceeded, ConfigError
 from dytopo.loader import load_topology
-from dytopo.managed.resolve import Endpoints, endpoints
+from dytopo.managed.resolve import Endpoints, endpoints, own_server
 from dytopo.result import RunResult
 from dytopo.swarm import Swarm
 from dytopo.topology import EmbedderSpec, Topology
@@ -151,13 +151,11 @@ async def swarm_on(
     info = await backend.connect()
     # The client's own settings say how its server pools the KV cache; an in-process backend
     # has none, so the topology's word holds.
-    settings = backend.settings if isinstance(backend, LlamaCppBackend) else topology.backend
-    plan = plan_budgets(
-        topology,
-        n_ctx=server_context(info.n_ctx_per_slot, info.slots, settings.kv_unified),
-        slots=info.slots,
-        kv_unified=settings.kv_unified,
-    )
+    if isinstance(backend, LlamaCppBackend):
+        layout = kv_layout(backend.settings.kv_unified, own_server(backend.base_url))
+    else:  # an in-process backend: its slots are what it reports, one context each
+        layout = kv_layout(topology.backend.kv_unified or False, False)
+    plan = plan_for_server(topology, info.n_ctx_per_slot, info.slots, layout)
     if not plan.fits:
         raise BudgetExceeded("\n".join(f"{topology.name}: {p}" for p in plan.problems))
     return await asyncio.to_thread(

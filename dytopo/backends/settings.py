@@ -49,9 +49,11 @@ class BackendSettings(BaseModel):
     """Concurrent requests to allow. None: the server's slot count from /props."""
     n_ctx_per_slot: int | None = Field(default=None, ge=256, le=100_000_000)
     """Context per request. None: from /props; required for servers without /props."""
-    kv_unified: bool = False
-    """True when the server runs with --kv-unified: its context is then one pool shared by all
-    slots, so DyTopo plans each request for n_ctx / slots."""
+    kv_unified: bool | None = None
+    """How the server keeps its KV cache. True: one pool shared by all slots (llama-server's
+    default unless started with --no-kv-unified); False: each slot its own context. None: not
+    known (llama-server does not report it); DyTopo's own servers are per slot, any other is
+    planned as shared, the layout in which concurrent requests can never overflow."""
     connect_timeout_s: float = Field(default=5.0, gt=0, le=3600)
     read_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
     """Time to wait for a whole reply; CPU generation of long answers is slow."""

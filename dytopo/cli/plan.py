@@ -8,11 +8,11 @@ import typer
 from rich.table import Table
 
 from dytopo.backends.llamacpp import LlamaCppBackend
-from dytopo.budget import BudgetPlan, plan_budgets, server_context
+from dytopo.budget import BudgetPlan, kv_layout, plan_budgets, plan_for_server
 from dytopo.cli import options
 from dytopo.cli._common import check_urls, error_line, out, run_async
 from dytopo.loader import load_topology
-from dytopo.managed.resolve import endpoints
+from dytopo.managed.resolve import endpoints, own_server
 from dytopo.topology import Topology
 
 
@@ -22,8 +22,8 @@ async def _from_server(topology: Topology, url: str | None, model: str | None) -
         settings = topology.backend.model_copy(update={"base_url": ends.chat_url})
         async with LlamaCppBackend(settings) as backend:
             info = await backend.connect()
-    n_ctx = server_context(info.n_ctx_per_slot, info.slots, settings.kv_unified)
-    return plan_budgets(topology, n_ctx=n_ctx, slots=info.slots, kv_unified=settings.kv_unified)
+        layout = kv_layout(settings.kv_unified, own_server(ends.chat_url))
+    return plan_for_server(topology, info.n_ctx_per_slot, info.slots, layout)
 
 
 def plan(
@@ -45,7 +45,10 @@ def plan(
         raise typer.Exit(2)
     if n_ctx is not None and slots is not None:
         result = plan_budgets(
-            loaded, n_ctx=n_ctx, slots=slots, kv_unified=kv_unified or loaded.backend.kv_unified
+            loaded,
+            n_ctx=n_ctx,
+            slots=slots,
+            kv_unified=kv_unified or bool(loaded.backend.kv_unified),
         )
     else:
         check_urls(backend_url or loaded.backend.base_url)
@@ -58,7 +61,8 @@ def plan(
                 f"{loaded.name}: n_ctx {result.n_ctx}, {result.slots} slots, "
                 f"{result.request_limit} tokens per request"
                 + (" (unified KV)" if result.kv_unified else "")
-            )
+            ),
+            caption=f"KV cache: {result.kv_layout}" if result.kv_layout else None,
         )
         for column in ("agent", "context budget", "max output", "prompt room", "set by"):
             table.add_column(column, justify="left" if column in ("agent", "set by") else "right")

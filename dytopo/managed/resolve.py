@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Literal
 
@@ -166,21 +166,45 @@ async def endpoints(
         and (asked is None or state.model == chosen.name)
         and await _healthy(state.chat_url)
     ):
-        yield Endpoints(
-            chat_url=state.chat_url,
-            embed_url=state.embed_url,
-            source="background",
-            model=state.model,
-        )
+        with _owned(state.chat_url):
+            yield Endpoints(
+                chat_url=state.chat_url,
+                embed_url=state.embed_url,
+                source="background",
+                model=state.model,
+            )
         return
     log.info("managed.embedded_start", model=chosen.name, slots=slots, ctx_per_slot=ctx_per_slot)
     async with ManagedStack(model=chosen.name, slots=slots, ctx_per_slot=ctx_per_slot) as stack:
-        yield Endpoints(
-            chat_url=stack.chat_url,
-            embed_url=stack.embed_url,
-            source="embedded",
-            model=chosen.name,
-        )
+        with _owned(stack.chat_url):
+            yield Endpoints(
+                chat_url=stack.chat_url,
+                embed_url=stack.embed_url,
+                source="embedded",
+                model=chosen.name,
+            )
+
+
+_OWN: dict[str, int] = {}
+"""Roots of the chat servers DyTopo started (embedded, background) that this process uses, with
+how many users each has: their KV cache is one pool per slot (--no-kv-unified)."""
+
+
+def own_server(url: str) -> bool:
+    """Whether `url` is a chat server DyTopo started (so its KV layout is known)."""
+    return url.rstrip("/") in _OWN
+
+
+@contextmanager
+def _owned(url: str) -> Iterator[None]:
+    key = url.rstrip("/")
+    _OWN[key] = _OWN.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        _OWN[key] -= 1
+        if not _OWN[key]:
+            del _OWN[key]
 
 
 async def _healthy(url: str) -> bool:

@@ -254,3 +254,39 @@ async def test_every_request_of_a_step_fits_its_budget_reasks_included(
     for request in backend.requests:
         prompt = await backend.count_tokens(request.messages, request.tools)
         assert prompt + request.max_tokens <= budget, (len(backend.requests), request.tag)
+
+
+async def test_a_server_that_does_not_say_its_kv_layout_is_planned_as_one_shared_pool() -> None:
+    import httpx
+
+    from dytopo.backends import BackendSettings, LlamaCppBackend
+    from dytopo.embedders import HashEmbedder
+    from dytopo.runner import swarm_on
+
+    # llama-server with default flags: 4 slots, each reporting the whole pool (8192).
+    props = {"default_generation_settings": {"n_ctx": 8192}, "total_slots": 4}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=props)
+
+    async def budgets(kv_unified: bool | None) -> list[int]:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+        settings = BackendSettings(base_url="http://llama.test:8008", kv_unified=kv_unified)
+        async with LlamaCppBackend(settings, client=client) as backend:
+            swarm = await swarm_on(research(), backend, HashEmbedder(), base_dir=None, source=None)
+        return [a.context_budget for a in swarm.agents]  # type: ignore[attr-defined]
+
+    shared = await budgets(None)
+    assert sum(sorted(shared)[-4:]) <= 8192  # any 4 concurrent requests fit the pool
+    assert await budgets(True) == shared
+    # Declared per slot: each request may use its slot's whole context.
+    assert max(await budgets(False)) == 8192
+
+
+def test_dytopos_own_server_is_known_to_have_one_context_per_slot() -> None:
+    from dytopo.budget import kv_layout
+
+    assert kv_layout(None, own_server=True)[0] is False
+    assert kv_layout(None, own_server=False)[0] is True
+    assert "backend.kv_unified: false" in kv_layout(None, own_server=False)[1]
+    assert kv_layout(False, own_server=False)[0] is False
