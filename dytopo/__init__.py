@@ -38,7 +38,7 @@ from dytopo.managed import ManagedStack
 from dytopo.manager import LLMManager, Manager, ManagerDecision
 from dytopo.result import RoundRecord, RunResult
 from dytopo.routing import RoutingConfig
-from dytopo.runner import connect, resume, resume_run, run, run_topology
+from dytopo.runner import aresume, arun, connect, resume, resume_run, run, run_topology
 from dytopo.simulated import SimulatedBackend
 from dytopo.state import RunState
 from dytopo.swarm import Swarm
@@ -92,6 +92,8 @@ __all__ = [
     "Topology",
     "Usage",
     "__version__",
+    "aresume",
+    "arun",
     "configure_logging",
     "connect",
     "load_card",

@@ -235,7 +235,9 @@ def run(
     trace_path: str | Path | None = None,
     model: str | None = None,
 ) -> RunResult:
-    """Blocking `run_topology` for scripts: `dytopo.run("topologies/research.yaml", "task")`."""
+    """Blocking `run_topology` for scripts: `dytopo.run("topologies/research.yaml", "task")`;
+    in a notebook or any other running event loop, `await dytopo.arun(...)`."""
+    _not_in_a_loop("run")
     return asyncio.run(
         run_topology(
             topology,
@@ -258,7 +260,9 @@ def resume(
     runs_dir: Path = Path("runs"),
     model: str | None = None,
 ) -> RunResult:
-    """Blocking `resume_run` for scripts: `dytopo.resume("3f2a9c81d0b4")`."""
+    """Blocking `resume_run` for scripts: `dytopo.resume("3f2a9c81d0b4")`; in a running
+    event loop, `await dytopo.aresume(...)`."""
+    _not_in_a_loop("resume")
     return asyncio.run(
         resume_run(
             source,
@@ -269,6 +273,59 @@ def resume(
             runs_dir=runs_dir,
             model=model,
         )
+    )
+
+
+async def arun(
+    topology: Topology | str | Path,
+    task: str | None = None,
+    *,
+    backend_url: str | None = None,
+    embed_url: str | None = None,
+    trace_path: str | Path | None = None,
+    model: str | None = None,
+) -> RunResult:
+    """`run` for code that already runs an event loop: `await dytopo.arun(topology, task)`."""
+    return await run_topology(
+        topology,
+        task,
+        backend_url=backend_url,
+        embed_url=embed_url,
+        trace_path=trace_path,
+        model=model,
+    )
+
+
+async def aresume(
+    source: str | Path,
+    *,
+    backend_url: str | None = None,
+    embed_url: str | None = None,
+    force: bool = False,
+    observers: Sequence[Observer] = (),
+    runs_dir: Path = Path("runs"),
+    model: str | None = None,
+) -> RunResult:
+    """`resume` for code that already runs an event loop: `await dytopo.aresume(run_id)`."""
+    return await resume_run(
+        source,
+        backend_url=backend_url,
+        embed_url=embed_url,
+        force=force,
+        observers=observers,
+        runs_dir=runs_dir,
+        model=model,
+    )
+
+
+def _not_in_a_loop(name: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise ConfigError(
+        f"dytopo.{name}() blocks until the run ends, and an event loop already runs here (a "
+        f"notebook, a service): use `await dytopo.a{name}(...)` instead"
     )
 
 

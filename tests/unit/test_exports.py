@@ -131,3 +131,23 @@ def test_testing_exports_every_public_class_it_defines() -> None:
     defined = {name for name, _ in defined_in(dytopo.testing)}
     assert {"ScriptedBackend", "Reply", "UnexpectedCall"} <= defined
     assert set(dytopo.testing.__all__) == defined
+
+
+async def test_the_blocking_entry_points_name_their_async_twins_inside_an_event_loop() -> None:
+    import pytest
+
+    from dytopo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"await dytopo\.arun"):
+        dytopo.run("topologies/research.yaml", "task")
+    with pytest.raises(ConfigError, match=r"await dytopo\.aresume"):
+        dytopo.resume("0123456789ab")
+    import inspect
+
+    assert inspect.iscoroutinefunction(dytopo.arun)
+    assert inspect.signature(dytopo.arun).parameters.keys() == (
+        inspect.signature(dytopo.run).parameters.keys()
+    )
+    assert inspect.signature(dytopo.aresume).parameters.keys() == (
+        inspect.signature(dytopo.resume).parameters.keys()
+    )
