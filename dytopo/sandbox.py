@@ -175,19 +175,38 @@ def sandbox_problem() -> str | None:
 
 
 def run_sandboxed(
-    code: str, limits: SandboxLimits | None = None, ro_binds: Sequence[Path] = ()
+    code: str,
+    limits: SandboxLimits | None = None,
+    ro_binds: Sequence[Path] = (),
+    *,
+    give_fds: Sequence[int] = (),
 ) -> SandboxResult:
     """Run `code` (a whole program) in the sandbox and return what happened.
 
     `ro_binds`: absolute host folders (or files) the code may read, at the same path inside.
+    `give_fds`: descriptors (e.g. pipe ends) the code inherits under the same numbers. They are
+    handed over: closed in this process once bwrap holds them (or on failure), so that the
+    other end sees EOF when the sandbox ends.
     Raises SandboxUnavailable when this host cannot sandbox, SandboxError for a bad bind.
     """
-    problem = sandbox_problem()
-    if problem is not None:
-        raise SandboxUnavailable(problem)
-    bwrap = find_bwrap()
-    assert bwrap is not None  # the probe found it
-    return _run(bwrap, code, limits or SandboxLimits(), ro_binds)
+    handed = list(give_fds)
+    try:
+        problem = sandbox_problem()
+        if problem is not None:
+            raise SandboxUnavailable(problem)
+        bwrap = find_bwrap()
+        assert bwrap is not None  # the probe found it
+        return _run(bwrap, code, limits or SandboxLimits(), ro_binds, handed)
+    finally:
+        _close_all(handed)
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close each of `fds` once: it is emptied, since a number closed twice may by then be
+    another thread's descriptor."""
+    while fds:
+        with contextlib.suppress(OSError):
+            os.close(fds.pop())
 
 
 @dataclass(frozen=True)
@@ -387,7 +406,14 @@ def _child_source() -> str:
     return CHILD.read_text(encoding="utf-8")
 
 
-def _run(bwrap: Path, code: str, limits: SandboxLimits, ro_binds: Sequence[Path]) -> SandboxResult:
+def _run(
+    bwrap: Path,
+    code: str,
+    limits: SandboxLimits,
+    ro_binds: Sequence[Path],
+    give_fds: list[int] | None = None,
+) -> SandboxResult:
+    give_fds = [] if give_fds is None else give_fds
     as_root = os.geteuid() == 0
     channels = _Channels(code)
     start = time.monotonic()
@@ -399,7 +425,7 @@ def _run(bwrap: Path, code: str, limits: SandboxLimits, ro_binds: Sequence[Path]
                 stdin=subprocess.DEVNULL,
                 stdout=channels.output,
                 stderr=channels.output,
-                pass_fds=tuple(channels.for_child().values()),
+                pass_fds=(*channels.for_child().values(), *give_fds),
                 env={},
                 start_new_session=True,
             )
@@ -407,6 +433,7 @@ def _run(bwrap: Path, code: str, limits: SandboxLimits, ro_binds: Sequence[Path]
             raise SandboxUnavailable(f"cannot start {bwrap}: {exc.strerror}") from None
         finally:
             channels.close_child_ends()
+            _close_all(give_fds)
         timed_out = _supervise(proc, channels, start + limits.wall_s, as_root)
         duration = time.monotonic() - start
         status = {} if timed_out else _read_json(channels.status_r, time.monotonic() + 0.5)

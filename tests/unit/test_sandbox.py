@@ -390,21 +390,49 @@ def test_wall_clock_limit() -> None:
     assert result.duration_s < 1.5
 
 
-def test_nested_namespaces_and_sysv_memory_are_refused() -> None:
-    """A nested user namespace would give the code capabilities to mount an uncapped tmpfs."""
+def test_nested_namespaces_and_sysv_ipc_are_refused() -> None:
+    """A nested user namespace would give the code capabilities to mount an uncapped tmpfs;
+    System V shared memory, message queues and semaphores are kernel memory no rlimit bounds."""
     code = """
 import ctypes, os, threading
 libc = ctypes.CDLL(None, use_errno=True)
 print("unshare", libc.unshare(0x10000000), ctypes.get_errno())
 print("shmget", libc.shmget(0, 1 << 20, 0o600), ctypes.get_errno())
 print("msgget", libc.msgget(0, 0o600), ctypes.get_errno())
+print("semget", libc.semget(0, 250, 0o600), ctypes.get_errno())
+print("semop", libc.semop(0, None, 0), ctypes.get_errno())
+print("semctl", libc.semctl(0, 0, 0), ctypes.get_errno())
+print("shmat", libc.shmat(0, None, 0), ctypes.get_errno())
+print("msgsnd", libc.msgsnd(0, None, 0, 0), ctypes.get_errno())
 thread = threading.Thread(target=print, args=("threads work",))
 thread.start()
 thread.join()
+import multiprocessing
+lock = multiprocessing.Lock()  # POSIX semaphores in /dev/shm still work
+print("lock", lock.acquire())
 """
     code_, output = run(code)
     assert code_ == 0, output
-    assert output == "unshare -1 1\nshmget -1 1\nmsgget -1 1\nthreads work\n"
+    calls = ("unshare", "shmget", "msgget", "semget", "semop", "semctl", "shmat", "msgsnd")
+    expected = "".join(f"{call} -1 1\n" for call in calls)
+    assert output == expected + "threads work\nlock True\n"
+
+
+def test_handed_descriptors_reach_the_code_and_are_closed_here() -> None:
+    """`give_fds`: the code writes to the pipe; this process no longer holds the write end, so
+    the reader sees EOF once the sandbox ended."""
+    read_end, write_end = os.pipe()
+    try:
+        result = run_sandboxed(
+            f"import os\nos.write({write_end}, b'hi')", SMALL, give_fds=[write_end]
+        )
+        assert result.returncode == 0, result.output
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(write_end)
+        assert os.read(read_end, 10) == b"hi"
+        assert os.read(read_end, 10) == b""
+    finally:
+        os.close(read_end)
 
 
 def test_read_only_binds(tmp_path: Path) -> None:
