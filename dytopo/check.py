@@ -32,6 +32,9 @@ class Check(BaseModel):
     """One run of the answer's code with the tests."""
 
     round: int
+    source: str = ""
+    """The agent whose code was checked: the answer's author, or a teammate whose code passed
+    where the author's failed."""
     answer_round: int
     """The round the checked code was written in."""
     tests_round: int
@@ -47,7 +50,7 @@ class Check(BaseModel):
             if spec.tests_from == TASK
             else f"{spec.tests_from}'s round {self.tests_round} tests"
         )
-        what = f"{spec.source}'s round {self.answer_round} code with {tests}"
+        what = f"{self.source or spec.source}'s round {self.answer_round} code with {tests}"
         return f"check of {what}: " + ("passed" if self.passed else f"FAILED: {self.output}")
 
 
@@ -194,13 +197,35 @@ async def run_check(
     spec: AnswerSpec, work: Mapping[str, Work], round: int, task: str = ""
 ) -> Check | None:
     """Check the answer's latest code with the tests' latest code (or the task's examples);
-    None when either is missing or the host cannot sandbox (the run goes on unchecked)."""
+    None when either is missing or the host cannot sandbox (the run goes on unchecked).
+
+    When the author's code fails (or it has none), each teammate's latest code is checked the
+    same way, and the first that passes is the answer: measured on HumanEval, a tester wrote a
+    correct function in round 1 while the developer repeated a broken one for three rounds.
+    A failure reported is the author's (it is the author who fixes it)."""
     if spec.source is None or spec.tests_from is None:
         return None
-    answer = work.get(spec.source)
     tests = None if spec.tests_from == TASK else work.get(spec.tests_from)
-    if answer is None or (tests is None and spec.tests_from != TASK):
+    if tests is None and spec.tests_from != TASK:
         return None
+    teammates = [a for a in work if a not in (spec.source, spec.tests_from)]
+    failed: Check | None = None
+    for agent in [spec.source, *teammates]:
+        answer = work.get(agent)
+        if answer is None:
+            continue
+        check = await _check_one(spec, answer, tests, round, task)
+        if check is None:
+            continue
+        if check.passed:
+            return check
+        failed = failed or check
+    return failed
+
+
+async def _check_one(
+    spec: AnswerSpec, answer: Work, tests: Work | None, round: int, task: str
+) -> Check | None:
     code = code_of(answer.text) or ""
     if not code.strip():
         return None
@@ -221,6 +246,7 @@ async def run_check(
     tail = text[-OUTPUT_CHARS:] if len(text) > OUTPUT_CHARS else text
     return Check(
         round=round,
+        source=answer.agent,
         answer_round=answer.round,
         tests_round=tests.round if tests is not None else 0,
         passed=result.returncode == 0 and not result.timed_out,

@@ -422,18 +422,19 @@ class RoundLoop:
         check passed on it, and a pass ends the run. The teammates still working are then
         cancelled: whatever they would add cannot change a verified answer."""
         spec = self.swarm.answer
-        if not self._halts_on(t) or agent not in (spec.source, spec.tests_from):
+        if not self._halts_on(t) or spec.tests_from is None:
             return ""
         steps = self.unfinished.steps if self.unfinished is not None else []
         work = self._work((t, steps))
-        handed = Work(agent=agent, round=t, text=text)
-        if agent != spec.source or has_code(text) or agent not in work:
-            work[agent] = handed
+        if has_code(text) or (agent == spec.tests_from and agent not in work):
+            work[agent] = Work(agent=agent, round=t, text=text)
+        elif agent != spec.tests_from:
+            return ""  # no code handed in: nothing new to check
         check = await run_check(spec, work, t, self.state.task)
         if check is None or not check.passed:
             return ""  # checked again with the whole round's work at its end
         self.early = check
-        return f"{agent}'s round {t} work passed the answer's check"
+        return f"{check.source}'s round {check.answer_round} code passed the answer's check"
 
     async def _check(self, t: int, work: dict[str, Work], early: Check | None) -> Check | None:
         """Run the answer's check (unless one passed during the round); a failure reaches the

@@ -490,7 +490,7 @@ async def test_a_check_passing_mid_round_cancels_the_teammates_still_working() -
     assert developer.ok
     assert not tester.ok
     assert not tester.error
-    assert "developer's round 1 work passed" in tester.skipped
+    assert "developer's round 1 code passed" in tester.skipped
     assert result.failures == 0  # a skipped step is not a failure
     assert result.rounds[0].check is not None
     assert result.rounds[0].check.passed
@@ -568,3 +568,21 @@ async def test_the_tasks_imports_reach_a_check_of_code_written_without_them() ->
     check = await run_check(spec, {"dev": Work(agent="dev", round=1, text=code)}, 1, task)
     assert check is not None
     assert check.passed, check.output
+
+
+async def test_a_teammates_passing_code_is_the_answer_when_the_authors_fails() -> None:
+    task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
+    script = {
+        "manager": [goal("work")],
+        "developer": [dev_step(BAD)],
+        "tester": [Reply(content=qa_step(GOOD), delay_s=0.1)],  # the tester's copy is right
+    }
+    backend = ScriptedBackend(by_tag=script)
+    spec = AnswerSpec(source="developer", extract="code", tests_from="task")
+    result = await swarm(backend, spec, min_rounds=1, max_rounds=2).run(task)
+    backend.assert_complete()
+    assert result.halt_reason == "checked"
+    assert result.final_answer == GOOD
+    check = result.rounds[0].check
+    assert check is not None
+    assert check.source == "tester"
