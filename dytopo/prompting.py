@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ async def _fit(
             f"{max_output_tokens} (raise the budget or lower max_output_tokens)"
         )
     kept = list(droppable)
-    allowed = sorted({*(levels or range(len(kept) + 1)), 0}, reverse=True)
+    allowed = sorted({*(levels or range(len(kept) + 1)), 0})
     while True:
         messages = build(kept)
         used = await backend.count_tokens(messages, tools)
@@ -60,12 +61,22 @@ async def _fit(
                 f"(budget {budget} - output {max_output_tokens}); shorten the task or role card, "
                 "or raise the context budget"
             )
-        # Drop proportionally to the overshoot to avoid one tokenizer call per item.
-        excess = used - limit
-        cut = 1
-        while cut < len(kept) and sum(len(t) for t in kept[len(kept) - cut :]) < excess * 3:
-            cut += 1
-        kept = kept[: next(n for n in allowed if n <= len(kept) - cut)]
+        # Drop proportionally to the overshoot to avoid one tokenizer call per item: the last
+        # items' characters summed as they are walked (summing each suffix anew was quadratic:
+        # 16k memory entries took 14 s), then the largest allowed level below what is left.
+        cut = _cut(kept, chars=(used - limit) * 3)
+        kept = kept[: allowed[bisect.bisect_right(allowed, len(kept) - cut) - 1]]
+
+
+def _cut(kept: Sequence[str], *, chars: int) -> int:
+    """How many of the last items of `kept` hold `chars` characters (at least one, at most all)."""
+    cut, total = 0, 0
+    for text in reversed(kept):
+        cut += 1
+        total += len(text)
+        if total >= chars:
+            break
+    return max(cut, 1)
 
 
 MIN_TASK_CHARS = 200
@@ -274,7 +285,11 @@ class Packer:
             report=self.report if first else None,
             levels=self.levels,
         )
-        self.dropped.extend(d for d in dropped if d not in self.dropped)
+        seen = set(self.dropped)  # a set: scanning the list for each item was quadratic
+        for item in dropped:
+            if item not in seen:
+                seen.add(item)
+                self.dropped.append(item)
         if first:
             self._first = messages[: len(messages) - len(pinned)]
         return messages
