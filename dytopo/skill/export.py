@@ -35,6 +35,12 @@ def _settings(
     """The setup-arg values to preset, checked; ConfigError naming the option and the fix."""
     values: dict[str, str] = {}
     if url is not None:
+        if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+            # Never echoed: the part before "@" is a password. fetch refuses such a URL anyway.
+            raise ConfigError(
+                "--url holds a user name or password (before '@'): give the service's root URL "
+                "without them, and its token with --token"
+            )
         problem = url_problem(url)
         if problem:
             raise ConfigError(f"--url: {problem}")

@@ -4,10 +4,11 @@
 //
 // Prints one JSON object: what the loader saw (active skills, the tool definition the model
 // gets, runtimeArgs) and what the call gave (result, its type, introspect and logger calls,
-// or the exception if the handler threw). The functions marked "loader" below are copied from
-// anything-llm server/utils/agents/imported.js (ImportedPlugin), utils/files (isWithin,
-// normalizePath) and aibitat/index.js (`fn.handler(args)`), commit 72aabbd15; only the storage
-// path and the aibitat object are stand-ins. JSON.parse stands in for safeJsonParse: stricter.
+// or the exception if the handler threw; the process's peak memory). The functions marked
+// "loader" below are copied from anything-llm server/utils/agents/imported.js (ImportedPlugin),
+// utils/files (isWithin, normalizePath) and aibitat/index.js (`fn.handler(args)`), commit
+// 72aabbd15; only the storage path and the aibitat object are stand-ins. JSON.parse stands in
+// for safeJsonParse: stricter.
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -146,6 +147,7 @@ async function main() {
   } catch (error) {
     report.threw = String(error && error.stack ? error.stack : error);
   }
+  report.maxRssMb = process.resourceUsage().maxRSS / 1024; // the peak memory of the whole call
   process.stdout.write(JSON.stringify(report));
 }
 

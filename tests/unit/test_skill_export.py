@@ -120,6 +120,8 @@ def test_odd_things_at_the_target_need_force(tmp_path: Path, kind: str) -> None:
     [
         ("--url", "host.docker.internal:8765", "--url: 'host.docker.internal:8765' is not"),
         ("--url", "http://127.0.0.1:8765/?x=1", "--url: 'http://127.0.0.1:8765/?x=1' has a query"),
+        ("--url", "http://u:pw-123@127.0.0.1:8765", "--url holds a user name or password"),
+        ("--url", "u:pw-123@127.0.0.1:8765", "--url holds a user name or password"),
         ("--token", "two words", "--token: give the service's token"),
         ("--token", "t\u00f6k", "--token: give the service's token"),
         ("--topology", "../etc/passwd", "--topology '../etc/passwd': give a topology name"),
@@ -142,6 +144,7 @@ def test_bad_presets_are_one_line_and_write_nothing(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"error: {message}"), lines
+    assert "pw-123" not in lines[0]
     assert list(tmp_path.iterdir()) == []
 
 
