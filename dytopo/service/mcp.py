@@ -14,8 +14,10 @@ for the host's lifetime (Starlette does not run a routed app's lifespan):
 Waiting: MCP clients give a tool call a deadline (AnythingLLM calls tools with the TypeScript
 SDK's default of 60 s and asks for no progress), while a swarm run takes minutes. So `run_swarm`
 answers within `reply_within_s`: the final answer if the run ended by then, else a line naming the
-run, which goes on; `get_run` on an unfinished run waits the same time before it answers. A call
-the client cancels cancels its run: runs share one backend, and nobody would read the answer.
+run, which goes on; `get_run` on an unfinished run waits the same time before it answers. A
+`run_swarm` call the client cancels cancels its run: runs share one backend, and nobody would read
+the answer. A cancelled `get_run` never does: it only reads, and a client polling a long run
+cancels each call at its own deadline.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -63,6 +65,19 @@ async def _service_call(call: Awaitable[T]) -> T:
         raise ToolError(" ".join(str(exc).split()) or type(exc).__name__) from exc
 
 
+def _request(**fields: Any) -> RunRequest:
+    """The service request, or a one-line tool error naming each bad field (a bare
+    ValidationError reached the client as "Error executing tool" and a traceback in the log)."""
+    try:
+        return RunRequest(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise ToolError(f"bad request: {problems}") from None
+
+
 def _edges(event: dict[str, Any]) -> str:
     edges = event.get("edges") or []
     shown = ", ".join(f"{e['source']} -> {e['target']}" for e in edges[:8])
@@ -87,15 +102,21 @@ async def _follow(service: RunService, info: RunInfo, ctx: Context[Any, Any]) ->
 
 
 async def _wait_reporting(
-    service: RunService, info: RunInfo, ctx: Context[Any, Any], within_s: float | None
+    service: RunService,
+    info: RunInfo,
+    ctx: Context[Any, Any],
+    within_s: float | None,
+    *,
+    owner: bool,
 ) -> RunInfo:
-    """The run once it ended, or as it stands after `within_s`; a cancelled call cancels it."""
+    """The run once it ended, or as it stands after `within_s`. A cancelled call cancels the
+    run only when the call is its `owner` (the run_swarm that started it), never a reader."""
     try:
         with anyio.move_on_after(within_s):
             return await _follow(service, info, ctx)
         return service.get(info.id)
     except BaseException:
-        if service.get(info.id).status not in _TERMINAL:
+        if owner and service.get(info.id).status not in _TERMINAL:
             with anyio.CancelScope(shield=True):
                 await service.cancel(info.id)
         raise
@@ -145,16 +166,19 @@ def build_mcp(service: RunService, *, reply_within_s: float | None = REPLY_WITHI
         ctx: Context[Any, Any],
         topology: Annotated[
             str | None,
-            Field(description="A topology name from list_topologies (default: research)."),
+            Field(
+                max_length=64,
+                description="A topology name from list_topologies (default: research).",
+            ),
         ] = None,
         max_rounds: Annotated[
             int | None, Field(ge=1, le=50, description="At most this many rounds.")
         ] = None,
     ) -> str:
         overrides: dict[str, Any] = {} if max_rounds is None else {"max_rounds": max_rounds}
-        request = RunRequest(task=task, topology=topology, overrides=overrides)
+        request = _request(task=task, topology=topology, overrides=overrides)
         info = await _service_call(service.submit(request))
-        return _answer(await _wait_reporting(service, info, ctx, reply_within_s))
+        return _answer(await _wait_reporting(service, info, ctx, reply_within_s, owner=True))
 
     @server.tool(
         description="The swarm topologies run_swarm can use: name, description, agents, rounds.",
@@ -179,7 +203,7 @@ def build_mcp(service: RunService, *, reply_within_s: float | None = REPLY_WITHI
         except KeyError:
             raise ToolError(f"no run with id {id!r}: run ids come from run_swarm") from None
         if info.status not in _TERMINAL:
-            info = await _wait_reporting(service, info, ctx, reply_within_s)
+            info = await _wait_reporting(service, info, ctx, reply_within_s, owner=False)
         text = info.final_answer if info.status == "succeeded" and info.final_answer else None
         summary = text or f"run {info.id}: {info.status}; {info.progress}" + (
             f"; error: {info.error}" if info.error else ""

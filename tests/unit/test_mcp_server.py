@@ -9,9 +9,10 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
+from mcp.server.mcpserver.exceptions import ToolError
 
 from dytopo.errors import ConfigError
-from dytopo.service.mcp import build_mcp
+from dytopo.service.mcp import _request, build_mcp
 from dytopo.service.models import RunInfo, RunRequest
 
 TERMINAL = {"succeeded", "failed", "cancelled", "interrupted"}
@@ -209,3 +210,37 @@ async def test_a_cancelled_call_cancels_its_run() -> None:
             while service.get("run1").status != "cancelled":  # noqa: ASYNC110 - polls the service the tool talks to
                 await anyio.sleep(0.01)
     assert service.cancelled == ["run1"]
+
+
+async def test_a_cancelled_get_run_leaves_the_run_alone() -> None:
+    """get_run only reads: a client that cancels each poll at its deadline (the TypeScript SDK
+    does) must not kill the run it polls."""
+    service = StandIn(round_s=0.3)
+    async with client(service, mode="legacy", reply_within_s=0.1) as mcp:
+        first = await mcp.call_tool("run_swarm", {"task": "x", "max_rounds": 3})
+        assert 'call get_run with id "run1"' in first.content[0].text  # type: ignore[union-attr]
+        for _ in range(3):
+            with anyio.move_on_after(0.05):
+                await mcp.call_tool("get_run", {"id": "run1"})
+        with anyio.fail_after(5):
+            await service.wait("run1")
+    assert service.cancelled == []
+    assert service.get("run1").status == "succeeded"
+
+
+async def test_a_too_long_topology_name_is_a_tool_error_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = StandIn()
+    async with client(service) as mcp:
+        result = await mcp.call_tool("run_swarm", {"task": "x", "topology": "a" * 65})
+    assert result.is_error
+    assert "at most 64 characters" in result.content[0].text  # type: ignore[union-attr]
+    assert service.requests == []
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+def test_a_request_the_service_model_refuses_is_a_one_line_tool_error() -> None:
+    """Whatever RunRequest refuses beyond the tool's schema names the field, in one line."""
+    with pytest.raises(ToolError, match=r"^bad request: topology: String should have at most"):
+        _request(task="x", topology="b" * 65, overrides={})
