@@ -22,9 +22,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from dytopo.errors import DyTopoError
+from dytopo.service.admission import OverLimit
 from dytopo.service.guard import Guard
 from dytopo.service.models import RunInfo, RunRequest
-from dytopo.service.runs import QueueFull, RunService, ServiceClosed, UnknownTopology
+from dytopo.service.runs import (
+    NotResumable,
+    QueueFull,
+    RunService,
+    ServiceClosed,
+    UnknownTopology,
+)
 from dytopo.service.settings import ServiceSettings
 
 log = structlog.get_logger("dytopo.service")
@@ -91,6 +98,14 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(UnknownTopology)
     async def unknown(request: Request, exc: UnknownTopology) -> JSONResponse:
         return _detail(404, str(exc))
+
+    @app.exception_handler(OverLimit)
+    async def over_limit(request: Request, exc: OverLimit) -> JSONResponse:
+        return _detail(422, str(exc))
+
+    @app.exception_handler(NotResumable)
+    async def conflict(request: Request, exc: NotResumable) -> JSONResponse:
+        return _detail(409, str(exc))
 
     @app.exception_handler(ServiceClosed)
     async def closed(request: Request, exc: ServiceClosed) -> JSONResponse:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from dytopo.cards import find_card
 from dytopo.errors import ConfigError
 from dytopo.loader import load_topology, problems_in
-from dytopo.service.models import CALLER_FORBIDDEN, RunRequest
+from dytopo.service.models import RunRequest
 from dytopo.topology import Topology
 
 log = structlog.get_logger("dytopo.service")
@@ -57,13 +57,14 @@ def topology_file(folder: Path, name: str) -> Path:
 
 
 def choose(request: RunRequest, folder: Path, default: str) -> Chosen:
-    """The request's topology, overrides applied; ConfigError (one line) when it is refused."""
-    _refuse_operator_fields(request.overrides, "overrides")
+    """The request's topology, overrides applied; ConfigError (one line) when it is refused.
+    The request passed `admission.admit` first: it sets only what a caller may."""
     if request.inline is not None:
         if request.topology is not None:
             raise ConfigError("give either topology (a name) or inline (a topology), not both")
-        _refuse_operator_fields(request.inline, "an inline topology")
         topology = _validated(_merged(request.inline, request.overrides), "inline")
+        if any(agent.tools for agent in topology.agents):  # admit refused them; never reached
+            raise ConfigError("inline: an inline topology's agents get no tools")
         for agent in topology.agents:  # confined like a file's in the folder (no trust)
             find_card(agent.card or agent.id, folder)
         find_card(topology.manager.card, folder)
@@ -76,15 +77,6 @@ def choose(request: RunRequest, folder: Path, default: str) -> Chosen:
         base = loaded.model_dump(mode="json")
         topology = _validated(_merged(base, request.overrides), name)
     return Chosen(name, topology, path)
-
-
-def _refuse_operator_fields(data: dict[str, Any], what: str) -> None:
-    for key in CALLER_FORBIDDEN:
-        if key in data:
-            raise ConfigError(
-                f"{what} may not set {key}: the service's servers, tools and folders are its "
-                "operator's (use a topology from GET /v1/topologies)"
-            )
 
 
 def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -9,9 +9,6 @@ from pydantic import BaseModel, Field
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 
-CALLER_FORBIDDEN = ("tool_modules", "tool_settings", "backend", "embedder")
-"""Topology fields only the operator sets: they name code, folders and servers."""
-
 
 class RunRequest(BaseModel):
     """A run to start."""
@@ -22,11 +19,14 @@ class RunRequest(BaseModel):
     """A topology name in the service's topologies folder (`research`); default: the service's
     default topology, unless `inline` is given."""
     inline: dict[str, Any] | None = None
-    """A whole topology (its YAML as JSON), instead of a name. It may not set tool_modules,
-    tool_settings, backend or embedder; role cards resolve in the service's card folders."""
+    """A topology (its YAML as JSON) instead of a name: name, description, max_rounds,
+    min_rounds, seed, routing (mode, tau, top_k), agents (id, card, instructions, text_work;
+    no tools) and manager (card, instructions); role cards resolve in the service's folders.
+    Anything else is the operator's and refused."""
     overrides: dict[str, Any] = Field(default_factory=dict)
-    """Fields merged into the topology with its own names, e.g. {"max_rounds": 3,
-    "routing": {"mode": "broadcast"}}; the same four fields are refused."""
+    """Fields merged into the topology with its own names: max_rounds, min_rounds, seed and
+    routing (mode, tau, top_k), e.g. {"max_rounds": 3, "routing": {"mode": "broadcast"}};
+    anything else is refused."""
 
 
 class RoundSummary(BaseModel):
@@ -35,7 +35,9 @@ class RoundSummary(BaseModel):
     round: int
     goal: str = ""
     edges: list[tuple[str, str]] = Field(default_factory=list)
-    """(sender, receiver) pairs."""
+    """(sender, receiver) pairs, at most 256 of them (the trace has every one)."""
+    messages: int = 0
+    """Edges of the round, all of them."""
     finished: bool = False
 
 

@@ -7,6 +7,9 @@ from typing import Any
 
 from dytopo.service.models import RoundSummary, RunInfo
 
+MAX_EDGES = 256
+"""Edges a round's summary keeps (16 agents have at most 240)."""
+
 
 class Progress:
     """Updates `info` from each trace event; `changed(durable)` after each one (durable: a
@@ -38,8 +41,12 @@ class Progress:
             self.done += 1
             info.progress = f"round {t}/{info.max_rounds}: {self.done} of {self.agents} agents done"
         elif kind == "routing" and isinstance(t, int):
-            edges = [(str(e["source"]), str(e["target"])) for e in event.get("edges") or []]
-            self._round(t).edges = edges
+            edges = event.get("edges") or []
+            summary = self._round(t)
+            # The record is rewritten on every change and served whole: it keeps a bounded
+            # sample of the edges and their count (the trace keeps them all).
+            summary.edges = [(str(e["source"]), str(e["target"])) for e in edges[:MAX_EDGES]]
+            summary.messages = len(edges)
             info.progress = (
                 f"round {t}/{info.max_rounds}: {self.done} of {self.agents} agents done, "
                 f"{len(edges)} messages, the manager decides"

@@ -36,6 +36,7 @@ from dytopo.managed.resolve import endpoints
 from dytopo.result import RunResult
 from dytopo.runner import make_embedder, run_on
 from dytopo.service import catalog
+from dytopo.service.admission import admit
 from dytopo.service.models import TERMINAL, RunInfo, RunRequest, RunStatus
 from dytopo.service.progress import Progress
 from dytopo.service.settings import ServiceSettings
@@ -45,9 +46,11 @@ from dytopo.topology import EmbedderSpec, Topology
 
 log = structlog.get_logger("dytopo.service")
 
-__all__ = ["QueueFull", "RunService", "ServiceClosed", "UnknownTopology"]
+__all__ = ["NotResumable", "QueueFull", "RunService", "ServiceClosed", "UnknownTopology"]
 
 UnknownTopology = catalog.UnknownTopology
+MAX_ERROR_CHARS = 2000
+"""A run record's error line at most (the trace has the whole error)."""
 
 
 class QueueFull(DyTopoError):
@@ -60,6 +63,10 @@ class QueueFull(DyTopoError):
 
 class ServiceClosed(DyTopoError):
     """The service is shutting down and takes no new runs (HTTP 503)."""
+
+
+class NotResumable(ConfigError):
+    """The run is running, queued, succeeded or has nothing kept to resume from (HTTP 409)."""
 
 
 @dataclass
@@ -155,10 +162,12 @@ class RunService:
     # -- what callers use -------------------------------------------------------------------
 
     async def submit(self, request: RunRequest) -> RunInfo:
-        """Queue a run. ConfigError for a refused topology or override (UnknownTopology for a
+        """Queue a run. ConfigError for a refused topology or override (NotAllowed for a field
+        only the operator sets, OverLimit beyond the service's limits, UnknownTopology for a
         name the folder lacks), QueueFull when too many wait."""
         self._check_open()
         s = self.settings
+        admit(request, s)  # before any work: only what a caller may set, within the limits
         chosen = await asyncio.to_thread(
             catalog.choose, request, s.topologies_dir, s.default_topology
         )
@@ -218,11 +227,22 @@ class RunService:
         run = self._run(run_id)
         info = run.info
         if info.status not in TERMINAL or info.status == "succeeded" or not info.resumable:
-            raise ConfigError(f"run {run_id} is {info.status}: there is nothing to resume")
+            raise NotResumable(f"run {run_id} is {info.status}: there is nothing to resume")
         self._check_room()
-        await asyncio.to_thread(self._prepare_resume, run)
+        # Claimed before the first await: a second resume sees `queued` and is refused, and
+        # the queue bound counts this run while its checkpoint is read.
+        before = (info.status, info.error, info.finished_at, info.progress)
         info.status, info.error, info.finished_at = "queued", None, None
         info.progress = "queued to resume"
+        run.done = asyncio.Event()
+        try:
+            await asyncio.to_thread(self._prepare_resume, run)
+            self._check_open()
+        except BaseException:
+            info.status, info.error, info.finished_at, info.progress = before
+            run.done.set()
+            run.notify()
+            raise
         self._start(run)
         return info.model_copy(deep=True)
 
@@ -277,8 +297,7 @@ class RunService:
 
     def _start(self, run: _Run) -> None:
         assert self._group is not None
-        run.cancel_requested = False
-        run.done = asyncio.Event()
+        run.cancel_requested = False  # a resumed run's `done` was renewed when it was claimed
         self._runs[run.info.id] = run
         self._changed(run, durable=True)
         run.task = self._group.create_task(self._lifecycle(run), name=f"run {run.info.id}")
@@ -396,4 +415,4 @@ def _line(exc: BaseException) -> str:
     return (
         "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         or type(exc).__name__
-    )
+    )[:MAX_ERROR_CHARS]

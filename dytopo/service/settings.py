@@ -41,6 +41,20 @@ class ServiceSettings(BaseModel):
     max_queued: int = Field(default=16, ge=0, le=10_000)
     """Runs waiting for a turn; beyond this a submit is refused (HTTP 429)."""
     max_body_bytes: int = Field(default=262_144, ge=1024, le=64 * 1024 * 1024)
+    max_agents: int = Field(default=16, ge=1, le=256)
+    """Most agents of an inline topology: every agent may message every other, so a run's
+    memory grows with the square of its agents."""
+    max_rounds: int = Field(default=10, ge=1, le=50)
+    """Most rounds a caller may ask for (max_rounds or min_rounds in overrides or inline)."""
+    keep_runs: int = Field(default=500, ge=1, le=1_000_000)
+    """Finished runs kept (record, trace, checkpoint); the oldest beyond this are deleted."""
+    max_connections: int = Field(default=64, ge=1, le=10_000)
+    """Open HTTP connections at most (event streams hold one each); requests beyond get 503,
+    connections beyond twice this are closed at once, so the open-file limit is never met."""
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """A connection's request line and headers must arrive within this (idle ones close)."""
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """A request's whole body must arrive within this, else 408."""
     backend_url: str | None = None
     """LLM server root; None: $DYTOPO_BASE_URL, else the embedded stack (started once)."""
     embed_url: str | None = None

@@ -47,7 +47,7 @@ async def test_a_restart_serves_finished_runs_and_resumes_the_one_it_cut_off(
     assert [r["round"] for r in final["rounds"]] == [1, 2]
     assert all(r["finished"] for r in final["rounds"])
     assert rest.rounds == [2, 2]  # round 1 was not run again
-    assert again.status_code == 400
+    assert again.status_code == 409
     assert "nothing to resume" in again.json()["detail"]
 
 

@@ -6,12 +6,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from service_kit import Script, backend, settings
+from service_kit import Script, backend, settings, until
 
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import ConfigError
-from dytopo.service.models import RunRequest
-from dytopo.service.runs import RunService, ServiceClosed
+from dytopo.service.models import RunInfo, RunRequest
+from dytopo.service.runs import NotResumable, QueueFull, RunService, ServiceClosed
 
 
 def service(tmp_path: Path, script: Script | None = None, **options: object) -> RunService:
@@ -63,3 +63,27 @@ async def test_topologies_and_counts(tmp_path: Path) -> None:
     async with service(tmp_path) as runs:
         assert [t["name"] for t in runs.topologies()] == ["pair"]
         assert runs.counts() == {"running": 0, "queued": 0}
+
+
+async def test_concurrent_resumes_start_the_run_once_and_the_others_are_refused(
+    tmp_path: Path,
+) -> None:
+    script = Script(slow={1}, delay_s=60)
+    async with service(tmp_path, script, max_running=1, max_queued=0) as runs:
+        info = await runs.submit(RunRequest(task="t"))
+        await until(lambda: len(script.rounds) == 2)  # round 1's two steps in flight
+        assert (await runs.cancel(info.id)).resumable
+        results = await asyncio.gather(
+            *(runs.resume(info.id) for _ in range(4)), return_exceptions=True
+        )
+        started = [r for r in results if isinstance(r, RunInfo)]
+        refused = [r for r in results if isinstance(r, NotResumable)]
+        assert len(started) == 1, results
+        assert len(refused) == 3, results
+        assert "is queued: there is nothing to resume" in str(refused[0])
+        assert sum(runs.counts().values()) == 1
+        with pytest.raises(QueueFull):  # the one resumed run holds the only turn
+            await runs.submit(RunRequest(task="another"))
+        ended = await asyncio.wait_for(runs.wait(info.id), 10)
+    assert ended.status == "succeeded", ended
+    assert ended.final_answer

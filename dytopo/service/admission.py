@@ -1,0 +1,98 @@
+"""What a service caller may set, and how much: an allow-list of topology fields and limits on
+agents, rounds and text, checked on the request's JSON before any topology is built.
+
+The rule (docs/RELIABILITY.md): a caller picks the task, the rounds, the routing (mode, tau,
+top_k) and the seed. An inline topology may also name its agents (id, role card from the
+service's folders, instructions, text_work) and its manager (card, instructions), without
+tools. Tools, workspaces, code, budgets, checks and servers are the operator's: they come only
+from the topology files in the service's folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dytopo.errors import ConfigError
+from dytopo.service.models import RunRequest
+from dytopo.service.settings import ServiceSettings
+
+__all__ = ["NotAllowed", "OverLimit", "admit"]
+
+ROUTING_FIELDS = ("mode", "tau", "top_k")
+OVERRIDE_FIELDS = ("max_rounds", "min_rounds", "routing", "seed")
+INLINE_FIELDS = ("name", "description", *OVERRIDE_FIELDS, "agents", "manager")
+AGENT_FIELDS = ("id", "card", "instructions", "text_work")
+MANAGER_FIELDS = ("card", "instructions")
+MAX_TEXT_CHARS = 4000
+"""Longest instructions, description or card name of an inline topology."""
+
+_OPERATOR = "tools, folders, code, budgets and servers are the operator's"
+
+
+class NotAllowed(ConfigError):
+    """The request sets a field only the operator sets (HTTP 400)."""
+
+
+class OverLimit(ConfigError):
+    """The request asks for more agents, rounds or text than the service allows (HTTP 422)."""
+
+
+def admit(request: RunRequest, settings: ServiceSettings) -> None:
+    """NotAllowed or OverLimit, one line naming the field, unless every field the request sets
+    is on the allow-list and within the service's limits; costs nothing (no topology built)."""
+    _only(request.overrides, OVERRIDE_FIELDS, "overrides")
+    _routing_and_rounds(request.overrides, "overrides", settings)
+    inline = request.inline
+    if inline is None:
+        return
+    _only(inline, INLINE_FIELDS, "inline")
+    _routing_and_rounds(inline, "inline", settings)
+    _texts(inline, ("name", "description"), "inline")
+    agents = inline.get("agents")
+    if isinstance(agents, list):
+        if len(agents) > settings.max_agents:
+            raise OverLimit(
+                f"inline.agents: {len(agents)} agents; this service runs at most "
+                f"{settings.max_agents} (--max-agents)"
+            )
+        for i, agent in enumerate(agents):
+            if isinstance(agent, dict):
+                where = f"inline.agents[{i}]"
+                _only(agent, AGENT_FIELDS, where, "an inline topology's agents get no tools")
+                _texts(agent, ("id", "card", "instructions"), where)
+    manager = inline.get("manager")
+    if isinstance(manager, dict):
+        _only(manager, MANAGER_FIELDS, "inline.manager")
+        _texts(manager, MANAGER_FIELDS, "inline.manager")
+
+
+def _only(data: dict[str, Any], allowed: tuple[str, ...], where: str, why: str = "") -> None:
+    for key in data:
+        if key not in allowed:
+            shown = str(key)[:40].encode("ascii", "backslashreplace").decode()
+            reason = why or _OPERATOR
+            raise NotAllowed(
+                f"{where} may not set {shown}: a caller may set {', '.join(allowed)}; "
+                f"{reason} (use a topology from GET /v1/topologies)"
+            )
+
+
+def _routing_and_rounds(data: dict[str, Any], where: str, settings: ServiceSettings) -> None:
+    routing = data.get("routing")
+    if isinstance(routing, dict):
+        _only(routing, ROUTING_FIELDS, f"{where}.routing")
+    for key in ("max_rounds", "min_rounds"):
+        value = data.get(key)
+        # A bool is an int to Python; the topology's own validation refuses it later.
+        if isinstance(value, int) and not isinstance(value, bool) and value > settings.max_rounds:
+            raise OverLimit(
+                f"{where}.{key}: {value} rounds; this service runs at most "
+                f"{settings.max_rounds} for a caller (--max-rounds)"
+            )
+
+
+def _texts(data: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            raise OverLimit(f"{where}.{key}: {len(value):,} characters; at most {MAX_TEXT_CHARS:,}")
