@@ -25,6 +25,7 @@ from dytopo.eval.table import markdown, pass_cell
 from dytopo.managed.resolve import Endpoints
 from dytopo.testing import ScriptedBackend
 
+ROOT = Path(__file__).resolve().parents[2]
 WRONG = "```python\nreturn []\n```"
 
 
@@ -83,12 +84,20 @@ def test_a_plain_call_the_server_refuses_is_a_failed_record(
     assert (row["passed"], row["failures"]) == (2, 1)
 
 
+# Passes the docstring's two examples of HumanEval/0 (so the check takes it), fails its tests.
+FITS_THE_EXAMPLES = (
+    "```python\ndef has_close_elements(numbers, threshold):\n    return len(numbers) > 3\n```"
+)
+
+
 def _lost_server() -> Server:
-    """The developer's code is the final answer (humaneval.yaml). HumanEval/0: it fails, and the
-    tester's fixed version passes (lost, where the tester runs). HumanEval/1: it passes.
-    HumanEval/2: it fails, and so does the tester's version."""
+    """The developer's code is the final answer (humaneval.yaml). HumanEval/0: it passes the
+    task's examples but not the tests, and the tester's fixed version passes (lost, where the
+    tester runs). HumanEval/1: it passes. HumanEval/2: it fails, and so does the tester's."""
 
     def developer(task_id: str) -> str:
+        if task_id == "HumanEval/0":
+            return FITS_THE_EXAMPLES
         return canonical(task_id) if task_id == "HumanEval/1" else WRONG
 
     def private(task_id: str, agent: str) -> str:
@@ -103,8 +112,21 @@ def test_an_agents_passing_code_lost_by_the_final_answer_is_counted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _lost_server().install(monkeypatch)
+    # Without the check, which would end the run on the developer's code before the tester
+    # writes: what is measured here is the eval's accounting of a lost answer.
+    unchecked = tmp_path / "humaneval-unchecked.yaml"
+    text = (ROOT / "topologies" / "humaneval.yaml").read_text()
+    unchecked.write_text(text.replace("  tests_from: task", "  # no check"))
 
-    code, out, err = evaluate(capsys, monkeypatch, tmp_path, "--modes", "plain,single,dynamic")
+    code, out, err = evaluate(
+        capsys,
+        monkeypatch,
+        tmp_path,
+        "--modes",
+        "plain,single,dynamic",
+        "--topology",
+        str(unchecked),
+    )
 
     assert code == 0, err
     kept = {r.key: r for r in read_records(tmp_path / "records.jsonl")}
@@ -128,7 +150,14 @@ def test_an_agents_passing_code_lost_by_the_final_answer_is_counted(
     assert "oracle passed (LOST: tester round 1 private)" in err
 
     code, out, err = evaluate(
-        capsys, monkeypatch, tmp_path, "--modes", "plain,single,dynamic", "--json"
+        capsys,
+        monkeypatch,
+        tmp_path,
+        "--modes",
+        "plain,single,dynamic",
+        "--topology",
+        str(unchecked),
+        "--json",
     )
 
     assert code == 0, err
