@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import structlog
@@ -80,6 +80,8 @@ class Checkpoint(BaseModel):
     topology: dict[str, Any] | None
     """The topology as loaded (model_dump(mode="json")), to name differences."""
     trace_path: str | None
+    """Where the run's trace was when this was written (absolute). Never trusted on reading:
+    `read_checkpoint` replaces it with the trace beside the checkpoint file (`trace_beside`)."""
     versions: dict[str, str]
     started_at: float
     """Unix time the run started."""
@@ -104,6 +106,18 @@ def check_resumable(cp: Checkpoint, agents: list[str] | None = None) -> None:
 def checkpoint_path(trace_path: Path) -> Path:
     """The checkpoint beside a trace: same folder, same stem."""
     return trace_path.with_name(trace_path.stem + SUFFIX)
+
+
+def trace_beside(checkpoint: Path, recorded: str | None = None) -> Path:
+    """The trace a checkpoint file belongs to, as an absolute path: in the checkpoint's folder,
+    with its stem. `recorded` (the checkpoint's own `trace_path`) only lends its suffix, and
+    only when its name maps back to this checkpoint; otherwise `.jsonl`. A checkpoint is data
+    anyone may edit: what it says cannot send a run's writes anywhere else."""
+    folder = Path(os.path.abspath(checkpoint)).parent
+    name = PurePath(recorded).name if recorded else ""
+    if name not in ("", ".", "..") and checkpoint_path(Path(name)).name == checkpoint.name:
+        return folder / name
+    return folder / (checkpoint.name.removesuffix(SUFFIX) + ".jsonl")
 
 
 def write_checkpoint(cp: Checkpoint, path: Path, encoder: StateEncoder | None = None) -> None:
@@ -158,7 +172,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
     except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON
         raise ConfigError(f"checkpoint {path}: not a DyTopo checkpoint (not JSON: {exc})") from None
     try:
-        return Checkpoint.model_validate(data)
+        cp = Checkpoint.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "file"
@@ -166,6 +180,10 @@ def read_checkpoint(path: Path) -> Checkpoint:
             f"checkpoint {path}: not a DyTopo checkpoint this version can read "
             f"({where}: {first['msg']}; {exc.error_count()} problem(s))"
         ) from None
+    # Where the checkpoint is, not what it says: resumed from any folder, the run goes on in
+    # its own trace (a relative path would fork it under ./runs), and an edited path cannot
+    # make a resume append to, or write a checkpoint beside, an arbitrary file.
+    return cp.model_copy(update={"trace_path": str(trace_beside(path, cp.trace_path))})
 
 
 _RUN_ID = re.compile(rb'"run_id"\s*:\s*"([^"\\]*)"')
@@ -291,7 +309,7 @@ class Checkpointer:
             topology_path=origin.path if origin else None,
             topology_sha256=origin.sha256 if origin else None,
             topology=origin.topology if origin else None,
-            trace_path=str(trace_path),
+            trace_path=os.path.abspath(trace_path),
             versions=versions(),
             started_at=started_at or now,
             updated_at=now,

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from dytopo import runlock
+from dytopo._checkpoint_topology import with_run_options
 from dytopo.backends.base import Backend
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
@@ -102,18 +103,21 @@ async def resume_run(
     unless `force` (the run then goes on with the file as it is now)."""
     cp = read_checkpoint(find_checkpoint(source, runs_dir))
     check_resumable(cp)  # before any server is started
-    if cp.trace_path is not None:
+    if cp.trace_path is not None:  # read_checkpoint put it beside the checkpoint
         runlock.check_free(Path(cp.trace_path))
-    topology, file = _topology_of(cp, force=force, trust_topology=trust_topology)
+    topology, file, forced = _topology_of(cp, force=force, trust_topology=trust_topology)
     built = _built(topology, backend_url, embed_url, file.parent, trust_topology, file, model)
     async with built as swarm:
-        changed = cp.topology_sha256 != file_sha256(file)
-        return await swarm.resume(cp, observers=observers, forced=force and changed)
+        return await swarm.resume(cp, observers=observers, forced=forced)
 
 
-def _topology_of(cp: Checkpoint, *, force: bool, trust_topology: bool) -> tuple[Topology, Path]:
-    """The topology a run continues with: the one it ran with (overrides included) while its
-    file is unchanged; the file's current one when it changed and `force`."""
+def _topology_of(
+    cp: Checkpoint, *, force: bool, trust_topology: bool
+) -> tuple[Topology, Path, bool]:
+    """The topology a run continues with, its file, and whether `force` overrode a difference:
+    the file's topology with the run's options from the checkpoint while the file is unchanged
+    (dytopo/_checkpoint_topology.py: the checkpoint is never trusted with more); the file's
+    current one when it changed and `force`."""
     if cp.topology_path is None or cp.topology is None:
         raise ConfigError(
             f"run {cp.run_id} was not built from a topology file: resume it in Python with "
@@ -121,20 +125,29 @@ def _topology_of(cp: Checkpoint, *, force: bool, trust_topology: bool) -> tuple[
         )
     file = Path(cp.topology_path)
     current = load_topology(file, trust_topology=trust_topology)
-    if cp.topology_sha256 == file_sha256(file):
-        return Topology.model_validate(cp.topology), file
-    changed = changed_fields(cp.topology, current.model_dump(mode="json"))
-    if not changed:  # comments or layout only
-        return Topology.model_validate(cp.topology), file
-    if not force:
-        shown = ", ".join(changed[:8]) + (
-            f" and {len(changed) - 8} more" if len(changed) > 8 else ""
-        )
+    unchanged = cp.topology_sha256 == file_sha256(file)
+    try:
+        resumed = with_run_options(current, cp.topology) if unchanged else current
+    except ConfigError as exc:
+        if not force:
+            raise ConfigError(f"run {cp.run_id}: {exc}") from None
+        return current, file, True
+    changed = changed_fields(cp.topology, resumed.model_dump(mode="json"))
+    if not changed:  # the same topology, or comments and layout only
+        return resumed, file, False
+    if force:
+        return current, file, True
+    shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+    if unchanged:  # the file is as the run found it: the checkpoint was edited
         raise ConfigError(
-            f"{file} changed since run {cp.run_id} started: {shown}; restore it, or resume "
-            "with --force to continue with the file as it is now"
+            f"run {cp.run_id}: its checkpoint's topology differs from {file}, which has not "
+            f"changed since the run started: {shown}; a checkpoint may not change a run's "
+            "tools, workspace or servers: resume with --force to continue with the file as it is"
         )
-    return current, file
+    raise ConfigError(
+        f"{file} changed since run {cp.run_id} started: {shown}; restore it, or resume "
+        "with --force to continue with the file as it is now"
+    )
 
 
 async def swarm_on(

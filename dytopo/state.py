@@ -11,7 +11,7 @@ import random
 from collections import Counter
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from dytopo.backends.types import Usage
 from dytopo.manager import PublicMessage
@@ -87,13 +87,26 @@ class RunState(BaseModel):
     last_round_tokens: int = 0
     """Tokens the last complete round used: the forecast for the next one (budget guard)."""
     rng: list[Any]
-    """random.Random.getstate() in JSON form (`random` mode draws its edges from it)."""
+    """random.Random.getstate() in JSON form (`random` mode draws its edges from it); checked
+    when the state is read, so a damaged checkpoint is refused before a resume starts."""
     manager: dict[str, Any] = Field(default_factory=dict)
     """A manager's own state, when it implements `StatefulManager`."""
     meter: MeterState | None = None
     """The token meter, when the run has a run_token_budget."""
     wall_s: float = 0.0
     """Seconds the run has been running, over all its attempts, until this state."""
+
+    @field_validator("rng")
+    @classmethod
+    def _rng_loads(cls, rng: list[Any]) -> list[Any]:
+        try:
+            load_rng(rng)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(
+                "not a random-number state ([version, 625 integers, gauss] as "
+                f"random.Random.getstate() gives it): {exc}"
+            ) from None
+        return rng
 
     @classmethod
     def begin(cls, run_id: str, task: str, agents: list[str], seed: int) -> RunState:
@@ -149,7 +162,10 @@ def dump_rng(rng: random.Random) -> list[Any]:
 
 
 def load_rng(state: list[Any]) -> random.Random:
+    """The generator `dump_rng` saved; TypeError or ValueError when `state` is not one."""
     version, internal, gauss = state
+    if gauss is not None and (isinstance(gauss, bool) or not isinstance(gauss, int | float)):
+        raise TypeError(f"gauss must be a number or null, not {type(gauss).__name__}")
     rng = random.Random()
     rng.setstate((version, tuple(internal), gauss))
     return rng
