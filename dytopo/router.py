@@ -129,11 +129,14 @@ def _product(q: Floats, k: Floats) -> Floats:
     return out
 
 
-def _dynamic_pairs(sim: Floats, cfg: RoutingConfig) -> tuple[Ints, Ints, npt.NDArray[np.bool_]]:
+def _dynamic_pairs(
+    sim: Floats, cfg: RoutingConfig, exact: Floats | None = None
+) -> tuple[Ints, Ints, npt.NDArray[np.bool_]]:
     """The dynamic rule as (targets, sources, forced), ordered by target, then score
-    descending, then source position."""
+    descending, then source position. `exact`: the unrounded scores, for the `> tau` test
+    (0.3500004 is above tau 0.35, although it shows as 0.35)."""
     n = sim.shape[0]
-    above = sim > cfg.tau
+    above = (sim if exact is None else exact) > cfg.tau
     np.fill_diagonal(above, False)
     tgt, src = np.nonzero(above)
     order = np.lexsort((src, -sim[tgt, src], tgt))
@@ -316,17 +319,19 @@ def tiers(agents: Sequence[str], edges: Sequence[Edge]) -> list[list[str]]:
     """`tiered` execution: drop the weakest edge of every cycle, then group agents into
     topological generations (each tier only depends on earlier ones), each in agent order.
 
-    Edges are kept strongest first (equal scores: the larger (source, target) pair first), each
-    unless it closes a cycle with the edges already kept. So every dropped edge is the weakest
-    of a cycle, and the result does not depend on which cycle a search meets first.
+    Edges are kept strongest first (equal scores: the earlier source, then target, in agent
+    order, as sigma breaks its ties), each unless it closes a cycle with the edges already
+    kept. So every dropped edge is the weakest of a cycle, and the result does not depend on
+    which cycle a search meets first.
     """
     n = len(agents)
     position = {a: k for k, a in enumerate(agents)}
     src = np.array([position[e.source] for e in edges], dtype=int)
     tgt = np.array([position[e.target] for e in edges], dtype=int)
     scores = np.array([e.score for e in edges], dtype=np.float64)
-    name_rank = np.argsort(np.argsort(np.array(agents, dtype=object)))  # ties by name
-    order = np.lexsort((name_rank[tgt], name_rank[src], scores))[::-1]  # strongest first
+    # Strongest first; equal scores by source, then target position: the provider sigma would
+    # place first (it breaks ties by position) keeps its edge.
+    order = np.lexsort((tgt, src, -scores))
     src, tgt = src[order], tgt[order]
     kept = _acyclic(n, src, tgt)
     return [[agents[k] for k in tier] for tier in _generations(n, src[kept], tgt[kept])]
@@ -388,11 +393,14 @@ async def route(
     # An embedder's own array is used as it is: no conversion of n * dim floats.
     rows: Matrix = vectors.array if isinstance(vectors, Embeddings) else vectors
     sim = similarity_array(rows[:n], rows[n:])
+    exact = (
+        _product(np.asarray(rows[:n], np.float64), np.asarray(rows[n:], np.float64)) if n else sim
+    )
     forced = None
     if cfg.mode == "dynamic":
-        tgt, src, forced = _dynamic_pairs(sim, cfg)
+        tgt, src, forced = _dynamic_pairs(sim, cfg, exact)
     else:
-        count = len(_dynamic_pairs(sim, cfg)[0]) if cfg.mode == "random" else 0
+        count = len(_dynamic_pairs(sim, cfg, exact)[0]) if cfg.mode == "random" else 0
         tgt, src = _baseline_pairs(agents, cfg, rng, count)
     order, acyclic = _sigma(n, src, tgt)
     # Built from checked parts: validating n^2 scores and edges again would cost more than

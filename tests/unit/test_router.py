@@ -146,3 +146,45 @@ async def test_route_embeds_in_one_batch_and_matches_needs_to_offers() -> None:
     assert all(len(row) == 2 for row in routing.similarity)
     assert [(e.source, e.target) for e in routing.edges] == [("researcher", "writer")]
     assert routing.order == ["researcher", "writer"]
+
+
+async def test_a_score_just_above_tau_makes_an_edge_although_it_shows_rounded() -> None:
+    import math
+    import random
+
+    from dytopo.router import route
+
+    class Fixed:
+        """Need of a and offer of b at cos 0.3500004; the other pair orthogonal."""
+
+        async def embed(self, texts: list[str]) -> list[list[float]]:
+            c = 0.3500004
+            return [
+                [1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0],
+                [0.0, 1.0, 0.0],
+                [c, math.sqrt(1 - c * c), 0.0],
+            ]
+
+    routing = await route(
+        ["a", "b"],
+        ["qa", "qb"],
+        ["ka", "kb"],
+        Fixed(),
+        RoutingConfig(tau=0.35),
+        rng=random.Random(0),
+    )  # type: ignore[arg-type]
+    assert [(e.source, e.target) for e in routing.edges] == [("b", "a")]
+    assert routing.edges[0].score == 0.35  # shown rounded
+
+
+def test_tiers_break_ties_as_sigma_does_by_agent_order() -> None:
+    from dytopo.router import Edge, tiers
+
+    agents = ["writer", "analyst"]  # not in name order
+    edges = [
+        Edge(source="writer", target="analyst", score=0.5),
+        Edge(source="analyst", target="writer", score=0.5),
+    ]
+    # sigma puts the first agent first in a tie; the tiers agree: writer, then analyst.
+    assert tiers(agents, edges) == [["writer"], ["analyst"]]

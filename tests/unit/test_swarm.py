@@ -319,7 +319,8 @@ def test_swarm_from_yaml_builds_the_topologys_agents() -> None:
 
 async def test_tiered_execution_forwards_only_to_agents_still_to_come() -> None:
     # a and b need and offer the same thing: edges both ways, equal scores; `tiers` keeps
-    # b -> a and drops a -> b, so round 2 runs b, then a (which reads b's message at once).
+    # a -> b (a comes first, as in sigma) and drops b -> a, so round 2 runs a, then b (which
+    # reads a's message at once).
     script = {i: [step(f"{i} pub", f"{i}-{t}", "X", "X") for t in (1, 2)] for i in ("a", "b")}
     script["manager"] = [goal("go"), decision(False), decision(True, "done")]
     backend = ScriptedBackend(by_tag=script)
@@ -327,5 +328,5 @@ async def test_tiered_execution_forwards_only_to_agents_still_to_come() -> None:
     result = await swarm.run("task")
     backend.assert_complete()
     phases = {(d.source, d.target): d.phase for d in result.rounds[1].deliveries}
-    # b had already stepped when a wrote: a's message reaches b after the round, not "within".
-    assert phases == {("b", "a"): "same_round", ("a", "b"): "after_round"}
+    # a had already stepped when b wrote: b's message reaches a after the round, not "within".
+    assert phases == {("a", "b"): "same_round", ("b", "a"): "after_round"}
