@@ -16,7 +16,7 @@ from dytopo.cli._common import check_urls, err, run_async
 from dytopo.errors import ConfigError
 from dytopo.service.settings import EXTRA, ServiceSettings
 
-_EXTRA_MODULES = {"mcp", "mcp_types", "fastapi", "starlette", "uvicorn", "anyio", "httpx2"}
+_EXTRA_MODULES = {"mcp", "mcp_types", "fastapi", "starlette", "uvicorn", "h11", "anyio", "httpx2"}
 GRACE_S = 5
 """Seconds open connections (event streams) get to end once every run has stopped."""
 
@@ -35,6 +35,18 @@ def serve(
     ),
     max_running: int = typer.Option(1, "--max-running", min=1, help="Runs at once."),
     max_queued: int = typer.Option(16, "--max-queued", min=0, help="Runs waiting, at most."),
+    max_agents: int = typer.Option(
+        16, "--max-agents", min=1, help="Most agents of a caller's inline topology."
+    ),
+    max_rounds: int = typer.Option(
+        10, "--max-rounds", min=1, help="Most rounds a caller may ask for."
+    ),
+    keep_runs: int = typer.Option(
+        500, "--keep-runs", min=1, help="Finished runs kept; older ones are deleted."
+    ),
+    max_connections: int = typer.Option(
+        64, "--max-connections", min=1, help="Open HTTP connections served at once."
+    ),
     backend_url: str | None = typer.Option(
         None, "--backend-url", help="LLM server root (default: $DYTOPO_BASE_URL, else embedded)."
     ),
@@ -56,6 +68,10 @@ def serve(
             runs_dir=runs,
             max_running=max_running,
             max_queued=max_queued,
+            max_agents=max_agents,
+            max_rounds=max_rounds,
+            keep_runs=keep_runs,
+            max_connections=max_connections,
             backend_url=backend_url,
             embed_url=embed_url,
             model=model,
@@ -72,6 +88,7 @@ def serve(
 
         from dytopo.service.app import create_app
         from dytopo.service.runs import RunService
+        from dytopo.service.server import open_files_needed, raise_open_file_limit, server_config
     except ImportError as exc:
         if (exc.name or "").partition(".")[0] in _EXTRA_MODULES:
             raise ConfigError(EXTRA) from None
@@ -101,6 +118,7 @@ def serve(
             super().handle_exit(sig, frame)
             self.loop.call_soon_threadsafe(self.service.stop_runs)
 
+    raise_open_file_limit(open_files_needed(settings))
     # Bound before any server starts: a port in use is one line, not a started embedded stack.
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -114,10 +132,9 @@ def serve(
 
     async def main() -> None:
         async with RunService(settings) as service:
-            config = uvicorn.Config(
+            config = server_config(
                 create_app(service),
-                host=settings.host,
-                port=settings.port,
+                settings,
                 log_level="warning",
                 timeout_graceful_shutdown=GRACE_S,
             )

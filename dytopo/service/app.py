@@ -77,7 +77,12 @@ def create_app(service_or_settings: RunService | ServiceSettings) -> FastAPI:
         lifespan=lifespan,
     )
     settings = service.settings
-    app.add_middleware(Guard, token=settings.token, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        Guard,
+        token=settings.token,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
     _errors(app)
     _routes(app, service)
     if mcp is not None:

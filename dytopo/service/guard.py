@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 
@@ -38,13 +39,17 @@ def _loopback_host(value: bytes) -> bool:
 class Guard:
     """401 without the right `Authorization: Bearer <token>` (compared in constant time); 413
     for a body over `max_body_bytes`, by its Content-Length or, when it has none (chunked),
-    as soon as the bytes received pass the limit. The body is read here, then handed on.
+    as soon as the bytes received pass the limit; 408 when the whole body has not arrived
+    within `body_timeout_s`. The body is read here, then handed on.
     Without a token, 403 unless the request's Host is the loopback (DNS rebinding)."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, token: str | None, max_body_bytes: int, body_timeout_s: float = 30
+    ) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode() if token is not None else None
         self.limit = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,16 +79,23 @@ class Guard:
             await _refuse(send, 413, too_big, [(b"connection", b"close")])
             return
         body, message = b"", None
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break  # the client went away: the app sees the disconnect
-            body += message.get("body", b"")
-            if len(body) > self.limit:
-                await _refuse(send, 413, too_big, [(b"connection", b"close")])
-                return
-            if not message.get("more_body", False):
-                break
+        try:
+            # One deadline for the whole body: a byte every 2 s would pass any per-read one.
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break  # the client went away: the app sees the disconnect
+                    body += message.get("body", b"")
+                    if len(body) > self.limit:
+                        await _refuse(send, 413, too_big, [(b"connection", b"close")])
+                        return
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            slow = f"request body not received within {self.body_timeout_s:g} s"
+            await _refuse(send, 408, slow, [(b"connection", b"close")])
+            return
         first: Message = (
             {"type": "http.request", "body": body, "more_body": False}
             if message["type"] == "http.request"
