@@ -47,6 +47,7 @@ def mcp(
     if reply_within != 0:
         check_seconds("--reply-within", reply_within)
     try:
+        from dytopo.service._mcp_stdio import run_stdio
         from dytopo.service.mcp import build_mcp
         from dytopo.service.runs import RunService
         from dytopo.service.settings import ServiceSettings
@@ -67,6 +68,6 @@ def mcp(
     async def serve() -> None:
         async with RunService(settings) as service:
             server = build_mcp(service, reply_within_s=reply_within or None)
-            await server.run_stdio_async()
+            await run_stdio(server)  # the SDK stdio transport, with a cap on one message
 
     run_async(serve())

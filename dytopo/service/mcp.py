@@ -36,6 +36,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dytopo.errors import DyTopoError
+from dytopo.service._mcp_stdio import MAX_MESSAGE_BYTES
 from dytopo.service.models import RunInfo, RunRequest
 from dytopo.service.runs import RunService
 
@@ -45,6 +46,10 @@ T = TypeVar("T")
 
 REPLY_WITHIN_S = 50.0
 """Under the 60 s a TypeScript-SDK client (AnythingLLM) waits for a tool call by default."""
+MAX_SESSIONS = 100
+"""Open HTTP sessions at once; one more is refused (503) until one ends or expires."""
+SESSION_IDLE_S = 15 * 60.0
+"""An HTTP session with no request for this long is closed (a client then opens a new one)."""
 
 _TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -248,12 +253,17 @@ def mcp_http_app(
     token: str | None = None,
     reply_within_s: float | None = REPLY_WITHIN_S,
     path: str = "/mcp",
+    max_sessions: int = MAX_SESSIONS,
+    session_idle_s: float = SESSION_IDLE_S,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> Starlette:
     """Streamable HTTP at `path`, for `dytopo serve` (with its token, if it has one).
 
     Without a token (loopback only), Host and Origin must name the loopback: a web page that
     rebinds its DNS name to 127.0.0.1 cannot drive the swarm. With a token, the token is the
     check, and any Host may reach it (AnythingLLM in Docker calls host.docker.internal).
+    A body over `max_message_bytes` is refused (413) before it is parsed; at most
+    `max_sessions` sessions are open, each closed after `session_idle_s` without a request.
     """
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     if token is None:
@@ -262,7 +272,13 @@ def mcp_http_app(
             allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
         )
     server = build_mcp(service, reply_within_s=reply_within_s)
-    app = server.streamable_http_app(streamable_http_path=path, transport_security=security)
+    app = server.streamable_http_app(
+        streamable_http_path=path,
+        transport_security=security,
+        max_request_body_size=max_message_bytes,
+        session_idle_timeout=session_idle_s,
+        max_sessions=max_sessions,
+    )
     if token is not None:
         app.add_middleware(_Bearer, token=token)
     return app

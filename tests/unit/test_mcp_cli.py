@@ -68,3 +68,39 @@ async def test_stdio_server_lists_its_tools(tmp_path: Path) -> None:
     assert not topologies.is_error, topologies
     names = {item["name"] for item in topologies.structured_content["result"]}  # type: ignore[index]
     assert {"research", "code", "math"} <= names
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(x for x in status if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_an_oversized_stdio_message_is_dropped_without_holding_it(tmp_path: Path) -> None:
+    """A 64 MB JSON-RPC line (the red team's was 200 MB: 1.4 GB held) is skipped as it
+    arrives; the next message is answered, and the server's memory stays small."""
+    import json
+    import subprocess
+
+    args = ["--topologies", str(ROOT / "topologies"), "--runs", str(tmp_path / "runs")]
+    args += ["--backend-url", NOWHERE, "--embed-url", NOWHERE]
+    with subprocess.Popen(
+        [sys.executable, "-m", "dytopo", "mcp", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    ) as child:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        huge = b'{"jsonrpc": "2.0", "id": 0, "method": "ping", "params": {"x": "'
+        child.stdin.write(huge + b"a" * (64 * 1024 * 1024) + b'"}}\n')
+        ping = {"jsonrpc": "2.0", "id": 7, "method": "ping"}
+        child.stdin.write(json.dumps(ping).encode() + b"\n")
+        child.stdin.flush()
+        reply = json.loads(child.stdout.readline())
+        peak = _peak_rss_mb(child.pid)
+        child.kill()
+    assert reply["id"] == 7
+    assert "result" in reply
+    assert peak < 200, f"{peak:.0f} MB"

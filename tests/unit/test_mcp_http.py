@@ -24,8 +24,8 @@ ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 
 @contextlib.asynccontextmanager
-async def served(token: str | None) -> AsyncIterator[str]:
-    mcp_app = mcp_http_app(StandIn(), token=token, reply_within_s=10)  # type: ignore[arg-type]
+async def served(token: str | None, **limits: Any) -> AsyncIterator[str]:
+    mcp_app = mcp_http_app(StandIn(), token=token, reply_within_s=10, **limits)  # type: ignore[arg-type]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
