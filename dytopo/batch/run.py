@@ -9,6 +9,7 @@ record as it ends, so that an interrupted batch loses only the run in progress.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -21,7 +22,13 @@ from dytopo.backends.base import Backend
 from dytopo.batch.models import BatchItem, Key, RunRecord
 from dytopo.batch.overrides import with_overrides
 from dytopo.batch.store import RecordStore
-from dytopo.checkpoint import Checkpoint, check_resumable, checkpoint_path, read_checkpoint
+from dytopo.checkpoint import (
+    Checkpoint,
+    changed_fields,
+    check_resumable,
+    checkpoint_path,
+    read_checkpoint,
+)
 from dytopo.embedders.base import Embedder
 from dytopo.errors import ConfigError, RunError
 from dytopo.managed.resolve import endpoints
@@ -37,11 +44,20 @@ Grader = Callable[[BatchItem, RunRecord], dict[str, Any]]
 """Judges a run's answer (blocking is fine: it runs in a worker thread)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+SLUG_CHARS = 48
+"""The readable part of a trace's name, at most (an id may have 200 characters)."""
 
 
 def trace_name(item_id: str, mode: str) -> str:
-    """A file name for one run's trace: `HumanEval/12` in dynamic mode -> HumanEval_12-dynamic."""
-    return f"{_UNSAFE.sub('_', item_id).strip('_') or 'item'}-{mode}.jsonl"
+    """A file name for one run's trace, different for every (id, mode): the id made safe and
+    short, then a hash of the exact id (`HumanEval/12` in dynamic mode ->
+    HumanEval_12-1f0c8a5e3b2d-dynamic.jsonl). The readable part alone would collide: "a/b",
+    "a b" and "a_b" read alike, "問1" and "題1" both read "1", and two runs sharing a file
+    delete or resume each other's trace and checkpoint. Hex digits also keep names apart on a
+    file system that ignores case."""
+    slug = _UNSAFE.sub("_", item_id).strip("._")[:SLUG_CHARS].rstrip("._") or "item"
+    digest = hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{slug}-{digest}-{mode}.jsonl"
 
 
 def pending(
@@ -70,9 +86,10 @@ def _record(
     )
 
 
-def resumable(trace_path: Path) -> Checkpoint | None:
+def resumable(trace_path: Path, item: BatchItem, topology: Topology) -> Checkpoint | None:
     """The checkpoint an earlier attempt of this run left beside its trace, when the run can go
-    on from it (it stopped: interrupted, or its server died); None: start afresh."""
+    on from it (it stopped: interrupted, or its server died) and it is this item's run on this
+    topology (`topology`: the run's variant); None: start afresh."""
     path = checkpoint_path(trace_path)
     if not path.is_file():
         return None
@@ -82,7 +99,36 @@ def resumable(trace_path: Path) -> Checkpoint | None:
     except ConfigError as exc:  # complete (its record was lost) or unreadable: run it again
         log.info("batch.fresh_start", trace=str(trace_path), reason=str(exc))
         return None
+    other = _not_this_run(cp, item, topology)
+    if other:  # an edited task under the same id must not continue the old task
+        log.warning(
+            "batch.fresh_start",
+            item=item.id,
+            trace=str(trace_path),
+            reason=f"its checkpoint is of another run ({other}): starting it afresh",
+        )
+        return None
     return cp
+
+
+_SERVER_FIELDS = ("backend", "backends")
+"""What may differ between attempts of one run: a run moved to another server (its URL, its
+share of the slots) is the same run."""
+
+
+def _not_this_run(cp: Checkpoint, item: BatchItem, topology: Topology) -> str:
+    """How `cp` differs from `item`'s run on `topology` ("" when it does not)."""
+    if cp.task != item.task:
+        return "its task differs from the item's"
+    agents = [a.id for a in topology.agents]
+    if cp.state.agents != agents:
+        return f"it ran agents {cp.state.agents}, the topology has {agents}"
+    if cp.topology is None:  # a topology built in Python: nothing more to compare
+        return ""
+    ran = {k: v for k, v in cp.topology.items() if k not in _SERVER_FIELDS}
+    now = topology.model_dump(mode="json", exclude=set(_SERVER_FIELDS))
+    changed = changed_fields(ran, now)
+    return f"the topology changed: {', '.join(changed[:4])}" if changed else ""
 
 
 def _variant(topology: Topology, mode: Mode, item: BatchItem, slots: int | None) -> Topology:
@@ -95,10 +141,12 @@ def _variant(topology: Topology, mode: Mode, item: BatchItem, slots: int | None)
     )
 
 
-def _start_point(trace_path: Path, resume: bool) -> Checkpoint | None:
-    """Where the run starts: its checkpoint (with `resume`), else afresh, the trace (and
-    checkpoint) of an earlier attempt replaced."""
-    cp = resumable(trace_path) if resume else None
+def _start_point(
+    trace_path: Path, resume: bool, item: BatchItem, topology: Topology
+) -> Checkpoint | None:
+    """Where the run starts: its checkpoint (with `resume`, when it is this run's), else
+    afresh, the trace (and checkpoint) of an earlier attempt replaced."""
+    cp = resumable(trace_path, item, topology) if resume else None
     if cp is None:
         for stale in (trace_path, checkpoint_path(trace_path)):
             with suppress(FileNotFoundError):
@@ -144,7 +192,7 @@ async def run_one(
     the server's slots). A trace (and checkpoint) at `trace_path` left by an earlier attempt is
     replaced, unless `resume` and the run can go on from that checkpoint: then it does."""
     variant = _variant(topology, mode, item, slots)
-    cp = _start_point(trace_path, resume)
+    cp = _start_point(trace_path, resume, item, variant)
     running = run_topology(
         variant,
         item.task,
@@ -176,7 +224,7 @@ async def run_one_on(
     """`run_one` on a backend object the caller owns (an in-process server: benchmarks, tests);
     the backend's `connect()` gives the slots the run may use."""
     variant = _variant(topology, mode, item, None)
-    cp = _start_point(trace_path, resume)
+    cp = _start_point(trace_path, resume, item, variant)
     running = run_on(
         variant,
         item.task,

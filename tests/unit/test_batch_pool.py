@@ -12,7 +12,7 @@ import pytest
 from batch_kit import Server, items, spec
 from helpers import after_each_checkpoint
 
-from dytopo.batch import RecordStore, RunRecord, pending, read_records
+from dytopo.batch import RecordStore, RunRecord, pending, read_records, trace_name
 from dytopo.batch.local import LocalExecutor
 from dytopo.batch.pool import BackendPool, PoolExhausted, PoolServer, share
 from dytopo.batch.schedule import run_pool
@@ -147,7 +147,7 @@ async def test_an_interrupted_batch_runs_only_what_is_left_and_continues_stopped
         assert 2 <= len(done) < 6
         stopped = [
             k for k in range(1, 7)
-            if (tmp_path / "traces" / f"line-{k}-dynamic.jsonl").exists()
+            if (tmp_path / "traces" / trace_name(f"line-{k}", "dynamic")).exists()
             and ("line-" + str(k), "dynamic") not in done
         ]  # fmt: skip
         assert stopped  # runs were in flight when it stopped
@@ -160,7 +160,8 @@ async def test_an_interrupted_batch_runs_only_what_is_left_and_continues_stopped
     assert sorted(r.item for r in records) == [f"line-{k}" for k in range(1, 7)]
     assert all(r.ok and r.rounds == 2 for r in records)
     for k in range(1, 7):
-        events = [e["event"] for e in read_trace(tmp_path / "traces" / f"line-{k}-dynamic.jsonl")]
+        trace = tmp_path / "traces" / trace_name(f"line-{k}", "dynamic")
+        events = [e["event"] for e in read_trace(trace)]
         assert events.count("run_start") == 1  # no run started over
         assert events.count("run_resumed") == (1 if k in stopped else 0)
         assert events[-1] == "run_end"
@@ -178,7 +179,7 @@ async def test_a_dead_servers_run_continues_from_its_checkpoint_elsewhere(tmp_pa
     assert (dead.alive, dead.runs, dead.moved_off) == (False, 0, 1)
     assert (alive.alive, alive.runs) == (True, 4)
     assert len(mortal.requests) == 4  # what it answered before it died
-    events = read_trace(tmp_path / "traces" / "line-1-dynamic.jsonl")
+    events = read_trace(tmp_path / "traces" / trace_name("line-1", "dynamic"))
     resumed = next(e for e in events if e["event"] == "run_resumed")
     assert (resumed["from_round"], resumed["status"]) == (2, "failed")
     assert [e["round"] for e in events if e["event"] == "round_end"] == [1, 2]
