@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +10,10 @@ from pydantic import ValidationError
 
 from dytopo.errors import ConfigError
 from dytopo.topology import Topology
+
+_SHORT = reprlib.Repr()
+"""A value in an error line: a task file may hold a huge or deeply nested one."""
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 40, 40
 
 OVERRIDES = ("rounds", "seed", "tau")
 """What a batch item may change: max_rounds (min_rounds follows when above it), seed,
@@ -22,8 +27,10 @@ def with_overrides(
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
+        shown = ", ".join(k if len(k) <= 40 else k[:40] + "..." for k in unknown[:5])
         raise ConfigError(
-            f"unknown override {', '.join(unknown)}: a batch item may set {', '.join(OVERRIDES)}"
+            f"unknown override {shown}{' ...' if len(unknown) > 5 else ''}: a batch item may "
+            f"set {', '.join(OVERRIDES)}"
         )
     data = topology.model_dump()
     if mode is not None:
@@ -42,5 +49,5 @@ def with_overrides(
         lines = []
         for e in exc.errors(include_url=False):
             where = ".".join(str(p) for p in e["loc"]) or "override"
-            lines.append(f"{where} {e.get('input')!r}: {e['msg']}")
+            lines.append(f"{where} {_SHORT.repr(e.get('input'))}: {e['msg']}")
         raise ConfigError("\n".join(lines)) from None

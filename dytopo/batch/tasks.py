@@ -67,6 +67,11 @@ def _item(line: str, number: int, check: Check | None) -> BatchItem:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:  # the parser recurses per level: a few thousand brackets stop it
+        raise ValueError(
+            "nested too deeply to read; give a task text or a flat object "
+            '{"task": "...", "id": "...", "overrides": {...}}'
+        ) from None
     if isinstance(data, str):
         data = {"task": data}
     if not isinstance(data, dict):

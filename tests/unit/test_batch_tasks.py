@@ -62,6 +62,15 @@ def test_strings_and_objects_with_default_ids_and_overrides(tmp_path: Path) -> N
             r"tasks.jsonl:2: overrides: max_rounds 99: Input should be less than or equal to 50",
         ),
         ('{"task": "x", "id": "line-1"}', r"tasks.jsonl:2: id 'line-1' repeats line 1"),
+        ("[" * 100_000 + "]" * 100_000, r"tasks.jsonl:2: nested too deeply to read; give a task"),
+        (
+            '{"task": "x", "overrides": {"rounds": ' + "[" * 900 + "]" * 900 + "}}",
+            r"tasks.jsonl:2: overrides: max_rounds \[\[\[\.\.\.\]\]\]: Input should be a valid",
+        ),
+        (
+            '{"task": "x", "overrides": {"' + "k" * 10_000 + '": 1}}',
+            r"tasks.jsonl:2: overrides: unknown override k{40}\.\.\.: a batch item may set",
+        ),
     ],
 )
 def test_a_bad_line_is_one_line_naming_file_and_line(
@@ -75,6 +84,7 @@ def test_a_bad_line_is_one_line_naming_file_and_line(
     (shown,) = str(error.value).splitlines()
     assert shown.startswith(str(path))
     assert re.search(problem, shown), shown
+    assert len(shown) < len(str(path)) + 200  # a huge value is clipped, not printed
 
 
 def test_every_bad_line_is_listed_and_an_empty_or_missing_file_is_refused(
