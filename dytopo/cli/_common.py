@@ -9,17 +9,18 @@ from collections.abc import Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from dytopo.backends.settings import url_problem
+from dytopo.cli._terminal import SafeConsole
 from dytopo.errors import ConfigError
 from dytopo.logs import configure_logging
 
 T = TypeVar("T")
 
-out = Console()
-err = Console(stderr=True)
+# Model text, task ids and tool output reach the terminal through these: no escape codes.
+out = SafeConsole()
+err = SafeConsole(stderr=True)
 
 TRUST_HELP = (
     "The topology file is yours: load its tool_modules (Python code that runs with your rights) "

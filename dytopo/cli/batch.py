@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import typer
-from rich.console import Console
 
 from dytopo.batch import BatchItem, RecordStore, RunRecord, pending, with_overrides
 from dytopo.batch.pool import BackendPool, PoolExhausted, ServerStats
@@ -22,6 +20,7 @@ from dytopo.batch.summary import BatchSummary, mode_rows, tables
 from dytopo.batch.tasks import read_tasks
 from dytopo.cli import options
 from dytopo.cli._common import State, check_urls, err, fail, out, run_async
+from dytopo.cli._terminal import SafeConsole, json_text
 from dytopo.cli.runs_progress import RunsProgress
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import endpoints
@@ -254,10 +253,10 @@ def _say(text: str) -> None:
 
 def _show(summary: BatchSummary, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(summary.model_dump(mode="json"), ensure_ascii=False))
+        print(json_text(summary.model_dump(mode="json")))
         return
     # Off a terminal (a pipe, a log) rich would squeeze the tables into 80 columns.
-    (out if out.is_terminal else Console(width=120)).print(tables(summary))
+    (out if out.is_terminal else SafeConsole(width=120)).print(tables(summary))
     out.print(
         f"records: {summary.records}  traces: {Path(summary.out) / 'traces'}",
         markup=False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +12,7 @@ from rich.table import Table
 
 from dytopo.cli import options
 from dytopo.cli._common import check_urls, err, out
+from dytopo.cli._terminal import json_text
 from dytopo.cli.progress import RoundProgress
 from dytopo.errors import ConfigError
 from dytopo.loader import load_topology
@@ -123,7 +123,7 @@ def compare(
 
 def _show(comparison: Comparison, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(comparison.as_json(), ensure_ascii=False))
+        print(json_text(comparison.as_json()))
         return
     out.print(_table(comparison))
     index = Path(comparison.out_dir) / "index.html"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from collections.abc import Coroutine
@@ -10,12 +9,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import typer
-from rich.console import Console
 
 from dytopo.batch import BatchItem, RecordStore, RunRecord, with_overrides
 from dytopo.batch.models import RunMode
 from dytopo.cli import options
 from dytopo.cli._common import check_urls, err, fail, out, run_async
+from dytopo.cli._terminal import SafeConsole, json_text
 from dytopo.cli.runs_progress import RunsProgress
 from dytopo.eval import BENCHMARKS, benchmark, default_topology
 from dytopo.eval import plain as plain_run
@@ -233,10 +232,10 @@ def _show(
             "modes": [r.model_dump() for r in rows],
             "comparisons": lines,
         }
-        print(json.dumps(shown, ensure_ascii=False))
+        print(json_text(shown))
         return
     # Off a terminal (a pipe, a log) rich would squeeze the tables into 80 columns.
-    console = out if out.is_terminal else Console(width=170)
+    console = out if out.is_terminal else SafeConsole(width=170)
     if per_problem:
         console.print(runs_table(records, items, modes))
     title = (

@@ -8,6 +8,7 @@ from typing import Literal
 import typer
 
 from dytopo.cli._common import fail, out
+from dytopo.cli._terminal import visible
 from dytopo.errors import ConfigError
 from dytopo.report import load_run, render_dot, render_html, render_mermaid
 
@@ -52,7 +53,7 @@ def report(
     draw = render_dot if fmt == "dot" else render_mermaid
     text = "\n".join(draw(run, n) for n in ([round] if round is not None else numbers))
     if output is None:
-        print(text, end="")
+        print(visible(text), end="")
     else:
         _write(output, text)
         out.print(str(output), highlight=False, soft_wrap=True)

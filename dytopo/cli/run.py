@@ -14,6 +14,7 @@ from dytopo.backends.types import Usage
 from dytopo.checkpoint import checkpoint_path, resume_command
 from dytopo.cli import options
 from dytopo.cli._common import check_urls, err, fail, out, run_async
+from dytopo.cli._terminal import json_text
 from dytopo.cli.progress import RoundProgress, summary
 from dytopo.errors import ConfigError, DyTopoError, RunError
 from dytopo.loader import load_topology, problems_in, shown
@@ -150,7 +151,7 @@ def show_run(
         shown = _json(result)
         if want_report:
             shown["report"] = str(written) if written else None
-        print(json.dumps(shown, ensure_ascii=False))
+        print(json_text(shown))
     else:
         summary(result, out)
 

@@ -31,6 +31,7 @@ from rich.text import Text
 from dytopo import runlock
 from dytopo.checkpoint import SUFFIX, checkpoint_path
 from dytopo.cli._common import fail, out
+from dytopo.cli._terminal import json_text
 
 MAX_FILE_BYTES = 256 * 2**20
 """Bigger files are listed as unreadable instead of being read: a listing must stay quick."""
@@ -74,7 +75,7 @@ def runs(
         fail(f"--dir {folder}: not a folder", 2)
     rows = list_runs(folder) if folder.is_dir() else []
     if as_json:
-        print(json.dumps([r.model_dump(mode="json") for r in rows], ensure_ascii=False))
+        print(json_text([r.model_dump(mode="json") for r in rows]))
     elif not rows:
         out.print(
             f"no runs in {folder}/ (`dytopo run TOPOLOGY` writes its trace there)",

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from dytopo.backends.types import ToolCall
 from dytopo.cli._common import check_seconds, fail, out, run_async
+from dytopo.cli._terminal import visible
 from dytopo.errors import ConfigError
 from dytopo.tools.context import ToolContext
 from dytopo.tools.executor import ToolExecutor
@@ -87,4 +88,4 @@ def call_tool(
     outcome = run_async(ToolExecutor([tool], ctx).run(ToolCall(name=name, arguments=arguments)))
     if not outcome.ok:
         fail(outcome.error)
-    print(outcome.result)
+    print(visible(outcome.result))  # the tool's output is data, not terminal commands
