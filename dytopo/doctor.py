@@ -14,7 +14,7 @@ from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.budget import kv_layout
 from dytopo.embedders.http import HttpEmbedder
-from dytopo.errors import DyTopoError, ManagedServerError
+from dytopo.errors import BackendError, DyTopoError, ManagedServerError
 from dytopo.managed import models
 from dytopo.managed.resolve import own_server
 
@@ -23,6 +23,11 @@ TEMPLATE_FIX = (
     "(DyTopo ships dytopo/managed/templates/chatml_tools.jinja)"
 )
 
+EMBEDDINGS_FIX = (
+    "start llama-server with --embeddings (and a pooled sentence-embedding model), or pass "
+    "--embed-url (or set $DYTOPO_EMBED_URL / embedder.base_url) to a server that has them: "
+    "runs stop before round 1 without them"
+)
 
 CACHE_FIX = (
     "let the server reuse prompts: run llama-server without --no-cache-prompt (and never send "
@@ -200,13 +205,35 @@ async def run_doctor(
     return report
 
 
+_FAILED = (DyTopoError, AssertionError, ValueError, KeyError)
+"""What a check that fails raises (anything else is a bug in the doctor)."""
+
+
 async def _check(report: DoctorReport, name: str, probe: Awaitable[str | Check]) -> None:
     try:
         detail = await probe
         check = detail if isinstance(detail, Check) else Check(name=name, ok=True, detail=detail)
         report.checks.append(check)
-    except (DyTopoError, AssertionError, ValueError, KeyError) as exc:
+    except _FAILED as exc:
         report.checks.append(Check(name=name, ok=False, detail=f"{type(exc).__name__}: {exc}"))
+    except ExceptionGroup as group:  # the burst's requests, failing together: one line
+        first = _first_leaf(group)
+        if not isinstance(first, _FAILED):
+            raise
+        detail = f"{type(first).__name__}: {first} ({_leaves(group)} requests failed)"
+        report.checks.append(Check(name=name, ok=False, detail=detail))
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _leaves(error: BaseException) -> int:
+    if isinstance(error, BaseExceptionGroup):
+        return sum(_leaves(e) for e in error.exceptions)
+    return 1
 
 
 async def _json_schema(backend: LlamaCppBackend, report: DoctorReport) -> str:
@@ -297,7 +324,7 @@ async def check_prompt_cache(backend: LlamaCppBackend, report: DoctorReport) -> 
     )
 
 
-async def _embeddings(url: str, report: DoctorReport) -> str:
+async def _embeddings(url: str, report: DoctorReport) -> str | Check:
     embedder = HttpEmbedder(url)
     try:
         a, b, c = await embedder.embed(
@@ -306,6 +333,16 @@ async def _embeddings(url: str, report: DoctorReport) -> str:
                 "A man is eating a piece of bread.",
                 "The stock market fell sharply today.",
             ]
+        )
+    except BackendError as exc:
+        if exc.status not in (404, 501):
+            raise
+        # A generation-only server: every run stops before round 1 (runner.probe_embedder).
+        return Check(
+            name="embeddings",
+            ok=False,
+            detail=f"{exc.url} answered HTTP {exc.status}: no embeddings on this server",
+            fix=EMBEDDINGS_FIX,
         )
     finally:
         await embedder.aclose()

@@ -26,7 +26,7 @@ from dytopo.checkpoint import (
 from dytopo.embedders.base import Embedder
 from dytopo.embedders.hashing import HashEmbedder
 from dytopo.embedders.http import HttpEmbedder
-from dytopo.errors import BudgetExceeded, ConfigError
+from dytopo.errors import BackendError, BudgetExceeded, ConfigError
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import Endpoints, endpoints, own_server
 from dytopo.result import RunResult
@@ -150,6 +150,25 @@ def _topology_of(
     )
 
 
+async def probe_embedder(embedder: Embedder) -> None:
+    """One tiny embed call before round 1: every round routes by embeddings, so a server
+    without them (llama-server without --embeddings answers HTTP 501) must stop the run before
+    round 1 is paid for, not at its first routing step. BackendError saying the fix."""
+    try:
+        await embedder.embed(["probe"])
+    except BackendError as exc:
+        if exc.status not in (404, 501):
+            raise
+        raise BackendError(
+            f"{exc.url} answered HTTP {exc.status}: this server serves no embeddings, and "
+            "routing needs them from round 1; start llama-server with --embeddings, or set "
+            "embed_url (--embed-url, $DYTOPO_EMBED_URL or embedder.base_url) to one that does",
+            url=exc.url,
+            status=exc.status,
+            body=exc.body,
+        ) from None
+
+
 async def swarm_on(
     topology: Topology,
     backend: Backend,
@@ -160,8 +179,10 @@ async def swarm_on(
     trust_topology: bool = False,
 ) -> Swarm:
     """The topology's swarm on `backend`, with budgets planned from the server's real context
-    (`backend.connect()`); BudgetExceeded when it does not fit."""
+    (`backend.connect()`); BudgetExceeded when it does not fit, BackendError when `embedder`
+    cannot embed (`probe_embedder`): both before anything is paid for."""
     info = await backend.connect()
+    await probe_embedder(embedder)
     # The client's own settings say how its server pools the KV cache; an in-process backend
     # has none, so the topology's word holds.
     if isinstance(backend, LlamaCppBackend):
