@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -19,11 +20,11 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dytopo.errors import DyTopoError
 from dytopo.service.admission import OverLimit
-from dytopo.service.guard import Guard
+from dytopo.service.guard import Guard, authorized
 from dytopo.service.models import RunInfo, RunRequest
 from dytopo.service.runs import (
     NotResumable,
@@ -35,6 +36,10 @@ from dytopo.service.runs import (
 from dytopo.service.settings import ServiceSettings
 
 log = structlog.get_logger("dytopo.service")
+
+EVENT_ID = re.compile(r"[0-9]{1,18}")
+PAGE, MAX_PAGE = 50, 500
+"""Runs GET /v1/runs lists by default, and at most: each record can be a few hundred KB."""
 
 __all__ = ["create_app"]
 
@@ -155,9 +160,19 @@ def _routes(app: FastAPI, service: RunService) -> None:
         return JSONResponse({"id": info.id, "status": info.status}, status_code=202)
 
     @app.get("/v1/runs")
-    async def runs() -> list[RunInfo]:
-        """Every run the service knows, newest first."""
-        return service.runs()
+    async def runs(
+        response: Response,
+        limit: int = Query(PAGE, ge=1, le=MAX_PAGE, description="Runs on this page."),
+        cursor: str | None = Query(
+            None, max_length=64, description="The next page's cursor, from the Link header."
+        ),
+    ) -> list[RunInfo]:
+        """The runs the service keeps, newest first, `limit` at a time; when there are more, a
+        `Link: <...>; rel="next"` header names the next page."""
+        page, following = service.page(limit, cursor)
+        if following is not None:
+            response.headers["Link"] = f'</v1/runs?limit={limit}&cursor={following}>; rel="next"'
+        return page
 
     @app.get("/v1/runs/{run_id}")
     async def get(run_id: str) -> RunInfo:
@@ -184,14 +199,16 @@ def _routes(app: FastAPI, service: RunService) -> None:
     async def events(
         run_id: str,
         last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-        after: int | None = Query(None, ge=-1, description="Events after this index."),
+        after: int | None = Query(None, ge=-1, le=10**18, description="Events after this index."),
     ) -> StreamingResponse:
         """The run's trace events as Server-Sent Events (`id` = the event's line in the trace),
         live until the run ends, then `event: end` with its status. Last-Event-ID resumes."""
         _run(service, run_id)
         start = after if after is not None else -1
         if last_event_id is not None:
-            if not last_event_id.strip().isdigit():
+            # ASCII digits only: str.isdigit() takes "²", which int() refuses, and int() refuses
+            # more than 4,300 digits; no event id has more than 18.
+            if not EVENT_ID.fullmatch(last_event_id.strip()):
                 raise HTTPException(400, "Last-Event-ID must be an event id (a number) we sent")
             start = int(last_event_id)
         return StreamingResponse(
@@ -206,9 +223,16 @@ def _routes(app: FastAPI, service: RunService) -> None:
         return await asyncio.to_thread(service.topologies)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        """Liveness (no token needed): the backend in use and the runs running and queued."""
-        return {"status": "ok", "backend": service.backend_source, **service.counts()}
+    async def healthz(
+        authorization: str | None = Header(None, include_in_schema=False),
+    ) -> dict[str, Any]:
+        """Liveness (no token needed): the runs running and queued, and to a caller with the
+        token the backend in use (its URL is the operator's to share)."""
+        shown: dict[str, Any] = {"status": "ok", **service.counts()}
+        given = (authorization or "").encode("latin-1", "replace")
+        if authorized(service.settings.token, given):
+            shown["backend"] = service.backend_source
+        return shown
 
 
 async def _sse(service: RunService, run_id: str, after: int) -> AsyncIterator[str]:

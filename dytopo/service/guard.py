@@ -30,6 +30,12 @@ async def _refuse(send: Send, status: int, detail: str, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
+def authorized(token: str | None, header: bytes) -> bool:
+    """Whether an `Authorization` header value carries the service's token (any caller does
+    when there is none: such a service answers only the loopback); constant time."""
+    return token is None or hmac.compare_digest(header, f"Bearer {token}".encode())
+
+
 def _loopback_host(value: bytes) -> bool:
     host = value.decode("latin-1")
     name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host

@@ -118,6 +118,7 @@ class RunService:
             for info in await asyncio.to_thread(self._recover):
                 self._runs[info.id] = _Run(info)
                 self._runs[info.id].done.set()
+            await asyncio.to_thread(self._prune)
             self._stack = stack.pop_all()
         return self
 
@@ -193,8 +194,24 @@ class RunService:
 
     def runs(self) -> list[RunInfo]:
         """Every run, newest first."""
-        runs = sorted(self._runs.values(), key=lambda r: r.info.created_at, reverse=True)
-        return [r.info.model_copy(deep=True) for r in runs]
+        return [r.info.model_copy(deep=True) for r in reversed(self._runs.values())]
+
+    def page(self, limit: int, cursor: str | None = None) -> tuple[list[RunInfo], str | None]:
+        """At most `limit` runs, newest first, after the run `cursor` names (the previous
+        page's last); and the cursor of the next page, None on the last. ConfigError for a
+        cursor that names no run (it may have been deleted since)."""
+        order = list(reversed(self._runs))
+        start = 0
+        if cursor is not None:
+            if cursor not in self._runs:
+                raise ConfigError(
+                    f"cursor {cursor[:40]!r} names no run (deleted since?): list again "
+                    "without a cursor"
+                )
+            start = order.index(cursor) + 1
+        ids = order[start : start + limit]
+        more = start + limit < len(order)
+        return [self._runs[i].info.model_copy(deep=True) for i in ids], ids[-1] if more else None
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunInfo:  # noqa: ASYNC109
         """The run once it ended, or as it stands after `timeout` seconds (the contract the MCP
@@ -312,6 +329,7 @@ class RunService:
                 self._finish(run, "interrupted", error="the service stopped before this run")
             run.done.set()
             run.notify()
+            self._prune()
 
     def _prepare_resume(self, run: _Run) -> None:
         info = run.info
@@ -334,6 +352,19 @@ class RunService:
     def _source(self, run_id: str) -> Path:
         # A checkpoint must name a file its topology came from: the copy kept with the run.
         return self.files.topology(run_id)
+
+    def _prune(self) -> None:
+        """Forget and delete the oldest finished runs beyond `keep_runs` (a run being resumed
+        or still ending is not finished)."""
+        finished = [r for r in self._runs.values() if r.info.status in TERMINAL and r.done.is_set()]
+        for run in finished[: max(0, len(finished) - self.settings.keep_runs)]:
+            del self._runs[run.info.id]
+            try:
+                self.files.delete(run.info.id)
+            except OSError as exc:  # never raised into the TaskGroup: it would stop every run
+                log.warning("service.delete_failed", run=run.info.id, error=str(exc))
+                continue
+            log.info("service.run_deleted", run=run.info.id, keep_runs=self.settings.keep_runs)
 
     def _changed(self, run: _Run, durable: bool = False) -> None:
         if durable:
@@ -369,12 +400,13 @@ class RunService:
         finally:
             run.done.set()
             run.notify()
+            self._prune()
 
     async def _execute(self, run: _Run) -> RunResult:
         assert self.backend is not None
         assert self.embedder is not None
         assert run.topology is not None
-        topology, trace = run.topology, self.files.trace(run.info.id)
+        topology, trace = run.topology, self.files.private_trace(run.info.id)
         progress = Progress(
             run.info, len(topology.agents), lambda durable: self._changed(run, durable)
         )

@@ -4,6 +4,7 @@ checkpoint, <id>.topology.json (the topology as submitted). A restart reads them
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,21 @@ class RunFiles:
 
     def topology(self, run_id: str) -> Path:
         return self.folder / f"{run_id}.topology.json"
+
+    def private_trace(self, run_id: str) -> Path:
+        """The trace, created (or kept) readable by the owner only, like the record and the
+        checkpoint: it holds the task and every message. The run appends to it."""
+        path = self.trace(run_id)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(path, 0o600)  # a trace written before this rule was world-readable
+        return path
+
+    def delete(self, run_id: str) -> None:
+        """Every file of the run (record, trace, checkpoint, topology); a missing one is fine."""
+        if not RUN_ID.fullmatch(run_id):
+            raise ValueError(f"not a run id: {run_id[:40]!r}")
+        for path in self.folder.glob(f"{run_id}.*"):
+            path.unlink(missing_ok=True)
 
     def save(self, info: RunInfo) -> None:
         """Replace the record whole: a crash leaves the old one or the new one, never half."""

@@ -133,3 +133,20 @@ def test_a_loopback_bind_needs_no_token(host: str) -> None:
 def test_a_token_that_cannot_be_a_header_is_refused(token: str) -> None:
     with pytest.raises(ValueError, match="printable ASCII"):
         ServiceSettings(token=token)
+
+
+async def test_healthz_names_the_backend_only_to_a_caller_with_the_token(tmp_path: Path) -> None:
+    async with served(settings(tmp_path, token=TOKEN), backend(), token=TOKEN) as s:
+        anyone = await s.client.get("/healthz", headers={"Authorization": ""})
+        wrong = await s.client.get("/healthz", headers={"Authorization": "Bearer nope"})
+        caller = await s.client.get("/healthz")
+    assert anyone.json() == wrong.json() == {"status": "ok", "running": 0, "queued": 0}
+    assert caller.json() == {"status": "ok", "running": 0, "queued": 0, "backend": "injected"}
+
+
+async def test_healthz_of_a_loopback_service_without_a_token_names_the_backend(
+    tmp_path: Path,
+) -> None:
+    async with served(settings(tmp_path), backend()) as s:
+        health = (await s.client.get("/healthz")).json()
+    assert health["backend"] == "injected"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from service_kit import ANSWER, Script, backend, served, settings, sse, until
 
-from dytopo.service.models import TERMINAL
+from dytopo.service.models import TERMINAL, RunInfo
+from dytopo.service.store import RunFiles
 
 
 async def test_submit_then_poll_until_the_answer(tmp_path: Path) -> None:
@@ -335,3 +336,57 @@ async def test_concurrent_resumes_answer_202_once_and_409_to_the_others(tmp_path
     assert health["running"] + health["queued"] == 1
     assert final["status"] == "succeeded", final
     assert final["final_answer"] == ANSWER
+
+
+@pytest.mark.parametrize("value", ["²", "¹³", "9" * 5000, "-1", "1e3", "4 2"])
+async def test_a_last_event_id_or_after_that_is_no_event_id_is_400(
+    tmp_path: Path, value: str
+) -> None:
+    async with served(settings(tmp_path), backend()) as s:
+        run_id = (await s.client.post("/v1/runs?wait=true", json={"task": "t"})).json()["id"]
+        header = await s.client.get(
+            f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": value.encode("latin-1")}
+        )
+        query = await s.client.get(f"/v1/runs/{run_id}/events", params={"after": value})
+    assert header.status_code == 400, header.text
+    assert header.json() == {"detail": "Last-Event-ID must be an event id (a number) we sent"}
+    if value != "-1":  # after=-1 is every event
+        assert query.status_code == 400, query.text
+        assert "\n" not in query.json()["detail"]
+
+
+def finished_runs(folder: Path, count: int) -> list[str]:
+    """`count` finished runs' records, as an earlier service left them; ids oldest first."""
+    files = RunFiles(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [f"{i:012x}" for i in range(count)]
+    for i, run_id in enumerate(ids):
+        created = f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00"
+        files.save(
+            RunInfo(id=run_id, status="succeeded", topology="pair", task="t", created_at=created)
+        )
+    return ids
+
+
+async def test_runs_are_listed_newest_first_50_at_a_time(tmp_path: Path) -> None:
+    ids = finished_runs(tmp_path / "runs", 60)
+    async with served(settings(tmp_path), backend()) as s:
+        first = await s.client.get("/v1/runs")
+        link = first.headers["Link"]
+        second = await s.client.get(link[1 : link.index(">")])
+        small = await s.client.get("/v1/runs", params={"limit": 7})
+        refused = [
+            await s.client.get("/v1/runs", params={"limit": 0}),
+            await s.client.get("/v1/runs", params={"limit": 501}),
+            await s.client.get("/v1/runs", params={"cursor": "0123456789ab"}),
+        ]
+    newest_first = ids[::-1]
+    assert [r["id"] for r in first.json()] == newest_first[:50]
+    assert link == f'</v1/runs?limit=50&cursor={newest_first[49]}>; rel="next"'
+    assert [r["id"] for r in second.json()] == newest_first[50:]
+    assert "Link" not in second.headers
+    assert [r["id"] for r in small.json()] == newest_first[:7]
+    assert [r.status_code for r in refused] == [400, 400, 400]
+    assert refused[2].json()["detail"] == (
+        "cursor '0123456789ab' names no run (deleted since?): list again without a cursor"
+    )
