@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from helpers import decision, final, goal, make_swarm, step
 
-from dytopo import runner
+from dytopo import runlock, runner
 from dytopo.batch.overrides import with_overrides
 from dytopo.build import build_swarm
-from dytopo.checkpoint import checkpoint_path, read_checkpoint
+from dytopo.checkpoint import checkpoint_path, read_checkpoint, trace_beside
 from dytopo.embedders import HashEmbedder
-from dytopo.errors import BackendUnavailable, ConfigError, RunError
+from dytopo.errors import BackendUnavailable, ConfigError, RunError, RunInUse
 from dytopo.loader import load_topology
 from dytopo.routing import RoutingConfig
 from dytopo.runner import resume_run
@@ -102,6 +102,25 @@ async def test_a_resume_from_another_folder_goes_on_in_the_runs_own_trace(
     assert read_checkpoint(cp_file).status == "complete"
 
 
+async def test_a_resume_from_another_folder_sees_the_live_writers_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    with pytest.raises(RunError):
+        await swarm(stopping_after_round_1()).run("task", trace_path="runs/x.jsonl")
+    trace = (home / "runs" / "x.jsonl").resolve()
+    edit(checkpoint_path(trace), lambda d: d.update(trace_path="runs/x.jsonl"))
+
+    monkeypatch.chdir(elsewhere)
+    with trace.open("a", encoding="utf-8") as writer:
+        runlock.hold(writer, trace)  # the original process, still writing the run
+        with pytest.raises(RunInUse, match=str(trace)):
+            await resume_run(checkpoint_path(trace))
+    assert list(elsewhere.iterdir()) == []
+
+
 async def test_a_checkpoints_trace_path_cannot_make_a_resume_write_elsewhere(
     tmp_path: Path,
 ) -> None:
@@ -117,6 +136,28 @@ async def test_a_checkpoints_trace_path_cannot_make_a_resume_write_elsewhere(
     assert victim.read_text(encoding="utf-8") == "mine\n"
     assert sorted(p.name for p in victim.parent.iterdir()) == ["notes.txt"]
     assert rounds_ended(trace) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("recorded", "trace"),
+    [
+        (None, "/runs/x.jsonl"),
+        ("runs/x.jsonl", "/runs/x.jsonl"),
+        ("/old/place/x.log", "/runs/x.log"),  # its own suffix, in the checkpoint's folder
+        ("/home/me/.bashrc", "/runs/x.jsonl"),  # not this checkpoint's trace: ignored
+        ("..", "/runs/x.jsonl"),
+        ("", "/runs/x.jsonl"),
+    ],
+)
+def test_the_trace_is_the_one_beside_the_checkpoint(recorded: str | None, trace: str) -> None:
+    assert trace_beside(Path("/runs/x.checkpoint.json"), recorded) == Path(trace)
+
+
+def test_a_relative_checkpoint_path_gives_an_absolute_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert trace_beside(Path("runs/x.checkpoint.json")) == tmp_path / "runs" / "x.jsonl"
 
 
 # --- the topology snapshot -----------------------------------------------------------------
