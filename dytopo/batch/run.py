@@ -51,7 +51,7 @@ SLUG_CHARS = 48
 def trace_name(item_id: str, mode: str) -> str:
     """A file name for one run's trace, different for every (id, mode): the id made safe and
     short, then a hash of the exact id (`HumanEval/12` in dynamic mode ->
-    HumanEval_12-1f0c8a5e3b2d-dynamic.jsonl). The readable part alone would collide: "a/b",
+    HumanEval_12-d98e9fb34bc2-dynamic.jsonl). The readable part alone would collide: "a/b",
     "a b" and "a_b" read alike, "問1" and "題1" both read "1", and two runs sharing a file
     delete or resume each other's trace and checkpoint. Hex digits also keep names apart on a
     file system that ignores case."""
