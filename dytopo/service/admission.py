@@ -2,14 +2,15 @@
 agents, rounds and text, checked on the request's JSON before any topology is built.
 
 The rule (docs/RELIABILITY.md): a caller picks the task, the rounds, the routing (mode, tau,
-top_k) and the seed. An inline topology may also name its agents (id, role card from the
-service's folders, instructions, text_work) and its manager (card, instructions), without
-tools. Tools, workspaces, code, budgets, checks and servers are the operator's: they come only
-from the topology files in the service's folder.
+top_k) and the seed. An inline topology may also name its agents (id, role card by name from
+the service's agents/ folders, instructions, text_work) and its manager (card, instructions),
+without tools. Tools, workspaces, code, budgets, checks and servers are the operator's: they
+come only from the topology files in the service's folder.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from dytopo.errors import ConfigError
@@ -23,6 +24,8 @@ OVERRIDE_FIELDS = ("max_rounds", "min_rounds", "routing", "seed")
 INLINE_FIELDS = ("name", "description", *OVERRIDE_FIELDS, "agents", "manager")
 AGENT_FIELDS = ("id", "card", "instructions", "text_work")
 MANAGER_FIELDS = ("card", "instructions")
+CARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""A caller names a role card of the service's agents/ folders, never a path."""
 MAX_TEXT_CHARS = 4000
 """Longest instructions, description or card name of an inline topology."""
 
@@ -59,11 +62,13 @@ def admit(request: RunRequest, settings: ServiceSettings) -> None:
             if isinstance(agent, dict):
                 where = f"inline.agents[{i}]"
                 _only(agent, AGENT_FIELDS, where, "an inline topology's agents get no tools")
-                _texts(agent, ("id", "card", "instructions"), where)
+                _texts(agent, ("id", "instructions"), where)
+                _card(agent, where)
     manager = inline.get("manager")
     if isinstance(manager, dict):
         _only(manager, MANAGER_FIELDS, "inline.manager")
-        _texts(manager, MANAGER_FIELDS, "inline.manager")
+        _texts(manager, ("instructions",), "inline.manager")
+        _card(manager, "inline.manager")
 
 
 def _only(data: dict[str, Any], allowed: tuple[str, ...], where: str, why: str = "") -> None:
@@ -89,6 +94,15 @@ def _routing_and_rounds(data: dict[str, Any], where: str, settings: ServiceSetti
                 f"{where}.{key}: {value} rounds; this service runs at most "
                 f"{settings.max_rounds} for a caller (--max-rounds)"
             )
+
+
+def _card(data: dict[str, Any], where: str) -> None:
+    card = data.get("card")
+    if isinstance(card, str) and not CARD_NAME.fullmatch(card):
+        raise NotAllowed(
+            f"{where}.card: {card[:40]!r} is not a role card name (letters, digits, - and _; "
+            "no paths or .md files): an inline topology uses the service's role cards"
+        )
 
 
 def _texts(data: dict[str, Any], keys: tuple[str, ...], where: str) -> None:

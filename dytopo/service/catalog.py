@@ -65,9 +65,8 @@ def choose(request: RunRequest, folder: Path, default: str) -> Chosen:
         topology = _validated(_merged(request.inline, request.overrides), "inline")
         if any(agent.tools for agent in topology.agents):  # admit refused them; never reached
             raise ConfigError("inline: an inline topology's agents get no tools")
-        for agent in topology.agents:  # confined like a file's in the folder (no trust)
-            find_card(agent.card or agent.id, folder)
-        find_card(topology.manager.card, folder)
+        for card in [*(a.card or a.id for a in topology.agents), topology.manager.card]:
+            _inline_card(card, folder)
         return Chosen(f"inline:{topology.name}", topology, None)
     name = default if request.topology is None else request.topology
     path = topology_file(folder, name)
@@ -77,6 +76,18 @@ def choose(request: RunRequest, folder: Path, default: str) -> Chosen:
         base = loaded.model_dump(mode="json")
         topology = _validated(_merged(base, request.overrides), name)
     return Chosen(name, topology, path)
+
+
+def _inline_card(name: str, folder: Path) -> None:
+    """An inline topology's card comes from an agents/ folder (the service's or the shipped
+    one): any other Markdown file in the topologies folder would be sent to the LLM server
+    as a prompt, and could come back in the answer."""
+    path = find_card(name, folder)
+    if path.parent.resolve() == folder.resolve():
+        raise ConfigError(
+            f"inline: role card {name!r} is not in an agents/ folder; an inline topology uses "
+            "the service's role cards (or name a topology from GET /v1/topologies)"
+        )
 
 
 def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -257,7 +257,7 @@ async def test_an_inline_topology_runs_with_the_service_cards_only(tmp_path: Pat
     assert ok.json()["status"] == "succeeded"
     assert ok.json()["topology"] == "inline:mine"
     assert outside.status_code == 400
-    assert "outside the topology's folder" in outside.json()["detail"]
+    assert "is not a role card name" in outside.json()["detail"]
     assert both.status_code == 400
 
 
