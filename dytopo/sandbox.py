@@ -290,8 +290,9 @@ def _argv(
     ro_binds: Sequence[Path],
     as_root: bool,
     fds: dict[str, int],
-) -> list[str]:
-    args = [str(bwrap), "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"]
+) -> tuple[list[str], list[str]]:
+    """bwrap's options, and the command it runs (python and the child's arguments)."""
+    args = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"]
     args += ["--hostname", "sandbox", "--info-fd", str(fds["info"])]
     args += ["--seccomp", str(fds["seccomp"])]
     args += ["--json-status-fd", str(fds["status"])]
@@ -313,12 +314,12 @@ def _argv(
     args += ["--ro-bind-data", str(fds["code"]), CODE_PATH, "--remount-ro", "/"]
     args += ["--clearenv", "--setenv", "HOME", SCRATCH, "--setenv", "TMPDIR", SCRATCH]
     args += ["--setenv", "PATH", f"{PYTHON_DIR}/bin", "--setenv", "LANG", "C.UTF-8"]
-    args += [f"{PYTHON_DIR}/bin/python3", "-I", "-S", "-B", "-u", "-X", "utf8"]
-    args += ["-c", _child_source()]
-    args += [CODE_PATH, str(limits.memory_mb), str(limits.cpu_limit_s)]
-    args += [str(limits.output_bytes), str(limits.processes), str(limits.open_files)]
-    args += ["1" if as_root else "0"]
-    return args
+    command = [f"{PYTHON_DIR}/bin/python3", "-I", "-S", "-B", "-u", "-X", "utf8"]
+    command += ["-c", _child_source()]
+    command += [CODE_PATH, str(limits.memory_mb), str(limits.cpu_limit_s)]
+    command += [str(limits.output_bytes), str(limits.processes), str(limits.open_files)]
+    command += ["1" if as_root else "0"]
+    return args, command
 
 
 def _read_json(fd: int, deadline: float) -> dict[str, object]:
@@ -377,6 +378,7 @@ class _Channels:
         self.info_r, self.info_w = os.pipe()  # bwrap: {"child-pid": ...}
         self.status_r, self.status_w = os.pipe()  # bwrap: {"exit-code": ...} once the code ran
         self.block_r, self.block_w = os.pipe()  # bwrap waits here until we let it go
+        self.args = _memfd("dytopo-args")  # bwrap's own arguments: see `_run`
         self.child_open = True
 
     def for_child(self) -> dict[str, int]:
@@ -386,6 +388,7 @@ class _Channels:
             "info": self.info_w,
             "status": self.status_w,
             "block": self.block_r,
+            "args": self.args,
         }
 
     def close_child_ends(self) -> None:
@@ -418,10 +421,15 @@ def _run(
     channels = _Channels(code)
     start = time.monotonic()
     try:
-        argv = _argv(bwrap, limits, ro_binds, as_root, channels.for_child())
+        options, command = _argv(bwrap, limits, ro_binds, as_root, channels.for_child())
+        # bwrap is the sandbox's pid 1: the code could read its command line in /proc/1/cmdline,
+        # with every host path bound in. So its options go through an in-memory file.
+        os.write(channels.args, b"".join(arg.encode() + b"\0" for arg in options))
+        os.lseek(channels.args, 0, os.SEEK_SET)
         try:
             proc = subprocess.Popen(
-                argv,
+                ["bwrap", "--args", str(channels.args), *command],
+                executable=bwrap,  # argv[0] would show its host path too
                 stdin=subprocess.DEVNULL,
                 stdout=channels.output,
                 stderr=channels.output,

@@ -527,3 +527,20 @@ def test_the_probe_reports_a_bwrap_that_cannot_make_namespaces(
     monkeypatch.setenv(sandbox.BWRAP_ENV, str(tmp_path / "missing"))
     sandbox_problem.cache_clear()
     assert sandbox_problem() == f"{tmp_path / 'missing'} is not an executable file"
+
+
+def test_no_command_line_in_the_sandbox_shows_a_host_path() -> None:
+    """bwrap is the sandbox's pid 1: its options (every bind's host path) are read from an
+    in-memory file, and its argv[0] is a bare name."""
+    code = """
+import os
+for pid in sorted(p for p in os.listdir('/proc') if p.isdigit()):
+    print(open(f'/proc/{pid}/cmdline').read().replace(chr(0), ' '))
+"""
+    status, output = run(code)
+    assert status == 0, output
+    assert output.startswith("bwrap --args ")
+    bwrap = sandbox.find_bwrap()
+    assert bwrap is not None
+    host_paths = {os.path.realpath(sys.base_prefix), str(bwrap), str(ROOT), "--ro-bind"}
+    assert [path for path in host_paths if path in output] == []
