@@ -14,6 +14,7 @@ import pytest
 from eval_kit import IDS, URL, Server, canonical, dytopo, evaluate
 
 from dytopo.batch import read_records
+from dytopo.batch.run import trace_name
 from dytopo.errors import BackendUnavailable
 from dytopo.testing import ScriptItem
 
@@ -37,7 +38,8 @@ def test_every_answer_is_graded_recorded_and_tabulated(
     assert [r.grade["passed"] for r in records] == [True, True, False, False, True, True]
     assert records[0].final_answer == canonical("HumanEval/0")
     assert Path(records[0].trace or "").is_file()
-    assert records[0].trace == str(tmp_path / "traces" / "HumanEval_0-single.jsonl")
+    name = trace_name("HumanEval/0", "single")
+    assert records[0].trace == str(tmp_path / "traces" / f"{name}.jsonl")
     # every request a run made is in its usage (single: goal, the developer alone, decision;
     # dynamic: three agents; an agent with a tool asks twice), none of another run's
     assert [r.usage.requests for r in records] == [len(b.requests) for b in server.backends]
