@@ -16,6 +16,7 @@ from typing import Any
 from dytopo.errors import ConfigError
 from dytopo.service.models import RunRequest
 from dytopo.service.settings import ServiceSettings
+from dytopo.topology import Topology
 
 __all__ = ["NotAllowed", "OverLimit", "admit"]
 
@@ -87,9 +88,15 @@ def _routing_and_rounds(data: dict[str, Any], where: str, settings: ServiceSetti
     if isinstance(routing, dict):
         _only(routing, ROUTING_FIELDS, f"{where}.routing")
     for key in ("max_rounds", "min_rounds"):
-        value = data.get(key)
-        # A bool is an int to Python; the topology's own validation refuses it later.
-        if isinstance(value, int) and not isinstance(value, bool) and value > settings.max_rounds:
+        # An inline topology that leaves it out gets the default (5 rounds).
+        value = data.get(key, Topology.model_fields[key].default if where == "inline" else None)
+        if value is None:
+            continue
+        # Strictly a JSON integer: the topology's validation would turn "50" or 50.0 into 50
+        # after this check, and a bool is an int to Python.
+        if type(value) is not int:
+            raise ConfigError(f"{where}.{key}: give a whole number of rounds, not {value!r:.40}")
+        if value > settings.max_rounds:
             raise OverLimit(
                 f"{where}.{key}: {value} rounds; this service runs at most "
                 f"{settings.max_rounds} for a caller (--max-rounds)"

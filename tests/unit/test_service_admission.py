@@ -214,3 +214,30 @@ async def test_an_inline_card_comes_from_an_agents_folder_not_the_topologies_fol
         "inline: role card 'notes' is not in an agents/ folder; an inline topology uses the "
         "service's role cards (or name a topology from GET /v1/topologies)"
     )
+
+
+@pytest.mark.parametrize("rounds", ["50", 50.0, True])
+async def test_rounds_are_whole_numbers_so_the_limit_cannot_be_passed_as_text(
+    tmp_path: Path, rounds: object
+) -> None:
+    replies, _ = await post_all(
+        tmp_path,
+        [
+            {"task": "t", "overrides": {"max_rounds": rounds}},
+            {"task": "t", "inline": {**INLINE, "min_rounds": rounds}},
+        ],
+    )
+    assert [r.status_code for r in replies] == [400, 400]
+    assert replies[0].json()["detail"].startswith("overrides.max_rounds: give a whole number")
+    assert replies[1].json()["detail"].startswith("inline.min_rounds: give a whole number")
+
+
+async def test_an_inline_topology_without_max_rounds_gets_the_default_within_the_limit(
+    tmp_path: Path,
+) -> None:
+    inline = {k: v for k, v in INLINE.items() if k not in ("max_rounds", "min_rounds")}
+    scripted = backend()
+    async with served(settings(tmp_path, max_rounds=3), scripted) as s:
+        reply = await s.client.post("/v1/runs", json={"task": "t", "inline": inline})
+    assert reply.status_code == 422
+    assert reply.json()["detail"].startswith("inline.max_rounds: 5 rounds; this service runs")
