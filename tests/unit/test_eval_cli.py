@@ -39,7 +39,7 @@ def test_every_answer_is_graded_recorded_and_tabulated(
     assert records[0].final_answer == canonical("HumanEval/0")
     assert Path(records[0].trace or "").is_file()
     name = trace_name("HumanEval/0", "single")
-    assert records[0].trace == str(tmp_path / "traces" / f"{name}.jsonl")
+    assert records[0].trace == str(tmp_path / "traces" / name)
     # every request a run made is in its usage (single: goal, the developer alone, decision;
     # dynamic: three agents; an agent with a tool asks twice), none of another run's
     assert [r.usage.requests for r in records] == [len(b.requests) for b in server.backends]
