@@ -327,9 +327,16 @@ class Checkpointer:
         """The run completed a step it must never redo: keep a copy of its state."""
         self._submit("running", _snapshot(state))
 
-    def finish(self, status: Status, state: RunState | None = None) -> None:
-        """The run ended: record how, with `state` or the last saved one."""
-        self._submit(status, _snapshot(state) if state else self.checkpoint.state)
+    def finish(
+        self, status: Status, state: RunState | None = None, *, spent: int | None = None
+    ) -> None:
+        """The run ended: record how, with `state` or the last saved one. `spent`: the token
+        meter's count when a run stopped part-way, kept with the last saved state so that a
+        resume does not spend again what the unfinished round spent."""
+        kept = _snapshot(state) if state else self.checkpoint.state
+        if spent is not None and kept.meter is not None:
+            kept = kept.model_copy(update={"meter": kept.meter.model_copy(update={"used": spent})})
+        self._submit(status, kept)
 
     async def drain(self) -> None:
         """Wait, without blocking the event loop, until every write handed over is done."""

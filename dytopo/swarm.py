@@ -480,8 +480,10 @@ class RoundLoop:
         self.state.wall_s = self._wall_s()
         if status == "running":
             self.saver.save(self.state)
+        elif status == "complete":
+            self.saver.finish(status, self.state)
         else:
-            self.saver.finish(status, self.state if status == "complete" else None)
+            self.saver.finish(status, spent=self.meter.used if self.meter is not None else None)
 
     async def _written(self) -> None:
         """The run's last status is on disk (the writer works while the rounds go on)."""

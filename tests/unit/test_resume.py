@@ -492,3 +492,35 @@ async def test_a_swarm_built_in_python_is_resumed_in_python_only(tmp_path: Path)
         await swarm(ScriptedBackend(by_tag=script)).run("task", trace_path=trace)
     with pytest.raises(ConfigError, match="not built from a topology file"):
         await resume_run(trace)
+
+
+async def test_an_interrupted_run_keeps_what_its_unfinished_round_spent_on_the_token_cap(
+    tmp_path: Path,
+) -> None:
+    script = agent_replies(range(1, 3))
+    for tag in ("b", "c"):  # round 2: a finishes, b and c hang until cancelled
+        script[tag][1] = Reply(content=script[tag][1], delay_s=60)
+    script["manager"] = [goal("goal 1"), DECISIONS[0]]
+    trace = tmp_path / "run.jsonl"
+    a_done = asyncio.Event()
+
+    def watch(event: dict[str, Any]) -> None:
+        key = (event["event"], event.get("round"), event.get("agent"), event.get("state"))
+        if key == ("agent_state", 2, "a", "done"):
+            a_done.set()
+
+    backend = ScriptedBackend(by_tag=script)
+    team = make_swarm(
+        backend, IDS, routing=RANDOM, max_rounds=3, min_rounds=1, seed=11, run_token_budget=10**6
+    )
+    run = asyncio.create_task(team.run("task", trace_path=trace, observers=[watch]))
+    await a_done.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    stopped = read_checkpoint(checkpoint_path(trace))
+    assert (stopped.status, stopped.state.round) == ("interrupted", 1)
+    spent = backend.usage.prompt_tokens + backend.usage.completion_tokens
+    assert stopped.state.meter is not None
+    # Round 1's tokens and a's round-2 step: a resume must not spend the latter again.
+    assert stopped.state.meter.used == spent
