@@ -9,12 +9,13 @@ agent whose latest work is the answer (`answer.from`), or the manager names one
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Iterable, Mapping
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dytopo.syntax import parse
 
 FENCE = re.compile(
     r"^[ \t]*```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE
@@ -116,7 +117,7 @@ def bare_code(text: str) -> str | None:
     for end in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:end]).strip()
         try:
-            ast.parse(candidate)
+            parse(candidate)
         except SyntaxError:
             continue
         return candidate

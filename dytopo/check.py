@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from dytopo.answer import AnswerSpec, Work, code_blocks, code_of, extract
 from dytopo.sandbox import SandboxError, SandboxLimits, run_sandboxed
+from dytopo.syntax import parse
 
 LIMITS = SandboxLimits(wall_s=10.0, memory_mb=512)
 OUTPUT_CHARS = 600
@@ -60,13 +61,13 @@ def test_code(tests: str, answer: str) -> str | None:
     hold no assert (nothing would be checked)."""
     code = "\n\n".join(code_blocks(tests))
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except SyntaxError:
         return code if "assert" in code else None
     try:
         defined = {
             n.name
-            for n in ast.parse(answer).body
+            for n in parse(answer).body
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
         }
     except SyntaxError:
@@ -139,7 +140,7 @@ def _usable(call: str, want: str, names: set[str]) -> tuple[str, str] | None:
     over the answer's names, builtins and literals (a name the task never defines, such as
     `a` or a lowercase `true`, would fail any code)."""
     try:
-        trees = [ast.parse(call, mode="eval"), ast.parse(want, mode="eval")]
+        trees = [parse(call, mode="eval"), parse(want, mode="eval")]
     except SyntaxError:
         return None
     known = names | set(dir(builtins))
@@ -153,7 +154,7 @@ def example_tests(task: str, answer: str) -> str | None:
     """A program that runs the task's examples against the answer's functions and exits 1
     listing the ones that failed; None when the task gives no usable example."""
     try:
-        tree = ast.parse(answer)
+        tree = parse(answer)
     except SyntaxError:  # still checked: the run reports the syntax error to the author
         names = set(DEFINED.findall(answer))
     else:
@@ -182,7 +183,7 @@ def task_imports(task: str) -> list[str]:
 
 def _imported(line: str) -> set[str]:
     try:
-        nodes = ast.parse(line).body
+        nodes = parse(line).body
     except SyntaxError:
         return set()
     return {

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 
 from dytopo.errors import ToolError
+from dytopo.syntax import parse
 from dytopo.tools import tool
 
 Number = int | float
@@ -160,7 +161,7 @@ def _parse(expression: str) -> ast.Expression:
     with _PARSE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
-            return ast.parse(expression.strip(), mode="eval")
+            return parse(expression.strip(), mode="eval")
         except SyntaxError as exc:
             raise ToolError(f"calculator cannot parse the expression: {exc.msg}") from None
         except ValueError as exc:  # NUL bytes, before Python 3.11.4 made them a SyntaxError

@@ -35,6 +35,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from dytopo.syntax import parse
+
 Kind = Literal["function", "body", "code", "none"]
 
 MAX_ANSWER_CHARS = 200_000
@@ -105,7 +107,7 @@ def fenced_blocks(answer: str) -> list[str]:
 
 def _parses(code: str) -> ast.Module | None:
     try:
-        return ast.parse(code)
+        return parse(code)
     except _GAVE_UP:
         return None
 
@@ -137,7 +139,7 @@ def _parsable_prefix(code: str) -> str:
     for _ in range(MAX_TRIES):
         candidate = "\n".join(lines[:end])
         try:
-            ast.parse(candidate)
+            parse(candidate)
             return candidate
         except SyntaxError as exc:
             limit = min(end - 1, (exc.lineno or end) - 1)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import ast
 import sys
-import threading
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from dytopo.errors import ConfigError
+from dytopo.syntax import parse
 
 ENTRY_POINT_GROUP = "dytopo.tools"
 # Tools shipped in the repository, next to the package (like the role cards). An installed
@@ -30,10 +30,6 @@ BUILTIN_TOOLS = (
 )
 MAX_SOURCE_BYTES = 2_000_000
 TRUST_HINT = "pass --trust-topology (trust_topology=True in Python) if you trust it"
-_PARSING = threading.Lock()
-"""One ast.parse at a time: on Python 3.11 the syntax tree's conversion keeps its recursion depth
-where every thread shares it, and validations in threads at once (concurrent service submits)
-failed with "AST constructor recursion depth mismatch"."""
 
 
 def _is_dir(path: Path) -> bool:
@@ -71,8 +67,7 @@ def _name_keyword(call: ast.Call) -> str | None:
 
 def tools_in_source(source: str, filename: str = "<tools>") -> dict[str, str]:
     """Binding name -> tool name of every top-level `@tool` function (or `x = tool(fn)`)."""
-    with _PARSING:
-        tree = ast.parse(source, filename)
+    tree = parse(source, filename)
     found: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
