@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
 from dytopo.report.charts import BarChart, usage_chart
 from dytopo.report.graph import GraphDrawing, draw_round, positions
 from dytopo.report.heatmap import Heatmap, draw_heatmap
+from dytopo.report.limits import PAGE_BYTES
 from dytopo.report.load import load_run
 from dytopo.report.views import RoundView, RunView
 
@@ -29,20 +31,34 @@ class RoundPage:
 
 
 def render_html(run: RunView) -> str:
+    """The page. Rounds are drawn one by one until the page passes `limits.PAGE_BYTES`; the
+    rest are named in a notice (the trace holds them; dot and Mermaid draw any round)."""
     places = positions(run.agents)
-    rounds = [
-        RoundPage(
-            r,
-            draw_round(r, places),
-            draw_heatmap(r.routing) if r.routing and r.routing.agents else None,
-            _incoming(r),
-        )
-        for r in run.rounds
-    ]
+    template = _ENV.get_template("round.jinja")
+    drawn: list[Markup] = []
+    size = 0
+    for r in run.rounds:
+        if size > PAGE_BYTES:
+            break
+        heatmap = draw_heatmap(r.routing) if r.routing and r.routing.agents else None
+        html = template.render(p=RoundPage(r, draw_round(r, places), heatmap, _incoming(r)))
+        drawn.append(Markup(html))  # escaped by Jinja already
+        size += len(html.encode())
+    undrawn = [r.number for r in run.rounds[len(drawn) :]]
     by_agent = usage_chart(list(run.usage_by_agent.items()), biggest_first=True)
-    by_round: BarChart = usage_chart([(f"round {r.number}", r.usage) for r in run.rounds])
+    rows = [(f"round {r.number}", r.usage) for r in run.rounds]
+    if run.more_rounds is not None:
+        more = run.more_rounds
+        rows.append((f"rounds {more.first} to {more.last}", more.usage))
+    by_round: BarChart = usage_chart(rows)
     return _ENV.get_template("report.html.jinja").render(
-        run=run, rounds=rounds, by_agent=by_agent, by_round=by_round
+        run=run,
+        rounds=run.rounds[: len(drawn)],
+        drawn=drawn,
+        undrawn=undrawn,
+        page_mb=PAGE_BYTES >> 20,
+        by_agent=by_agent,
+        by_round=by_round,
     )
 
 

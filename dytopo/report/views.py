@@ -90,6 +90,12 @@ class RoutingView(View):
     """Delivery order sigma."""
     acyclic: bool | None = None
     hub: str | None = None
+    edges_left_out: int = 0
+    """Edges past the report's limit (the weakest), not in `edges`."""
+
+    @property
+    def edge_count(self) -> int:
+        return len(self.edges) + self.edges_left_out
 
 
 class DeliveryView(View):
@@ -161,6 +167,14 @@ class RoundView(View):
         return sum(len(a.tool_calls) for a in self.agents)
 
 
+class MoreRounds(View):
+    """Rounds past the report's limit: their numbers and the tokens they used."""
+
+    first: int | None = None
+    last: int | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
 class RunView(View):
     """A whole run as its trace tells it."""
 
@@ -181,6 +195,8 @@ class RunView(View):
     """Every agent seen in the run, in the run's order (graph positions come from this)."""
     opening_goal: str = ""
     rounds: list[RoundView] = Field(default_factory=list)
+    more_rounds: MoreRounds | None = None
+    """Rounds left out past the limit (their tokens are in the totals)."""
     resumes: list[ResumeView] = Field(default_factory=list)
     fallbacks: list[FallbackView] = Field(default_factory=list)
     """Manager fallbacks outside a round (the final answer's)."""
