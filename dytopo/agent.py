@@ -77,6 +77,8 @@ class StepContext:
     """`tiered` execution only: private messages from earlier tiers of this round."""
     own_work: Work | None = None
     """This agent's latest work product (its last private message), to build on."""
+    failed_check: str = ""
+    """The answer's check of `own_work`, when it failed (also in `memory`): what to fix."""
     usage: Usage = field(default_factory=Usage)
     attempts: list[Attempt] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)

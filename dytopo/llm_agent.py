@@ -40,6 +40,7 @@ TEXT_FORMAT = (
 CLOSING = "Do your part for this round's goal now, as one JSON object."
 MEMORY = "YOUR MEMORY (your reports and messages routed to you, oldest first):"
 OWN = "YOUR LATEST WORK (revise it; do not copy this heading):"
+FAILED = "IT FAILED ITS CHECK (change it so that it passes; the same work fails again):"
 FRESH = "MESSAGES THIS ROUND (from agents before you in this round):"
 WORK = "Do your part for this round's goal now: write your work itself, as plain text."
 DESCRIBE = (
@@ -133,9 +134,18 @@ class LLMAgent(Agent):
         # Most valuable first among this round's messages: the best-matching edges.
         ranked = sorted(ctx.same_round, key=lambda m: -(m.score or 0.0))
         own = [ctx.own_work.text] if ctx.own_work is not None else []
+        if own and ctx.failed_check:
+            # Next to the work it judges, not in memory: a 1.5B developer shown its failed
+            # check only in memory rewrote the same broken function three rounds running.
+            own = [f"{own[0]}\n\n{FAILED}\n{ctx.failed_check}"]
+        shown_memory = [
+            item.render()
+            for item in ctx.memory
+            if not (own and ctx.failed_check and item.text == ctx.failed_check)
+        ]
         timeline = Timeline.for_budget(
             budget,
-            [item.render() for item in ctx.memory],
+            shown_memory,
             [*own, *notes, *(item.render() for item in ranked)],
         )
 

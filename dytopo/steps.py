@@ -55,6 +55,8 @@ class Scheduler:
     on_step: Callable[[AgentStep], None] = field(default=lambda step: None)
     own_work: Mapping[str, Work] = field(default_factory=dict)
     """Each agent's latest work product before this round (set by the round loop)."""
+    failed_checks: Mapping[str, str] = field(default_factory=dict)
+    """Agent -> the failed check of its latest work (set by the round loop)."""
     settle: Callable[[int, str, str], Awaitable[str]] | None = None
     """(round, agent, work) -> why the round is settled ("" if it is not): asked as soon as an
     agent hands in its work product."""
@@ -139,6 +141,7 @@ class Scheduler:
                         own_work=self.own_work.get(agent.id),
                     )
                     ctx.on_work = hand_in(agent.id, ctx)
+                    ctx.failed_check = self.failed_checks.get(agent.id, "")
                     leads = agent.id == self.lead
                     step = self._step(agent, ctx, results, lead, leads)
                     tasks[agent.id] = group.create_task(step)

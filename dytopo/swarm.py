@@ -368,6 +368,12 @@ class RoundLoop:
         history = self.state.routing_history
         self.scheduler.own_work = self._work()
         spec = swarm.answer
+        last = self.state.rounds[-1].check if self.state.rounds else None
+        self.scheduler.failed_checks = (
+            {last.source: last.render(spec)}
+            if last is not None and not last.passed and last.source
+            else {}
+        )
         self.scheduler.lead = spec.source if spec.tests_from and self._halts_on(t) else None
         if swarm.routing.execution == "tiered" and history:
             return await self.scheduler.tiered(t, goal, active, memory, history[-1].edges)

@@ -586,3 +586,23 @@ async def test_a_teammates_passing_code_is_the_answer_when_the_authors_fails() -
     check = result.rounds[0].check
     assert check is not None
     assert check.source == "tester"
+
+
+async def test_a_failed_check_is_shown_with_the_work_it_judged() -> None:
+    task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
+    script = {
+        "manager": [goal("work"), go_on()],
+        "developer": [dev_step(BAD), dev_step(GOOD)],
+        "tester": [qa_step("t"), Reply(content=qa_step("t"), delay_s=0.2)],
+    }
+    backend = ScriptedBackend(by_tag=script)
+    spec = AnswerSpec(source="developer", extract="code", tests_from="task")
+    result = await swarm(backend, spec, min_rounds=1, max_rounds=2).run(task)
+    assert result.halt_reason == "checked"
+    second = [r for r in backend.requests if r.tag == "developer"][1]
+    prompt = second.messages[-1].content or ""
+    work = prompt.index("YOUR LATEST WORK")
+    failed = prompt.index("IT FAILED ITS CHECK")
+    assert work < failed < prompt.index("ROUND 2 GOAL")
+    assert "add(2, 3) returned -1, expected 5" in prompt[failed:]
+    assert prompt.count("returned -1, expected 5") == 1  # not in memory as well
