@@ -174,7 +174,8 @@ async def run_doctor(
                 detail=f"{info.model}, {info.slots} slots x {info.n_ctx_per_slot} ctx",
             )
         )
-        shared, how = kv_layout(None, source in ("embedded", "background") or own_server(url))
+        own = source in ("embedded", "background") or own_server(url, info.model)
+        shared, how = kv_layout(None, own)
         report.kv_layout = how
         report.checks.append(
             Check(

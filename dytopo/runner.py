@@ -186,7 +186,8 @@ async def swarm_on(
     # The client's own settings say how its server pools the KV cache; an in-process backend
     # has none, so the topology's word holds.
     if isinstance(backend, LlamaCppBackend):
-        layout = kv_layout(backend.settings.kv_unified, own_server(backend.base_url))
+        own = own_server(backend.base_url, info.model)
+        layout = kv_layout(backend.settings.kv_unified, own)
     else:  # an in-process backend: its slots are what it reports, one context each
         layout = kv_layout(topology.backend.kv_unified or False, False)
     plan = plan_for_server(topology, info.n_ctx_per_slot, info.slots, layout)

@@ -22,7 +22,7 @@ async def _from_server(topology: Topology, url: str | None, model: str | None) -
         settings = topology.backend.model_copy(update={"base_url": ends.chat_url})
         async with LlamaCppBackend(settings) as backend:
             info = await backend.connect()
-        layout = kv_layout(settings.kv_unified, own_server(ends.chat_url))
+        layout = kv_layout(settings.kv_unified, own_server(ends.chat_url, info.model))
     return plan_for_server(topology, info.n_ctx_per_slot, info.slots, layout)
 
 

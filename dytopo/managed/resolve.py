@@ -190,9 +190,12 @@ _OWN: dict[str, int] = {}
 how many users each has: their KV cache is one pool per slot (--no-kv-unified)."""
 
 
-def own_server(url: str) -> bool:
-    """Whether `url` is a chat server DyTopo started (so its KV layout is known)."""
-    return url.rstrip("/") in _OWN
+def own_server(url: str, model: str = "") -> bool:
+    """Whether `url` is a chat server DyTopo started (so its KV layout is known): one this
+    process started or found running, or one whose model alias (`model`, from /props) is a
+    catalogue name, as DyTopo's servers are started (`--alias NAME --no-kv-unified`), also by
+    another process (a test session's server, `dytopo backend start`)."""
+    return url.rstrip("/") in _OWN or model in models.CATALOGUE
 
 
 @contextmanager

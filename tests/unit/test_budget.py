@@ -290,3 +290,11 @@ def test_dytopos_own_server_is_known_to_have_one_context_per_slot() -> None:
     assert kv_layout(None, own_server=False)[0] is True
     assert "backend.kv_unified: false" in kv_layout(None, own_server=False)[1]
     assert kv_layout(False, own_server=False)[0] is False
+
+
+def test_a_server_started_by_dytopo_in_another_process_is_known_by_its_alias() -> None:
+    from dytopo.managed.resolve import own_server
+
+    # DyTopo's servers run with --alias <catalogue name> --no-kv-unified.
+    assert own_server("http://127.0.0.1:9", "smollm2-135m")
+    assert not own_server("http://127.0.0.1:9", "/models/qwen3-30b.gguf")
