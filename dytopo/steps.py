@@ -62,6 +62,8 @@ class Scheduler:
     agent hands in its work product."""
     settled: str = ""
     """Why the current round was settled, if it was."""
+    errors: dict[str, Exception] = field(default_factory=dict)
+    """This round's failed steps: agent -> what it raised."""
     lead: str | None = None
     """The agent whose work may settle the round (the answer's author): its step starts first,
     the others once its first request holds a server slot (or its step ended). Otherwise the
@@ -71,7 +73,7 @@ class Scheduler:
         self, round: int, goal: str, agents: Sequence[Agent], memory: Memory
     ) -> list[AgentStep]:
         """Every agent at once; results in agent order."""
-        self.settled = ""
+        self.settled, self.errors = "", {}
         return await self._together(round, goal, agents, memory, {})
 
     async def tiered(
@@ -83,7 +85,7 @@ class Scheduler:
         edges = [e for e in edges if e.source in by_id and e.target in by_id]
         same_round: dict[str, list[MemoryItem]] = {a.id: [] for a in agents}
         steps: dict[str, AgentStep] = {}
-        self.settled = ""
+        self.settled, self.errors = "", {}
         for tier in tiers(list(by_id), edges):
             if self.settled:
                 for agent in tier:
@@ -208,6 +210,8 @@ class Scheduler:
         step.queued_s = round(timer.queued_s, 3)
         live("done" if step.ok or step.skipped else "failed", step.error or step.skipped)
         if not step.ok and not step.skipped:
+            if error is not None:
+                self.errors[agent.id] = error
             self.recorder.failed()
             log.warning("agent.failed", agent=agent.id, round=ctx.round, error=step.error)
         self.recorder.charge(agent.id, ctx)

@@ -269,7 +269,8 @@ class RoundLoop:
             partial = self._stopped(f"{type(error).__name__}: {error}")
             self._checkpoint("failed")
             await self._written()
-            cause = error.__cause__ if isinstance(error, AgentAborted) else error
+            # A failed step's own error (the server went away) is the cause to act on.
+            cause = error.__cause__ if isinstance(error, AgentAborted | RoundFailed) else error
             raise self._run_error(error, partial) from cause
         except BaseException:  # cancelled, Ctrl-C: stop at once, keep the last complete round
             if not self.ended:  # else only the wait for the last write was cut short
@@ -391,7 +392,7 @@ class RoundLoop:
         raise RoundFailed(
             f"round {t}: every agent step failed ({len(steps)} of {len(steps)}; first, "
             f"{first.agent}: {first.error})"
-        )
+        ) from self.scheduler.errors.get(first.agent)
 
     async def _route(self, t: int, outputs: dict[str, AgentOutput]) -> Routing:
         """Embed needs and offers, induce the graph and sigma (ALGORITHM.md steps 3-4)."""

@@ -21,6 +21,7 @@ from dytopo.tools import tool
 from dytopo.trace import read_trace
 
 STEP = step("did my part", "THE WORK", "what I need", "what I offer")
+GONE_ERROR = BackendUnavailable("server gone after 6 attempts", url="scripted://")
 
 
 @tool
@@ -331,3 +332,12 @@ async def test_a_failed_steps_earlier_attempts_are_in_the_runs_usage() -> None:
     assert not b.ok
     assert b.usage.requests == 1
     assert result.usage == backend.usage  # every request the server served, once
+
+
+async def test_a_round_failed_for_want_of_a_server_names_that_as_its_cause() -> None:
+    backend = ScriptedBackend(
+        by_tag={"manager": [goal("go")], "a": [GONE_ERROR], "b": [GONE_ERROR]}
+    )
+    with pytest.raises(RunError) as failed:
+        await make_swarm(backend, ["a", "b"]).run("task")
+    assert isinstance(failed.value.__cause__, BackendUnavailable)
