@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dytopo.answer import AnswerSpec
 from dytopo.loader import load_topology
 from dytopo.managed import ManagedStack
 from dytopo.runner import run_topology
@@ -24,7 +25,9 @@ async def test_the_token_cap_holds_as_the_server_counts(
     )
     topology = research.model_copy(
         update={
-            "agents": research.agents[:2],
+            # One request per step (JSON work), as this cap was sized for.
+            "agents": [a.model_copy(update={"text_work": False}) for a in research.agents[:2]],
+            "answer": AnswerSpec(),  # its writer is not among the two
             "manager": manager,
             "run_token_budget": CAP,
             "max_rounds": 3,
