@@ -40,9 +40,12 @@ min_rounds: 1
 structured_reasks: 0
 manager: {card: m, budget: {max_output_tokens: 64}}
 agents:
-  - {id: researcher, card: r, budget: {max_output_tokens: 96}}
-  - {id: writer, card: w, budget: {max_output_tokens: 96}}
+  - {id: researcher, card: r, text_work: true, budget: {max_output_tokens: 96}}
+  - {id: writer, card: w, text_work: true, budget: {max_output_tokens: 96}}
 """
+# Text work: the work as plain text, then three short JSON fields. With all four fields in one
+# JSON object SmolLM2 ran past 96 tokens in both agents, and a round in which every step fails
+# ends the run (RoundFailed): the batch would measure failures, not its spreading.
 CARDS = {  # short role cards: short prompts (the shipped cards are ~300 tokens each)
     "r": "You are the Researcher. Reply with one JSON object: public, private, query, key.",
     "w": "You are the Writer. Reply with one JSON object: public, private, query, key.",

@@ -24,8 +24,8 @@ seed: 7
 structured_reasks: 1
 manager: {{card: manager, {MANAGER}}}
 agents:
-  - {{id: researcher, card: researcher, {SHORT}}}
-  - {{id: writer, card: writer, {SHORT}}}
+  - {{id: researcher, card: researcher, text_work: true, {SHORT}}}
+  - {{id: writer, card: writer, text_work: true, {SHORT}}}
 """
 
 

@@ -37,7 +37,9 @@ from dytopo.runner import resume_run, run_topology
 
 Event = dict[str, Any]
 
-# Short replies: less to generate on two cores, and fewer replies cut off at max_tokens.
+# Short replies: less to generate on two cores, and fewer replies cut off at max_tokens. Text
+# work: a reply cut off is still work, and only three short fields are JSON (a round in which
+# every step fails ends the run).
 SHORT = "instructions: Keep every field under 15 words., budget: {max_output_tokens: 160}"
 AGENT_IDS = ["researcher", "writer"]
 AGENTS = len(AGENT_IDS)
@@ -55,7 +57,7 @@ seed: 7
 structured_reasks: 1
 manager: {{{SHORT}}}
 agents:
-""" + "".join(f"  - {{id: {a}, {SHORT}}}\n" for a in AGENT_IDS)
+""" + "".join(f"  - {{id: {a}, text_work: true, {SHORT}}}\n" for a in AGENT_IDS)
 
 
 @dataclass
