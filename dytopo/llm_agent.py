@@ -11,7 +11,6 @@ from dytopo.agent import PRIVATE_CHARS, Agent, AgentOutput, StepContext
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.cards import RoleCard
-from dytopo.errors import AgentFailed
 from dytopo.prompting import Pack, Packer, Timeline
 from dytopo.structured import ask_structured
 from dytopo.tools.context import ToolContext
@@ -183,12 +182,7 @@ class LLMAgent(Agent):
             on_attempt=ctx.record_attempt,
             pack=pack,
         )
-        if result.value is None:
-            raise AgentFailed(
-                f"agent {self.id}: no valid reply after {len(result.attempts)} attempts "
-                f"({result.error})"
-            )
-        return with_evidence(result.value, outcomes)
+        return with_evidence(result.required(f"agent {self.id}"), outcomes)
 
     async def _text_step(self, ctx: StepContext, request: ChatRequest, pack: Pack) -> AgentOutput:
         """The work as plain text, then the JSON about it in the same conversation (its prompt
@@ -219,12 +213,7 @@ class LLMAgent(Agent):
             on_attempt=ctx.record_attempt,
             pack=describe_pack,
         )
-        if result.value is None:
-            raise AgentFailed(
-                f"agent {self.id}: no valid reply after {len(result.attempts)} attempts "
-                f"({result.error})"
-            )
-        fields = result.value
+        fields = result.required(f"agent {self.id}")
         return AgentOutput(public=fields.public, private=work, query=fields.query, key=fields.key)
 
     def _packer(

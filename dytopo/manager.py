@@ -13,7 +13,6 @@ from dytopo.answer import AnswerSpec, Work
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.cards import RoleCard
-from dytopo.errors import AgentFailed
 from dytopo.prompting import Packer, Timeline
 from dytopo.structured import ask_structured
 
@@ -262,12 +261,7 @@ class LLMManager(Manager):
                 on_attempt=acct.record_attempt,
                 pack=pack,
             )
-        if result.value is None:
-            raise AgentFailed(
-                f"manager: no valid {model.__name__} after "
-                f"{len(result.attempts)} attempts ({result.error})"
-            )
-        return result.value
+        return result.required("manager", model.__name__)
 
 
 def reply_models(ids: Sequence[str], answer: AnswerSpec) -> tuple[type[BaseModel], type[BaseModel]]:

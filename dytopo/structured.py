@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, ChatResponse, Usage
-from dytopo.errors import BudgetExceeded, MalformedReply
+from dytopo.errors import AgentFailed, BudgetExceeded, MalformedReply
 from dytopo.prompting import Pack, clip_tokens
 
 T = TypeVar("T", bound=BaseModel)
@@ -51,6 +51,14 @@ class Structured(BaseModel, Generic[T]):
     @property
     def error(self) -> str:
         return self.attempts[-1].error if self.attempts and self.value is None else ""
+
+    def required(self, who: str, what: str = "reply") -> T:
+        """The value, or AgentFailed naming `who`, the attempts and the last error."""
+        if self.value is None:
+            raise AgentFailed(
+                f"{who}: no valid {what} after {len(self.attempts)} attempts ({self.error})"
+            )
+        return self.value
 
 
 @functools.cache
