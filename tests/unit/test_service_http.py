@@ -326,6 +326,10 @@ async def test_concurrent_resumes_answer_202_once_and_409_to_the_others(tmp_path
         run_id = (await s.client.post("/v1/runs", json={"task": "t"})).json()["id"]
         await until(lambda: len(script.rounds) == 2)  # round 1's two steps in flight
         await s.client.delete(f"/v1/runs/{run_id}")
+        # The resumed run's steps take a moment, so it is still queued or running when
+        # /healthz is read (with instant replies it could already have ended: a flaky count).
+        script.slow.update(range(2, 20))
+        script.delay_s = 0.3
         replies = await asyncio.gather(
             *(s.client.post(f"/v1/runs/{run_id}/resume") for _ in range(4))
         )
