@@ -11,7 +11,7 @@ from dytopo.agent import PRIVATE_CHARS, Agent, AgentOutput, StepContext
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
 from dytopo.cards import RoleCard
-from dytopo.prompting import Pack, Packer, Timeline
+from dytopo.prompting import SAFETY_MARGIN, Packer, Timeline
 from dytopo.structured import ask_structured
 from dytopo.tools.context import ToolContext
 from dytopo.tools.executor import ToolExecutor, ToolOutcome
@@ -47,6 +47,8 @@ DESCRIBE = (
 )
 DESCRIBE_TOKENS = 200
 """max_tokens of the JSON about a text work product (three sentences)."""
+DESCRIBE_ROOM = DESCRIBE_TOKENS + 48
+"""Tokens kept free behind a text work product: the JSON's request (about 30) and reply."""
 ANSWER_TOKENS = 64
 """Room for the request for the answer after the tool phase (about 40 tokens)."""
 
@@ -168,12 +170,17 @@ class LLMAgent(Agent):
         budget = self.context_budget or (await self.backend.connect()).n_ctx_per_slot
         outcomes: list[ToolOutcome] = []
         if self.tools:
-            request, pack = await self._tool_step(ctx, budget, outcomes)
+            request, packer, pinned = await self._tool_step(ctx, budget, outcomes)
         else:
-            pack = self._packer(ctx, budget)
-            request = self._request(await pack())
+            packer, pinned = self._packer(ctx, budget), []
+            request = self._request(await packer())
         if self.text_work:
-            return with_evidence(await self._text_step(ctx, request, pack), outcomes)
+            work = await self._text_step(ctx, request, packer, pinned)
+            return with_evidence(work, outcomes)
+
+        async def pack(extra: Sequence[ChatMessage]) -> list[ChatMessage]:
+            return await packer([*pinned, *extra])
+
         result = await ask_structured(
             self.backend,
             request,
@@ -184,23 +191,34 @@ class LLMAgent(Agent):
         )
         return with_evidence(result.required(f"agent {self.id}"), outcomes)
 
-    async def _text_step(self, ctx: StepContext, request: ChatRequest, pack: Pack) -> AgentOutput:
+    async def _text_step(
+        self, ctx: StepContext, request: ChatRequest, packer: Packer, pinned: list[ChatMessage]
+    ) -> AgentOutput:
         """The work as plain text, then the JSON about it in the same conversation (its prompt
         is the first one's continuation, so the server reuses all of it). Code and drafts
         written as text come out whole; inside a JSON string a 1.5B model dropped the code
         and kept only its note on what changed, or turned a docstring's quotes into fences."""
-        reply = await self.backend.chat(request)
+        # The work's cap leaves room behind it for the JSON request and its reply, so that
+        # request is this one's continuation. Packed for the work's own output alone, a
+        # SmolLM2 analyst that wrote to its 800-token cap could not be asked about it
+        # (1257 pinned tokens, 1232 free): every agent of the round failed.
+        used = await self.backend.count_tokens(request.messages, request.tools)
+        room = packer.budget - used - SAFETY_MARGIN - DESCRIBE_ROOM
+        cap = min(request.max_tokens, max(request.max_tokens // 2, room))
+        reply = await self.backend.chat(request.model_copy(update={"max_tokens": cap}))
         work = (reply.content or "").strip()[:PRIVATE_CHARS]
         await ctx.work_done(work)
         if ctx.settled:  # the run ends with this work: nothing left to route
             return AgentOutput(public=ctx.settled[:240], private=work, query="", key="")
-        pinned = [
+        about = [
+            *pinned,
             ChatMessage(role="assistant", content=work or "(nothing)"),
             ChatMessage(role="user", content=DESCRIBE),
         ]
+        describe = packer.follow_up(max_output_tokens=DESCRIBE_TOKENS)
 
         async def describe_pack(extra: Sequence[ChatMessage]) -> list[ChatMessage]:
-            return await pack([*pinned, *extra])
+            return await describe([*about, *extra])
 
         described = request.model_copy(
             update={"messages": await describe_pack(()), "max_tokens": DESCRIBE_TOKENS}
@@ -253,7 +271,7 @@ class LLMAgent(Agent):
 
     async def _tool_step(
         self, ctx: StepContext, budget: int, outcomes: list[ToolOutcome]
-    ) -> tuple[ChatRequest, Pack]:
+    ) -> tuple[ChatRequest, Packer, list[ChatMessage]]:
         """The tool phase, then the request for the answer, which continues the same
         conversation: the tool phase's prompt, its tool-call turns and results, and a short
         request for the JSON, so the server reuses everything the tool phase processed.
@@ -292,15 +310,11 @@ class LLMAgent(Agent):
         pinned = [*phase.turns, after] if phase.turns else []
         messages = await answer.behind(pinned)
         if messages is not None:
-
-            async def pack(extra: Sequence[ChatMessage]) -> list[ChatMessage]:
-                return await answer([*pinned, *extra])
-
-            return self._request(messages, tools=definitions, tool_choice="none"), pack
+            return self._request(messages, tools=definitions, tool_choice="none"), answer, pinned
         # The tool turns do not fit behind the prompt: the results go into a new prompt as
         # notes, packed like memory (this round's, so kept before old memory).
         notes_pack = self._packer(ctx, budget, notes=tool_notes(phase.outcomes))
-        return self._request(await notes_pack()), notes_pack
+        return self._request(await notes_pack()), notes_pack, []
 
     def _tool_reserve(self, budget: int) -> int:
         """Tokens the tool phase's prompt leaves free beyond its own output: the room for the

@@ -20,7 +20,7 @@ from dytopo.llm_agent import LLMAgent
 from dytopo.manager import LLMManager, PublicMessage
 from dytopo.memory import MemoryItem
 from dytopo.structured import ask_structured
-from dytopo.testing import Reply, ScriptedBackend
+from dytopo.testing import Reply, ScriptedBackend, ScriptItem
 from dytopo.tools import ToolContext, tool
 from dytopo.tools.executor import ToolExecutor
 from dytopo.tools.loop import ToolPolicy, run_tools
@@ -125,6 +125,45 @@ async def test_manager_reask_is_packed_into_the_budget() -> None:
     assert "reason" in acct.attempts[0].error
     await assert_fits(backend, budget)
     backend.assert_complete()
+
+
+def to_the_cap(request: ChatRequest) -> str:
+    """A text work product as long as its request lets it be (a model writing to its cap)."""
+    if request.json_schema is None:
+        return "w " * (request.max_tokens * 3 // 2)  # 3 characters per estimated token
+    return json.dumps({"public": "wrote it", "query": "a review", "key": "the draft"})
+
+
+@pytest.mark.parametrize("with_tools", [False, True], ids=["plain", "tools"])
+async def test_text_work_written_to_its_cap_can_still_be_described(with_tools: bool) -> None:
+    budget = 2048
+    script: list[ScriptItem] = []
+    if with_tools:
+        call = ToolCall(id="1", name="blob", arguments='{"size": 600}')
+        script = [Reply(tool_calls=[call])]
+    backend = ScriptedBackend(script, responder=to_the_cap, n_ctx_per_slot=budget)
+    agent = LLMAgent(
+        "analyst",
+        card("analyst"),
+        backend,
+        text_work=True,
+        tools=[blob] if with_tools else [],
+        tool_policy=ToolPolicy(max_rounds=1),
+    )
+    # A long goal and memory: the work's prompt leaves little more than its own output free.
+    ctx = StepContext(task="task", goal="g " * 300, round=9, memory=old_memory(8, 25))
+    output = await agent.step(ctx)
+    await assert_fits(backend, budget)
+    work, described = backend.requests[-2:]
+    assert work.json_schema is None
+    assert described.json_schema is not None
+    assert output.key == "the draft"
+    assert len(output.private) > 1000
+    # The JSON request continues the work's conversation (nothing dropped or packed anew),
+    # so the server reuses the prompt and the work it just wrote.
+    assert [m.content for m in described.messages[: len(work.messages)]] == [
+        m.content for m in work.messages
+    ]
 
 
 async def test_reask_shows_a_short_echo_and_the_keys_not_the_whole_schema() -> None:
