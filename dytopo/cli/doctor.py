@@ -7,6 +7,7 @@ from rich.table import Table
 
 from dytopo.cli import options
 from dytopo.cli._common import check_urls, out, run_async
+from dytopo.cli._terminal import json_text
 from dytopo.doctor import DoctorReport, embedded_check, embedded_status, run_doctor
 from dytopo.managed.resolve import endpoints
 
@@ -39,7 +40,7 @@ def doctor(
     check_urls(backend_url, embed_url)
     report = run_async(_doctor(backend_url, embed_url, model))
     if as_json:
-        print(report.model_dump_json(indent=2))
+        print(json_text(report.model_dump(mode="json"), indent=2))
     else:
         table = Table(title=f"dytopo doctor: {report.url} ({report.source})")
         table.add_column("check")

@@ -11,6 +11,7 @@ from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.budget import BudgetPlan, kv_layout, plan_budgets, plan_for_server
 from dytopo.cli import options
 from dytopo.cli._common import check_urls, error_line, out, run_async
+from dytopo.cli._terminal import json_text
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import endpoints, own_server
 from dytopo.topology import Topology
@@ -54,7 +55,7 @@ def plan(
         check_urls(backend_url or loaded.backend.base_url)
         result = run_async(_from_server(loaded, backend_url, model))
     if as_json:
-        print(result.model_dump_json(indent=2))
+        print(json_text(result.model_dump(mode="json"), indent=2))
     else:
         table = Table(
             title=(

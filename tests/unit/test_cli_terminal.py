@@ -17,8 +17,10 @@ from helpers import decision, goal, step
 from rich.table import Table
 
 from dytopo import runner as library_runner
+from dytopo.cli import doctor as doctor_cli
 from dytopo.cli import main
 from dytopo.cli._terminal import SafeConsole, json_text, visible
+from dytopo.doctor import Check, DoctorReport
 from dytopo.embedders import HashEmbedder
 from dytopo.swarm import Swarm
 from dytopo.testing import ScriptedBackend
@@ -113,3 +115,28 @@ def test_dytopo_run_prints_model_text_without_escape_codes(
     code, out, err = _dytopo(capsys, monkeypatch, "runs", "--dir", str(tmp_path))
     assert code == 0, err
     assert not OBEYED.search(out + err)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_dytopo_doctor_prints_what_a_server_reports_without_escape_codes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, as_json: bool
+) -> None:
+    # The model name and check details come from the server: a hostile one cannot reach the
+    # terminal through them (pydantic's JSON keeps C1 raw; json_text escapes it).
+    report = DoctorReport(
+        url="http://127.0.0.1:1",
+        model=f"m {HOSTILE}",
+        checks=[Check(name="props", ok=False, detail=f"said {HOSTILE}")],
+    )
+
+    async def fake(*_: object) -> DoctorReport:
+        return report
+
+    monkeypatch.setattr(doctor_cli, "_doctor", fake)
+    args = ["doctor", "--backend-url", "http://127.0.0.1:1", *(["--json"] if as_json else [])]
+    _code, out, err = _dytopo(capsys, monkeypatch, *args)
+    assert not OBEYED.search(out + err), out + err
+    if as_json:
+        assert json.loads(out)["model"] == f"m {HOSTILE}"
+    else:
+        assert "\\x1b]52;" in out
