@@ -150,7 +150,7 @@ def build_mcp(service: RunService, *, reply_within_s: float | None = REPLY_WITHI
         "dytopo", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )
 
-    @server.tool(
+    run_tool = server.tool(
         description=(
             "Hand a hard task to a swarm of LLM agents and get its final answer. Progress is "
             "reported once per round. If the run takes longer than the call may wait, the "
@@ -159,6 +159,7 @@ def build_mcp(service: RunService, *, reply_within_s: float | None = REPLY_WITHI
         annotations=ToolAnnotations(read_only_hint=False, open_world_hint=False),
         structured_output=False,
     )
+
     async def run_swarm(
         task: Annotated[
             str,
@@ -176,14 +177,20 @@ def build_mcp(service: RunService, *, reply_within_s: float | None = REPLY_WITHI
                 description="A topology name from list_topologies (default: research).",
             ),
         ] = None,
-        max_rounds: Annotated[
-            int | None, Field(ge=1, le=50, description="At most this many rounds.")
-        ] = None,
+        max_rounds: int | None = None,  # its schema: below
     ) -> str:
         overrides: dict[str, Any] = {} if max_rounds is None else {"max_rounds": max_rounds}
         request = _request(task=task, topology=topology, overrides=overrides)
         info = await _service_call(service.submit(request))
         return _answer(await _wait_reporting(service, info, ctx, reply_within_s, owner=True))
+
+    # The bound is the service's own cap (known only now), so a client is never offered a
+    # number of rounds the service then refuses.
+    cap = service.settings.max_rounds
+    run_swarm.__annotations__["max_rounds"] = Annotated[
+        int | None, Field(ge=1, le=cap, description=f"At most this many rounds (1-{cap}).")
+    ]
+    run_tool(run_swarm)
 
     @server.tool(
         description="The swarm topologies run_swarm can use: name, description, agents, rounds.",

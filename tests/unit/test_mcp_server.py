@@ -14,6 +14,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from dytopo.errors import ConfigError
 from dytopo.service.mcp import _request, build_mcp
 from dytopo.service.models import RunInfo, RunRequest
+from dytopo.service.settings import ServiceSettings
 
 TERMINAL = {"succeeded", "failed", "cancelled", "interrupted"}
 
@@ -28,6 +29,7 @@ class StandIn:
         self.trace: dict[str, list[dict[str, Any]]] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.cancelled: list[str] = []
+        self.settings = ServiceSettings(max_rounds=6)
 
     async def submit(self, request: RunRequest) -> RunInfo:
         if request.topology == "missing":
@@ -118,6 +120,8 @@ async def test_lists_the_three_tools_with_schemas() -> None:
     assert run["required"] == ["task"]
     assert set(run["properties"]) == {"task", "topology", "max_rounds"}
     assert run["properties"]["task"]["minLength"] == 1
+    rounds = run["properties"]["max_rounds"]["anyOf"][0]
+    assert (rounds["minimum"], rounds["maximum"]) == (1, 6)  # the service's own cap
     assert tools["get_run"].input_schema["required"] == ["id"]
     output = tools["get_run"].output_schema
     assert output is not None
