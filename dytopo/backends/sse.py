@@ -2,16 +2,18 @@
 
 DyTopo streams every chat request, even when nobody watches the tokens: llama-server only
 notices a closed connection (and stops generating) while it streams, so streaming is what makes
-a cancelled or timed-out request free its slot at once.
+a cancelled or timed-out request free its slot at once. httpx-sse splits the stream into events.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent
 
 from dytopo.backends.http import TRANSIENT_STATUS, Transient, TruncatedStream, error_for
 from dytopo.backends.types import ChatResponse, Timings, ToolCall, Usage
@@ -22,23 +24,29 @@ async def events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """The JSON object of each event until `[DONE]`.
 
     Raises the DyTopo error of an error event (`data: {"error": ...}` or `event: error`),
-    MalformedReply for data that is not a JSON object, and TruncatedStream when the body ends
-    before `[DONE]` and before any finish reason (the server stopped mid-reply).
+    MalformedReply for data that is not a JSON object or a body that is not an event stream,
+    and TruncatedStream when the body ends before `[DONE]` and before any finish reason (the
+    server stopped mid-reply; an event cut before its blank line is lost, as the SSE spec says).
     """
     url = str(response.url)
     finished = False
-    async for kind, data in _messages(response):
-        if data == "[DONE]":
-            return
-        if kind == "error":
-            raise error_from_event(_loads(data, url, strict=False), url)
-        chunk = _loads(data, url)
-        if not isinstance(chunk, dict):
-            raise MalformedReply(f"{url} streamed {_show(data)}, not a JSON object", url=url)
-        if chunk.get("error"):
-            raise error_from_event(chunk, url)
-        finished = finished or _has_finish_reason(chunk)
-        yield chunk
+    async with aclosing(_server_events(response, url)) as stream:
+        async for event in stream:
+            if event.data == "[DONE]":
+                return
+            if event.event == "error":
+                raise error_from_event(_loads(event.data, url, strict=False), url)
+            if not event.data:
+                continue  # id/retry-only events carry nothing a reply needs
+            chunk = _loads(event.data, url)
+            if not isinstance(chunk, dict):
+                raise MalformedReply(
+                    f"{url} streamed {_show(event.data)}, not a JSON object", url=url
+                )
+            if chunk.get("error"):
+                raise error_from_event(chunk, url)
+            finished = finished or _has_finish_reason(chunk)
+            yield chunk
     if not finished:
         raise TruncatedStream(
             f"the reply stream from {url} ended before [DONE] and without a finish reason "
@@ -46,25 +54,23 @@ async def events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         )
 
 
-async def _messages(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
-    """(event type, data) per server-sent event, data lines joined as the SSE spec says."""
-    kind = ""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if data or kind == "error":
-                yield kind, "\n".join(data)
-            kind, data = "", []
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            kind = value
-        # comments (":...") and id/retry fields carry nothing a reply needs
-    if data or kind == "error":  # a last event without its blank line still counts
-        yield kind, "\n".join(data)
+async def _server_events(
+    response: httpx.Response, url: str
+) -> AsyncGenerator[ServerSentEvent, None]:
+    """The body's events; a JSON body (a server that ignored `"stream": true`) is one event."""
+    media_type = response.headers.get("content-type", "").partition(";")[0].strip()
+    if media_type == "application/json":
+        yield ServerSentEvent(data=(await response.aread()).decode(errors="replace"))
+    elif "text/event-stream" in media_type:  # what EventSource requires (else httpx_sse.SSEError)
+        async with aclosing(EventSource(response).aiter_sse()) as stream:
+            async for event in stream:
+                yield event
+    else:
+        raise MalformedReply(
+            f"{url} answered a body of type {media_type or 'unknown'!r}, not an event stream "
+            "(text/event-stream); is this an OpenAI-compatible server?",
+            url=url,
+        )
 
 
 def _loads(data: str, url: str, *, strict: bool = True) -> Any:

@@ -478,13 +478,69 @@ async def test_a_stream_always_cut_short_is_an_error_not_a_reply() -> None:
     "body",
     [
         data({"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}]}),  # no [DONE]
-        data({"choices": [{"delta": {"content": "ok"}}]}) + "data: [DONE]",  # no finish, no \n
+        data({"choices": [{"delta": {"content": "ok"}}]}) + "data: [DONE]\n\n",  # no finish
+        # comments, id/retry-only events and CRLF line ends carry nothing and break nothing
+        ": keep-alive\r\n\r\nid: 7\r\nretry: 10\r\n\r\n"
+        + data({"choices": [{"delta": {"content": "ok"}}]}).replace("\n", "\r\n")
+        + "data: [DONE]\r\n\r\n",
     ],
 )
 async def test_a_stream_with_done_or_a_finish_reason_is_complete(body: str) -> None:
     reply = await backend(server(lambda r: raw(body))).chat(request())
     assert reply.content == "ok"
     assert reply.attempts == 1
+
+
+async def test_an_event_cut_before_its_blank_line_is_lost() -> None:
+    # The SSE spec drops an event the body ends inside: a `[DONE]` without its blank line does
+    # not complete a reply that had no finish reason.
+    body = data({"choices": [{"delta": {"content": "ok"}}]}) + "data: [DONE]"
+    with pytest.raises(BackendUnavailable, match=r"ended before \[DONE\]"):
+        await backend(server(lambda r: raw(body)), max_attempts=1).chat(request())
+
+
+COMPLETION_JSON = {
+    "choices": [{"message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("live", [False, True])
+async def test_a_server_that_answers_json_instead_of_a_stream_gives_the_whole_reply(
+    live: bool,
+) -> None:
+    b = backend(server(lambda r: httpx.Response(200, json=COMPLETION_JSON)))
+    if live:
+        assert await read_stream(b) == ["whole"]
+    else:
+        reply = await b.chat(request())
+        assert (reply.content, reply.usage.prompt_tokens, reply.attempts) == ("whole", 9, 1)
+    assert b.usage.requests == 1
+    assert b.limiter.in_use == 0
+
+
+async def test_a_json_error_answered_with_200_is_its_error() -> None:
+    body = {"error": {"code": 500, "message": "output does not match the expected format"}}
+    with pytest.raises(MalformedReply, match="expected format"):
+        await backend(server(lambda r: httpx.Response(200, json=body))).chat(request())
+
+
+@pytest.mark.parametrize("live", [False, True])
+async def test_a_body_that_is_no_event_stream_fails_at_once(live: bool) -> None:
+    calls = {"n": 0}
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return httpx.Response(
+            200, text="<html>sign in</html>", headers={"content-type": "text/html"}
+        )
+
+    b = backend(server(chat))
+    with pytest.raises(MalformedReply, match="'text/html', not an event stream") as info:
+        await (read_stream(b) if live else b.chat(request()))
+    assert "\n" not in str(info.value)
+    assert calls["n"] == 1  # a proxy's page does not heal on a retry
+    assert b.limiter.in_use == 0
 
 
 async def read_stream(b: LlamaCppBackend, parts: list[str] | None = None) -> list[str]:
@@ -512,7 +568,9 @@ class DiesMidStream(httpx.AsyncByteStream):
 
 
 def dying(req: httpx.Request) -> httpx.Response:
-    return httpx.Response(200, stream=DiesMidStream())
+    return httpx.Response(
+        200, stream=DiesMidStream(), headers={"content-type": "text/event-stream"}
+    )
 
 
 async def test_server_dying_mid_stream_is_retried_by_chat_and_typed_by_stream() -> None:
