@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from dytopo.errors import ConfigError
+from dytopo.errors import CardError
 
 # The repository's cards in a source checkout (an editable install); in an installed wheel the
 # copies shipped inside the package: site-packages/agents would be any distribution's folder.
@@ -25,10 +25,6 @@ BUILTIN_CARDS = (
 )
 MAX_CARD_BYTES = 100_000
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class CardError(ConfigError):
-    """A role card is missing or malformed."""
 
 
 class RoleCard(BaseModel):

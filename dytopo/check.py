@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from pydantic import BaseModel
 
 from dytopo.answer import AnswerSpec, Work, code_blocks, code_of, extract
-from dytopo.sandbox import SandboxError, SandboxLimits, run_sandboxed
+from dytopo.errors import SandboxError
+from dytopo.sandbox import SandboxLimits, run_sandboxed
 from dytopo.syntax import parse
 
 LIMITS = SandboxLimits(wall_s=10.0, memory_mb=512)

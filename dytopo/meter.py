@@ -23,15 +23,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dytopo.errors import BudgetExceeded
+from dytopo.errors import TokenCapReached
 
 if TYPE_CHECKING:
     from dytopo.backends.base import Backend
     from dytopo.backends.types import ChatRequest, Usage
-
-
-class TokenCapReached(BudgetExceeded):
-    """The run's `run_token_budget` has no room left for a request."""
 
 
 @dataclass

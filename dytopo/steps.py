@@ -23,25 +23,16 @@ from dytopo.activity import State, reporting
 from dytopo.agent import Agent, StepContext, checked_output
 from dytopo.answer import Work
 from dytopo.delivery import forward
-from dytopo.errors import AgentFailed
+from dytopo.errors import AgentAborted, StepTimeout, TokenCapReached
 from dytopo.memory import MemoryItem
-from dytopo.meter import TokenCapReached
 from dytopo.recorder import Recorder
 from dytopo.result import AgentStep
 from dytopo.router import Edge, tiers
-from dytopo.step_timer import StepTimeout, StepTimer
+from dytopo.step_timer import StepTimer
 
 log = structlog.get_logger("dytopo.swarm")
 
 Memory = Mapping[str, Sequence[MemoryItem]]
-
-
-class AgentAborted(AgentFailed):
-    """An agent step failed and `on_agent_error` is `abort`; the cause is the agent's error."""
-
-    def __init__(self, agent: str, message: str) -> None:
-        super().__init__(message)
-        self.agent = agent
 
 
 @dataclass

@@ -33,7 +33,7 @@ from dytopo.checkpoint import (
 )
 from dytopo.delivery import deliver
 from dytopo.embedders.base import Embedder
-from dytopo.errors import DyTopoError, RoundFailed, RunError
+from dytopo.errors import AgentAborted, DyTopoError, RoundFailed, RunError
 from dytopo.manager import Manager, TeamMember
 from dytopo.manager_calls import ManagerCalls, Verdict
 from dytopo.memory import MemoryItem
@@ -43,7 +43,7 @@ from dytopo.result import AgentStep, HaltReason, RoundRecord, RunResult, Unfinis
 from dytopo.router import Routing, route
 from dytopo.routing import RoutingConfig
 from dytopo.state import MeterState, RunState, StatefulManager, dump_rng, load_rng
-from dytopo.steps import AgentAborted, Scheduler
+from dytopo.steps import Scheduler
 from dytopo.trace import Observer, Trace
 from dytopo.versions import versions
 

@@ -97,10 +97,6 @@ class ServerStats(BaseModel):
     moved_off: int
 
 
-class PoolExhausted(DyTopoError):
-    """Every server of the pool stopped answering: nothing can run (the finished runs stay)."""
-
-
 def share(slots: int, runs_per_server: int | None) -> tuple[int, int]:
     """(per_run, capacity) of a server with `slots`: the whole server for one run by default,
     else `runs_per_server` runs sharing it (no more runs than its slots)."""

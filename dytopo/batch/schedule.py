@@ -25,10 +25,10 @@ from typing import Protocol
 import structlog
 
 from dytopo.batch.models import BatchItem, RunRecord
-from dytopo.batch.pool import BackendPool, PoolExhausted, PoolServer
+from dytopo.batch.pool import BackendPool, PoolServer
 from dytopo.batch.run import Grader, trace_name
 from dytopo.batch.store import RecordStore
-from dytopo.errors import BackendError, ManagedServerError
+from dytopo.errors import BackendError, ManagedServerError, PoolExhausted
 from dytopo.routing import Mode
 from dytopo.topology import Topology
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 import typer
 
 from dytopo.batch import BatchItem, RecordStore, RunRecord, pending, with_overrides
-from dytopo.batch.pool import BackendPool, PoolExhausted, ServerStats
+from dytopo.batch.pool import BackendPool, ServerStats
 from dytopo.batch.schedule import Executor, RunSpec, run_pool
 from dytopo.batch.summary import BatchSummary, mode_rows, tables
 from dytopo.batch.tasks import read_tasks
@@ -22,6 +22,7 @@ from dytopo.cli import options
 from dytopo.cli._common import State, check_urls, err, fail, out, run_async
 from dytopo.cli._terminal import SafeConsole, json_text
 from dytopo.cli.runs_progress import RunsProgress
+from dytopo.errors import PoolExhausted
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import endpoints
 from dytopo.routing import Mode

@@ -16,6 +16,7 @@ from dytopo.cli import options
 from dytopo.cli._common import check_urls, err, fail, out, run_async
 from dytopo.cli._terminal import SafeConsole, json_text
 from dytopo.cli.runs_progress import RunsProgress
+from dytopo.errors import SandboxUnavailable
 from dytopo.eval import BENCHMARKS, benchmark, default_topology
 from dytopo.eval import plain as plain_run
 from dytopo.eval.run import run_eval, todo
@@ -24,7 +25,7 @@ from dytopo.eval.summary import ModeSummary, oracle_passed, server_work, summari
 from dytopo.eval.table import comparisons, runs_table, table
 from dytopo.loader import load_topology
 from dytopo.routing import Mode
-from dytopo.sandbox import SandboxUnavailable, sandbox_problem
+from dytopo.sandbox import sandbox_problem
 
 DEFAULT_LIMIT = 5
 DEFAULT_MODES = "plain,single,dynamic"

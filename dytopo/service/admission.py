@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dytopo.errors import ConfigError
+from dytopo.errors import ConfigError, NotAllowed, OverLimit
 from dytopo.service.models import RunRequest
 from dytopo.service.settings import ServiceSettings
 from dytopo.topology import Topology
@@ -31,14 +31,6 @@ MAX_TEXT_CHARS = 4000
 """Longest instructions, description or card name of an inline topology."""
 
 _OPERATOR = "tools, folders, code, budgets and servers are the operator's"
-
-
-class NotAllowed(ConfigError):
-    """The request sets a field only the operator sets (HTTP 400)."""
-
-
-class OverLimit(ConfigError):
-    """The request asks for more agents, rounds or text than the service allows (HTTP 422)."""
 
 
 def admit(request: RunRequest, settings: ServiceSettings) -> None:

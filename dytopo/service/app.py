@@ -22,17 +22,17 @@ from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from dytopo.errors import DyTopoError
-from dytopo.service.admission import OverLimit
-from dytopo.service.guard import Guard, authorized
-from dytopo.service.models import RunInfo, RunRequest
-from dytopo.service.runs import (
+from dytopo.errors import (
+    DyTopoError,
     NotResumable,
+    OverLimit,
     QueueFull,
-    RunService,
     ServiceClosed,
     UnknownTopology,
 )
+from dytopo.service.guard import Guard, authorized
+from dytopo.service.models import RunInfo, RunRequest
+from dytopo.service.runs import RunService
 from dytopo.service.settings import ServiceSettings
 
 log = structlog.get_logger("dytopo.service")

@@ -12,7 +12,7 @@ import structlog
 from pydantic import ValidationError
 
 from dytopo.cards import find_card
-from dytopo.errors import ConfigError
+from dytopo.errors import ConfigError, UnknownTopology
 from dytopo.loader import load_topology, problems_in
 from dytopo.service.models import RunRequest
 from dytopo.topology import Topology
@@ -21,10 +21,6 @@ log = structlog.get_logger("dytopo.service")
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 """A topology name: no dots, slashes or escapes, so it can only name a file in the folder."""
-
-
-class UnknownTopology(ConfigError):
-    """The name is well formed, but the service's folder has no such topology (HTTP 404)."""
 
 
 @dataclass(frozen=True)

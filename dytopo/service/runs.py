@@ -31,7 +31,15 @@ from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
 from dytopo.checkpoint import check_resumable, read_checkpoint
 from dytopo.embedders.base import Embedder
-from dytopo.errors import ConfigError, DyTopoError, RunError
+from dytopo.errors import (
+    ConfigError,
+    DyTopoError,
+    NotResumable,
+    QueueFull,
+    RunError,
+    ServiceClosed,
+    UnknownTopology,
+)
 from dytopo.managed.resolve import endpoints
 from dytopo.result import RunResult
 from dytopo.runner import make_embedder, run_on
@@ -48,25 +56,8 @@ log = structlog.get_logger("dytopo.service")
 
 __all__ = ["NotResumable", "QueueFull", "RunService", "ServiceClosed", "UnknownTopology"]
 
-UnknownTopology = catalog.UnknownTopology
 MAX_ERROR_CHARS = 2000
 """A run record's error line at most (the trace has the whole error)."""
-
-
-class QueueFull(DyTopoError):
-    """Too many runs are waiting; try again after `retry_after_s` seconds (HTTP 429)."""
-
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class ServiceClosed(DyTopoError):
-    """The service is shutting down and takes no new runs (HTTP 503)."""
-
-
-class NotResumable(ConfigError):
-    """The run is running, queued, succeeded or has nothing kept to resume from (HTTP 409)."""
 
 
 @dataclass

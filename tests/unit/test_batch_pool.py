@@ -14,9 +14,10 @@ from helpers import after_each_checkpoint
 
 from dytopo.batch import RecordStore, RunRecord, pending, read_records, trace_name
 from dytopo.batch.local import LocalExecutor
-from dytopo.batch.pool import BackendPool, PoolExhausted, PoolServer, share
+from dytopo.batch.pool import BackendPool, PoolServer, share
 from dytopo.batch.schedule import run_pool
 from dytopo.checkpoint import Checkpoint
+from dytopo.errors import PoolExhausted
 from dytopo.trace import read_trace
 
 

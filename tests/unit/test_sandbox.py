@@ -21,14 +21,8 @@ import psutil
 import pytest
 
 from dytopo import sandbox
-from dytopo.errors import ToolError
-from dytopo.sandbox import (
-    SandboxError,
-    SandboxLimits,
-    SandboxUnavailable,
-    run_sandboxed,
-    sandbox_problem,
-)
+from dytopo.errors import SandboxError, SandboxUnavailable, ToolError
+from dytopo.sandbox import SandboxLimits, run_sandboxed, sandbox_problem
 from dytopo.tools import ToolContext, ToolRegistry
 
 ROOT = Path(__file__).resolve().parents[2]

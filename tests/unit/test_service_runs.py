@@ -13,9 +13,9 @@ import pytest
 from service_kit import Script, backend, settings, until
 
 from dytopo.embedders import HashEmbedder
-from dytopo.errors import ConfigError
+from dytopo.errors import ConfigError, NotResumable, QueueFull, ServiceClosed
 from dytopo.service.models import RunInfo, RunRequest
-from dytopo.service.runs import NotResumable, QueueFull, RunService, ServiceClosed
+from dytopo.service.runs import RunService
 from dytopo.service.store import RunFiles
 from dytopo.tools import static
 
