@@ -51,18 +51,16 @@ def benchmark(name: str) -> Benchmark:
 
 def default_topology(bench: Benchmark) -> Path:
     """The benchmark's topology: the checkout's topologies/ folder, else the copy an installed
-    package ships for `dytopo init`."""
+    wheel carries for `dytopo init` (its build copies topologies/ there)."""
     checkout = _PACKAGE.parent
-    folders = [_PACKAGE / "scaffold" / "folder" / "topologies"]
-    if (checkout / "pyproject.toml").is_file():  # never site-packages/topologies: another's
-        folders.insert(0, checkout / "topologies")
-    for folder in folders:
-        if (folder / bench.topology).is_file():
-            return folder / bench.topology
-    raise ConfigError(
-        f"no {bench.topology} found (looked in the checkout's and the package's topologies/): "
-        "pass --topology FILE"
+    folder = (
+        checkout / "topologies"
+        if (checkout / "pyproject.toml").is_file()  # never site-packages/topologies: another's
+        else _PACKAGE / "scaffold" / "folder" / "topologies"
     )
+    if (folder / bench.topology).is_file():
+        return folder / bench.topology
+    raise ConfigError(f"no {bench.topology} in {folder}: pass --topology FILE")
 
 
 __all__ = [

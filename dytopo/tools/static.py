@@ -20,8 +20,8 @@ from dytopo.syntax import parse
 
 ENTRY_POINT_GROUP = "dytopo.tools"
 # Tools shipped in the repository, next to the package (like the role cards). An installed
-# wheel has no repository: it carries the same files in dytopo/scaffold/builtin_tools (kept
-# identical by tests/unit/test_scaffold.py). Never site-packages/tools: another distribution's.
+# wheel has no repository: its build copies them into dytopo/scaffold/builtin_tools
+# (build_scaffold.py). Never site-packages/tools: another distribution's.
 _CHECKOUT = Path(__file__).resolve().parents[2]
 BUILTIN_TOOLS = (
     _CHECKOUT / "tools"

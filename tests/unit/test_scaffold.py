@@ -1,20 +1,24 @@
-"""`dytopo init`: the scaffold it writes, refusals, --force, and the shipped copies kept equal."""
+"""`dytopo init`: the scaffold it writes (from the checkout's top-level folders, or from what a
+wheel's build copied), refusals, --force, and the build step that copies."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from setuptools.errors import FileError
 from typer.testing import CliRunner
 
 from dytopo.cli import app, main
 from dytopo.loader import problems_in
-from dytopo.scaffold import FOLDER, scaffold_files, write_scaffold
+from dytopo.scaffold import CHECKOUT, FOLDER, scaffold_files, write_scaffold
 from dytopo.tools.registry import ToolRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILTIN_COPY = FOLDER.parent / "builtin_tools"
 cli = CliRunner()
 
 
@@ -31,33 +35,142 @@ def dytopo(
     return code, captured.out, captured.err
 
 
-# (the repository's folder, its copy in the package, which files, every one of them or a choice)
-MIRRORED = [
-    (ROOT / "agents", FOLDER / "agents", "*.md", "all"),
-    # The topologies a new folder starts with; a repo topology may stay out of it.
-    (ROOT / "topologies", FOLDER / "topologies", "*.yaml", "chosen"),
-    (ROOT / "examples" / "docs", FOLDER / "examples" / "docs", "*", "all"),
-    # An installed wheel's built-in tools must be exactly the repository's.
-    (ROOT / "tools", BUILTIN_COPY, "[!_]*.py", "all"),
-]
+# What `init` writes from the repository's top level: (its folder there, its folder in the scaffold)
+TOP_LEVEL = [("agents", "agents"), ("topologies", "topologies"), ("examples/docs", "examples/docs")]
 
 
-@pytest.mark.parametrize(("source", "copy", "pattern", "which"), MIRRORED, ids=lambda x: str(x))
-def test_the_package_copies_equal_the_repository_files(
-    source: Path, copy: Path, pattern: str, which: str
-) -> None:
-    ours = {p.name: p.read_bytes() for p in source.glob(pattern) if p.is_file()}
-    shipped = {p.name: p.read_bytes() for p in copy.glob(pattern) if p.is_file()}
-    assert shipped
-    names = ours.keys() | shipped.keys() if which == "all" else shipped.keys()
-    differ = sorted(n for n in names if ours.get(n) != shipped.get(n))
-    fix = "; ".join(
-        f"cp {(source / n).relative_to(ROOT)} {(copy / n).relative_to(ROOT)}"
-        if n in ours
-        else f"git rm {(copy / n).relative_to(ROOT)}"
-        for n in differ
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _load_build_hook() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_scaffold", ROOT / "build_scaffold.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_top_level_file_has_a_second_copy_in_the_package() -> None:
+    top = {
+        path.read_bytes(): path
+        for folder in ("agents", "topologies", "examples/docs", "tools")
+        for path in (ROOT / folder).iterdir()
+        if path.is_file()
+    }
+    assert len(top) > 20
+    package = ROOT / "dytopo"
+    copies = [
+        f"{path.relative_to(ROOT)} = {top[path.read_bytes()].relative_to(ROOT)}"
+        for path in package.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.read_bytes() in top
+    ]
+    assert not copies, "the wheel's build copies these; delete the package's copy: " + ", ".join(
+        copies
     )
-    assert not differ, f"the copy shipped in the wheel differs; run: {fix}"
+
+
+def test_init_from_a_checkout_writes_every_top_level_card_topology_and_document(
+    tmp_path: Path,
+) -> None:
+    assert CHECKOUT == ROOT
+    write_scaffold(tmp_path)
+
+    for source, copy in TOP_LEVEL:
+        ours = _files(ROOT / source)
+        assert ours, source
+        assert _files(tmp_path / copy) == ours, source
+    assert (tmp_path / "README.md").read_bytes() == (FOLDER / "README.md").read_bytes()
+    assert (tmp_path / "tools" / "word_count.py").is_file()
+    # The built-in tools are the package's, not the folder's: init does not write them.
+    assert sorted(p.name for p in (tmp_path / "tools").iterdir()) == ["word_count.py"]
+
+
+def _fake_checkout(root: Path) -> Path:
+    for rel, text in {
+        "pyproject.toml": "",
+        "agents/only.md": "---\nname: only\n---\nThe only card.\n",
+        "topologies/t.yaml": "name: t\n",
+        "examples/docs/d.md": "# d\n",
+        "examples/docs/.hidden": "not a document",
+        "examples/not_docs.py": "",
+        "tools/mine.py": "",
+    }.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_write_scaffold_from_a_checkout_reads_the_checkouts_top_level_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout = _fake_checkout(tmp_path / "checkout")
+    monkeypatch.setattr("dytopo.scaffold.CHECKOUT", checkout)
+    dest = tmp_path / "dest"
+
+    written = write_scaffold(dest)
+
+    assert [str(p) for p in written.files] == [
+        "README.md",
+        "agents/only.md",
+        "examples/docs/d.md",
+        "tools/word_count.py",
+        "topologies/t.yaml",
+    ]
+    assert (dest / "agents" / "only.md").read_text() == "---\nname: only\n---\nThe only card.\n"
+    assert (dest / "topologies" / "t.yaml").read_text() == "name: t\n"
+
+
+def test_an_installed_package_writes_its_own_folder_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = tmp_path / "folder"
+    (shipped / "agents").mkdir(parents=True)
+    (shipped / "README.md").write_text("readme")
+    (shipped / "agents" / "a.md").write_text("card")
+    monkeypatch.setattr("dytopo.scaffold.CHECKOUT", None)
+    monkeypatch.setattr("dytopo.scaffold.FOLDER", shipped)
+
+    write_scaffold(tmp_path / "dest")
+
+    assert scaffold_files() == [Path("README.md"), Path("agents/a.md")]
+    assert (tmp_path / "dest" / "agents" / "a.md").read_text() == "card"
+
+
+def test_the_build_copies_the_top_level_files_where_an_installed_wheel_reads_them(
+    tmp_path: Path,
+) -> None:
+    build_lib = tmp_path / "build" / "lib"
+    stale = build_lib / "dytopo" / "scaffold" / "folder" / "agents" / "deleted.md"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("a card deleted since the last build")
+
+    _load_build_hook().copy_into(build_lib)
+
+    package = build_lib / "dytopo"
+    # The paths dytopo.cards, dytopo.tools.static and dytopo.scaffold read in a wheel.
+    assert _files(package / "scaffold" / "builtin_tools") == _files(ROOT / "tools")
+    for source, copy in TOP_LEVEL:
+        assert _files(package / "scaffold" / "folder" / copy) == _files(ROOT / source), source
+    assert not stale.exists()
+
+
+def test_the_build_stops_when_a_top_level_folder_is_missing(tmp_path: Path) -> None:
+    root = _fake_checkout(tmp_path / "checkout")
+    (root / "dytopo" / "scaffold").mkdir(parents=True)
+    shutil.copy(ROOT / "dytopo" / "scaffold" / "sources.py", root / "dytopo" / "scaffold")
+    hook = _load_build_hook()
+    assert [str(dest) for _, dest in hook.copied(root)] == [
+        "dytopo/scaffold/builtin_tools/mine.py",
+        "dytopo/scaffold/folder/agents/only.md",
+        "dytopo/scaffold/folder/topologies/t.yaml",
+        "dytopo/scaffold/folder/examples/docs/d.md",
+    ]
+    shutil.rmtree(root / "agents")
+
+    with pytest.raises(FileError, match=r"no \*\.md in .*agents: the wheel must carry them"):
+        hook.copy_into(tmp_path / "build", root)
 
 
 def test_init_writes_a_folder_whose_topologies_validate(
