@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from dytopo.errors import CardError
 
 # The repository's cards in a source checkout (an editable install); in an installed wheel the
-# copies shipped inside the package: site-packages/agents would be any distribution's folder.
+# copies its build put inside the package (build_scaffold.py): site-packages/agents would be any
+# distribution's folder.
 _CHECKOUT = Path(__file__).resolve().parent.parent
 BUILTIN_CARDS = (
     _CHECKOUT / "agents"
