@@ -51,7 +51,16 @@ from dytopo.managed import ManagedStack
 from dytopo.manager import LLMManager, Manager, ManagerDecision
 from dytopo.result import RoundRecord, RunResult
 from dytopo.routing import RoutingConfig
-from dytopo.runner import aresume, arun, connect, resume, resume_run, run, run_topology
+from dytopo.runner import (
+    aresume,
+    arun,
+    connect,
+    load_swarm,
+    resume,
+    resume_run,
+    run,
+    run_topology,
+)
 from dytopo.simulated import SimulatedBackend
 from dytopo.state import RunState
 from dytopo.swarm import Swarm
@@ -123,6 +132,7 @@ __all__ = [
     "configure_logging",
     "connect",
     "load_card",
+    "load_swarm",
     "load_topology",
     "resume",
     "resume_run",

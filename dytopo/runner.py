@@ -205,6 +205,34 @@ async def swarm_on(
     )
 
 
+async def load_swarm(
+    path: str | Path,
+    *,
+    backend: Backend,
+    embedder: Embedder,
+    trust_topology: bool = False,
+) -> Swarm:
+    """A topology file's swarm on a backend and embedder the caller owns, built the way `dytopo
+    run` builds it: budgets planned from the server's real context (`swarm_on`, which connects
+    the backend), BudgetExceeded when they do not fit. Its tool modules (code) and role cards
+    must lie in its folder tree unless `trust_topology`.
+
+        async with LlamaCppBackend(url) as backend:
+            swarm = await dytopo.load_swarm("topologies/research.yaml", backend=backend,
+                                            embedder=HashEmbedder())
+            result = await swarm.run("task")
+    """
+    topology = load_topology(path, trust_topology=trust_topology)
+    return await swarm_on(
+        topology,
+        backend,
+        embedder,
+        base_dir=Path(path).parent,
+        source=path,
+        trust_topology=trust_topology,
+    )
+
+
 async def run_on(
     topology: Topology,
     task: str,

@@ -17,7 +17,6 @@ import structlog
 
 from dytopo.agent import Agent, AgentOutput
 from dytopo.answer import AnswerSpec, Work, has_code, latest_work
-from dytopo.backends.base import Backend
 from dytopo.budget_guard import budget_stop
 from dytopo.check import TASK, Check, run_check
 from dytopo.checkpoint import (
@@ -103,30 +102,6 @@ class Swarm:
         manager.join([TeamMember(id=a.id, does=a.does) for a in self.agents], self.answer)
         self.origin: TopologyOrigin | None = None
         """The topology file this swarm was built from (checkpoints name it, for resume)."""
-
-    @classmethod
-    def from_yaml(
-        cls,
-        path: str | Path,
-        *,
-        backend: Backend,
-        embedder: Embedder,
-        trust_topology: bool = False,
-    ) -> Swarm:
-        """A swarm from a topology file, on the given backend and embedder. Its tool modules
-        (code) and role cards must lie in its folder tree unless `trust_topology`."""
-        from dytopo.build import build_swarm  # build.py imports this module
-        from dytopo.loader import load_topology
-
-        topology = load_topology(path, trust_topology=trust_topology)
-        return build_swarm(
-            topology,
-            backend,
-            embedder,
-            base_dir=Path(path).parent,
-            trust_topology=trust_topology,
-            source=path,
-        )
 
     async def run(
         self,

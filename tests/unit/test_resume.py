@@ -438,7 +438,9 @@ def from_file(
 async def stopped_run(path: Path, trace: Path) -> None:
     script = agent_replies(range(1, 3))
     script["manager"] = [goal("goal 1"), DECISIONS[0], GONE]
-    built = Swarm.from_yaml(path, backend=ScriptedBackend(by_tag=script), embedder=HashEmbedder())
+    built = await runner.load_swarm(
+        path, backend=ScriptedBackend(by_tag=script), embedder=HashEmbedder()
+    )
     with pytest.raises(RunError):
         await built.run("task", trace_path=trace)
 

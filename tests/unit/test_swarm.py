@@ -10,9 +10,11 @@ from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError
 from dytopo.llm_agent import LLMAgent
 from dytopo.routing import RoutingConfig
-from dytopo.swarm import Swarm
+from dytopo.runner import load_swarm
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.trace import read_trace
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -303,10 +305,10 @@ async def test_the_trace_records_the_run_event_by_event(trace_file: Path) -> Non
     assert read_trace(trace_file) == events[:-1]
 
 
-def test_swarm_from_yaml_builds_the_topologys_agents() -> None:
-    root = Path(__file__).resolve().parents[2]
-    backend = ScriptedBackend()
-    swarm = Swarm.from_yaml(
+async def test_load_swarm_builds_the_topologys_agents() -> None:
+    root = ROOT
+    backend = ScriptedBackend(n_ctx_per_slot=16384)
+    swarm = await load_swarm(
         root / "topologies" / "research.yaml", backend=backend, embedder=HashEmbedder()
     )
     assert [a.id for a in swarm.agents] == ["researcher", "analyst", "critic", "writer"]

@@ -415,8 +415,8 @@ def test_an_installed_entry_point_module_is_allowed(
         static.check_confined("otherpkg.tools", tmp_path)
 
 
-def test_swarm_from_yaml_follows_the_same_rule(tmp_path: Path) -> None:
-    from dytopo import Swarm
+async def test_load_swarm_follows_the_same_rule(tmp_path: Path) -> None:
+    from dytopo import load_swarm
     from dytopo.embedders import HashEmbedder
     from dytopo.errors import ConfigError
     from dytopo.testing import ScriptedBackend
@@ -426,9 +426,9 @@ def test_swarm_from_yaml_follows_the_same_rule(tmp_path: Path) -> None:
     path = topology(tmp_path / "topo", [str(evil)], tools="[pwn]")
     backend, embedder = ScriptedBackend(), HashEmbedder()
     with pytest.raises(ConfigError, match="outside the topology's folder"):
-        Swarm.from_yaml(path, backend=backend, embedder=embedder)
+        await load_swarm(path, backend=backend, embedder=embedder)
     assert not marker.exists()
-    swarm = Swarm.from_yaml(path, backend=backend, embedder=embedder, trust_topology=True)
+    swarm = await load_swarm(path, backend=backend, embedder=embedder, trust_topology=True)
     assert [a.id for a in swarm.agents] == ["a"]
     assert marker.exists()
 
