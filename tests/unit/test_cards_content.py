@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dytopo.cards import BUILTIN_CARDS, load_card
+from dytopo.cards import load_card
 
 ROOT = Path(__file__).resolve().parents[2]
 CARDS = sorted((ROOT / "agents").glob("*.md"))
@@ -27,8 +27,3 @@ def test_the_manager_card_names_no_role() -> None:
     roles = {p.stem.replace("_", "") for p in CARDS} - {"manager"}
     named = {r for r in roles if re.search(rf"\b{r}\s*:", text, re.IGNORECASE)}
     assert not named, named
-
-
-def test_the_shipped_cards_are_the_repositorys() -> None:
-    for path in CARDS:
-        assert (BUILTIN_CARDS / path.name).read_text() == path.read_text(), path.name
