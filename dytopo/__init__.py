@@ -1,6 +1,14 @@
-"""DyTopo: multi-agent LLM swarms whose communication graph is rebuilt every round."""
+"""DyTopo: multi-agent LLM swarms whose communication graph is rebuilt every round.
+
+The public API: the run entry points; the swarm and what it is built from; what a custom agent,
+manager, tool, backend or embedder implements or receives; a run's result; every error. The
+request types stay because a custom Backend implements methods that take and return them.
+Everything else (the slot limiter, checkpoints, run state, the embedded server, the benchmark's
+simulated server) is reachable from its own module.
+"""
 
 from dytopo.agent import Agent, AgentOutput, FunctionAgent, StepContext
+from dytopo.answer import AnswerSpec, Work
 from dytopo.backends import (
     Backend,
     BackendSettings,
@@ -10,11 +18,10 @@ from dytopo.backends import (
     LlamaCppBackend,
     Sampling,
     ServerInfo,
-    SlotLimiter,
+    ToolCall,
     Usage,
 )
 from dytopo.cards import RoleCard, load_card
-from dytopo.checkpoint import Checkpoint
 from dytopo.embedders import Embedder, HashEmbedder, HttpEmbedder
 from dytopo.errors import (
     AgentAborted,
@@ -47,9 +54,17 @@ from dytopo.errors import (
 from dytopo.llm_agent import LLMAgent
 from dytopo.loader import load_topology
 from dytopo.logs import configure_logging
-from dytopo.managed import ManagedStack
-from dytopo.manager import LLMManager, Manager, ManagerDecision
-from dytopo.result import RoundRecord, RunResult
+from dytopo.manager import (
+    FinalAnswer,
+    LLMManager,
+    Manager,
+    ManagerDecision,
+    PublicMessage,
+    TeamMember,
+)
+from dytopo.memory import MemoryItem
+from dytopo.result import HaltReason, RoundRecord, RunResult
+from dytopo.router import Edge, Routing
 from dytopo.routing import RoutingConfig
 from dytopo.runner import (
     aresume,
@@ -61,10 +76,10 @@ from dytopo.runner import (
     run,
     run_topology,
 )
-from dytopo.simulated import SimulatedBackend
-from dytopo.state import RunState
 from dytopo.swarm import Swarm
+from dytopo.tools import Tool, ToolContext, tool
 from dytopo.topology import Topology
+from dytopo.trace import Observer
 
 __version__ = "0.1.0"
 
@@ -73,6 +88,7 @@ __all__ = [
     "AgentAborted",
     "AgentFailed",
     "AgentOutput",
+    "AnswerSpec",
     "Backend",
     "BackendError",
     "BackendSettings",
@@ -82,12 +98,14 @@ __all__ = [
     "ChatMessage",
     "ChatRequest",
     "ChatResponse",
-    "Checkpoint",
     "ConfigError",
     "ContextOverflow",
     "DyTopoError",
+    "Edge",
     "Embedder",
+    "FinalAnswer",
     "FunctionAgent",
+    "HaltReason",
     "HashEmbedder",
     "HttpEmbedder",
     "LLMAgent",
@@ -95,37 +113,42 @@ __all__ = [
     "LlamaCppBackend",
     "MalformedReply",
     "ManagedServerError",
-    "ManagedStack",
     "Manager",
     "ManagerDecision",
+    "MemoryItem",
     "NotAllowed",
     "NotResumable",
+    "Observer",
     "OverLimit",
     "PoolExhausted",
+    "PublicMessage",
     "QueueFull",
     "RoleCard",
     "RoundFailed",
     "RoundRecord",
+    "Routing",
     "RoutingConfig",
     "RunError",
     "RunInUse",
     "RunResult",
-    "RunState",
     "Sampling",
     "SandboxError",
     "SandboxUnavailable",
     "ServerInfo",
     "ServiceClosed",
-    "SimulatedBackend",
-    "SlotLimiter",
     "StepContext",
     "StepTimeout",
     "Swarm",
+    "TeamMember",
     "TokenCapReached",
+    "Tool",
+    "ToolCall",
+    "ToolContext",
     "ToolError",
     "Topology",
     "UnknownTopology",
     "Usage",
+    "Work",
     "__version__",
     "aresume",
     "arun",
@@ -138,4 +161,5 @@ __all__ = [
     "resume_run",
     "run",
     "run_topology",
+    "tool",
 ]

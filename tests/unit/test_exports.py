@@ -4,25 +4,65 @@ tests/test_exported_members.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.metadata
 import importlib.util
 import inspect
 import pkgutil
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+from helpers import decision, goal, step
 
 import dytopo
 import dytopo.testing
+from dytopo import runner
 from dytopo.errors import DyTopoError
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBPACKAGES = ["dytopo.backends", "dytopo.embedders", "dytopo.managed", "dytopo.tools"]
-# Bases a user subclasses or plugs in; every implementation the library ships is exported.
+# Bases a user subclasses or plugs in; every implementation the library ships is exported,
+# except the benchmarks' stand-in for a llama-server (dytopo.simulated).
 PLUGIN_BASES = (dytopo.Agent, dytopo.Backend, dytopo.Embedder, dytopo.Manager)
+NOT_FOR_USERS = {"SimulatedBackend"}
+# Type aliases have no __name__ or __module__ of their own: where each is defined.
+ALIASES = {"HaltReason": "dytopo.result", "Observer": "dytopo.trace"}
+
+
+# The public API, exactly: a change here is a deliberate change of what users may rely on.
+PUBLIC_API = [
+    # Run a topology (file or object), continue a stopped run, build a swarm from a file.
+    *("run", "arun", "resume", "aresume", "run_topology", "resume_run", "load_swarm"),
+    *("connect", "load_topology", "load_card", "configure_logging", "__version__"),
+    # The swarm and what it is built from.
+    *("Swarm", "Topology", "RoutingConfig", "RoleCard", "AnswerSpec"),
+    # A custom agent: what it implements, receives and returns.
+    *("Agent", "FunctionAgent", "LLMAgent", "StepContext", "AgentOutput", "MemoryItem", "Work"),
+    # A custom manager.
+    *("Manager", "LLMManager", "ManagerDecision", "FinalAnswer", "PublicMessage", "TeamMember"),
+    # A custom tool.
+    *("tool", "Tool", "ToolContext"),
+    # A custom backend: Backend's abstract methods take and return these types.
+    *("Backend", "LlamaCppBackend", "BackendSettings", "Sampling", "ChatMessage", "ChatRequest"),
+    *("ChatResponse", "ToolCall", "ServerInfo", "Usage"),
+    # A custom embedder.
+    *("Embedder", "HashEmbedder", "HttpEmbedder"),
+    # What a run returns, and its trace events' observers.
+    *("RunResult", "RoundRecord", "Routing", "Edge", "HaltReason", "Observer"),
+    # Every error (dytopo/errors.py).
+    *("DyTopoError", "ConfigError", "CardError", "BackendError", "BackendUnavailable"),
+    *("MalformedReply", "ContextOverflow", "ManagedServerError", "BudgetExceeded"),
+    *("TokenCapReached", "ToolError", "SandboxError", "SandboxUnavailable", "RunError"),
+    *("RunInUse", "AgentFailed", "RoundFailed", "AgentAborted", "StepTimeout", "QueueFull"),
+    *("ServiceClosed", "NotResumable", "NotAllowed", "OverLimit", "UnknownTopology"),
+    "PoolExhausted",
+]
 
 
 def library_modules() -> list[ModuleType]:
@@ -50,6 +90,14 @@ def test_all_is_sorted_without_duplicates() -> None:
     assert len(set(dytopo.__all__)) == len(dytopo.__all__)
 
 
+def test_the_public_api_is_exactly_this_list() -> None:
+    assert len(PUBLIC_API) == len(set(PUBLIC_API))
+    assert sorted(dytopo.__all__) == sorted(PUBLIC_API)
+    # Transport and run internals stay in their modules.
+    internals = {"SlotLimiter", "ManagedStack", "RunState", "Checkpoint", "SimulatedBackend"}
+    assert internals.isdisjoint(vars(dytopo))
+
+
 def test_the_namespace_holds_exactly_what_all_lists() -> None:
     public = {
         name
@@ -65,6 +113,9 @@ def test_each_export_is_the_object_its_module_defines(name: str) -> None:
     exec(f"from dytopo import {name}", namespace)
     value = namespace[name]
     assert value is getattr(dytopo, name)
+    if name in ALIASES:
+        assert getattr(importlib.import_module(ALIASES[name]), name) is value
+        return
     home = importlib.import_module(value.__module__)
     assert home.__name__.startswith("dytopo.")
     assert value.__name__ == name
@@ -90,6 +141,8 @@ def test_every_shipped_plugin_implementation_is_exported() -> None:
         if issubclass(cls, PLUGIN_BASES)
     }
     assert {"LLMAgent", "LlamaCppBackend", "HashEmbedder", "LLMManager"} <= shipped
+    assert shipped >= NOT_FOR_USERS
+    shipped -= NOT_FOR_USERS
     assert shipped <= set(dytopo.__all__), shipped - set(dytopo.__all__)
 
 
@@ -151,3 +204,55 @@ async def test_the_blocking_entry_points_name_their_async_twins_inside_an_event_
     assert inspect.signature(dytopo.aresume).parameters.keys() == (
         inspect.signature(dytopo.resume).parameters.keys()
     )
+
+
+TINY = """\
+name: tiny
+embedder: {kind: hash}
+max_rounds: 2
+min_rounds: 1
+agents:
+  - {id: a, card: researcher}
+  - {id: b, card: analyst}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY, encoding="utf-8")
+    return path
+
+
+async def test_arun_runs_a_topology_inside_a_running_event_loop(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert asyncio.get_running_loop().is_running()  # where dytopo.run() refuses to start
+    backend = dytopo.testing.ScriptedBackend(
+        by_tag={
+            "a": [step("found", "LRU evicts the oldest entry", "an analysis", "facts")],
+            "b": [step("compared", "LFU keeps hot entries", "facts", "an analysis")],
+            "manager": [goal("Compare LRU and LFU."), decision(True, "ANSWER")],
+        },
+        n_ctx_per_slot=16384,
+    )
+
+    @asynccontextmanager
+    async def on_the_script(topology: Any, *args: Any) -> AsyncIterator[dytopo.Swarm]:
+        # _built(topology, backend_url, embed_url, base_dir, trust_topology, source, model):
+        # the servers are the script; the swarm is built and planned as for a real one.
+        yield await runner.swarm_on(
+            topology, backend, dytopo.HashEmbedder(), base_dir=args[2], source=args[4]
+        )
+
+    monkeypatch.setattr(runner, "_built", on_the_script)
+    result = await dytopo.arun(
+        tiny, "Compare LRU and LFU caches.", trace_path=tiny.with_suffix(".jsonl")
+    )
+    backend.assert_complete()
+    assert (result.final_answer, result.halt_reason, len(result.rounds)) == (
+        "ANSWER",
+        "manager",
+        1,
+    )
+    assert result.trace_path == str(tiny.with_suffix(".jsonl"))
