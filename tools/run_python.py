@@ -17,15 +17,8 @@ from __future__ import annotations
 
 import signal
 
-from dytopo.errors import ToolError
-from dytopo.sandbox import (
-    FIX,
-    SandboxError,
-    SandboxLimits,
-    SandboxResult,
-    SandboxUnavailable,
-    run_sandboxed,
-)
+from dytopo.errors import SandboxError, SandboxUnavailable, ToolError
+from dytopo.sandbox import FIX, SandboxLimits, SandboxResult, run_sandboxed
 from dytopo.tools import ToolContext, tool
 
 MAX_CODE_CHARS = 100_000
