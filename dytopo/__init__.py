@@ -4,7 +4,8 @@ The public API: the run entry points; the swarm and what it is built from; what 
 manager, tool, backend or embedder implements or receives; a run's result; every error. The
 request types stay because a custom Backend implements methods that take and return them.
 Everything else (the slot limiter, checkpoints, run state, the embedded server, the benchmark's
-simulated server) is reachable from its own module.
+simulated server) is reachable from its own module, and every error class from `dytopo.errors`
+(the service's, the batch pool's and the sandbox's are not exported here).
 """
 
 from dytopo.agent import Agent, AgentOutput, FunctionAgent, StepContext
@@ -24,32 +25,20 @@ from dytopo.backends import (
 from dytopo.cards import RoleCard, load_card
 from dytopo.embedders import Embedder, HashEmbedder, HttpEmbedder
 from dytopo.errors import (
-    AgentAborted,
     AgentFailed,
     BackendError,
     BackendUnavailable,
     BudgetExceeded,
-    CardError,
     ConfigError,
     ContextOverflow,
     DyTopoError,
     MalformedReply,
     ManagedServerError,
-    NotAllowed,
-    NotResumable,
-    OverLimit,
-    PoolExhausted,
-    QueueFull,
     RoundFailed,
     RunError,
     RunInUse,
-    SandboxError,
-    SandboxUnavailable,
-    ServiceClosed,
-    StepTimeout,
     TokenCapReached,
     ToolError,
-    UnknownTopology,
 )
 from dytopo.llm_agent import LLMAgent
 from dytopo.loader import load_topology
@@ -72,9 +61,7 @@ from dytopo.runner import (
     connect,
     load_swarm,
     resume,
-    resume_run,
     run,
-    run_topology,
 )
 from dytopo.swarm import Swarm
 from dytopo.tools import Tool, ToolContext, tool
@@ -85,7 +72,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
-    "AgentAborted",
     "AgentFailed",
     "AgentOutput",
     "AnswerSpec",
@@ -94,7 +80,6 @@ __all__ = [
     "BackendSettings",
     "BackendUnavailable",
     "BudgetExceeded",
-    "CardError",
     "ChatMessage",
     "ChatRequest",
     "ChatResponse",
@@ -116,13 +101,8 @@ __all__ = [
     "Manager",
     "ManagerDecision",
     "MemoryItem",
-    "NotAllowed",
-    "NotResumable",
     "Observer",
-    "OverLimit",
-    "PoolExhausted",
     "PublicMessage",
-    "QueueFull",
     "RoleCard",
     "RoundFailed",
     "RoundRecord",
@@ -132,12 +112,8 @@ __all__ = [
     "RunInUse",
     "RunResult",
     "Sampling",
-    "SandboxError",
-    "SandboxUnavailable",
     "ServerInfo",
-    "ServiceClosed",
     "StepContext",
-    "StepTimeout",
     "Swarm",
     "TeamMember",
     "TokenCapReached",
@@ -146,7 +122,6 @@ __all__ = [
     "ToolContext",
     "ToolError",
     "Topology",
-    "UnknownTopology",
     "Usage",
     "Work",
     "__version__",
@@ -158,8 +133,6 @@ __all__ = [
     "load_swarm",
     "load_topology",
     "resume",
-    "resume_run",
     "run",
-    "run_topology",
     "tool",
 ]

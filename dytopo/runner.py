@@ -48,7 +48,7 @@ def default_trace_path(topology: Topology) -> Path:
     return Path("runs") / f"{stamp}-{topology.name}.jsonl"
 
 
-async def run_topology(
+async def arun(
     topology: Topology | str | Path,
     task: str | None = None,
     *,
@@ -63,7 +63,8 @@ async def run_topology(
     model: str | None = None,
 ) -> RunResult:
     """Run a topology on its configured server, or on an embedded one started for this run
-    (on `model`, else the topology's backend.model, else $DYTOPO_MODEL or the default).
+    (on `model`, else the topology's backend.model, else $DYTOPO_MODEL or the default):
+    `await dytopo.arun("topologies/research.yaml", "task")`; `dytopo.run` blocks.
 
     Its tool modules (code) and role cards must lie in its folder tree (`base_dir`) or be
     installed entry points, unless `trust_topology`. `source`: the file a Topology object was
@@ -85,7 +86,7 @@ async def run_topology(
         return await swarm.run(task, trace_path=trace, observers=observers)
 
 
-async def resume_run(
+async def aresume(
     source: str | Path,
     *,
     backend_url: str | None = None,
@@ -97,7 +98,8 @@ async def resume_run(
     model: str | None = None,
 ) -> RunResult:
     """Continue a stopped run (a run id in `runs_dir`, a trace path or a checkpoint path) from
-    its last complete round, on a swarm rebuilt from its topology file.
+    its last complete round, on a swarm rebuilt from its topology file:
+    `await dytopo.aresume("3f2a9c81d0b4")`; `dytopo.resume` blocks.
 
     A topology file that changed since the run started is refused, naming the changed fields,
     unless `force` (the run then goes on with the file as it is now)."""
@@ -296,18 +298,28 @@ def run(
     backend_url: str | None = None,
     embed_url: str | None = None,
     trace_path: str | Path | None = None,
+    observers: Sequence[Observer] = (),
+    base_dir: Path | None = None,
+    trust_topology: bool = False,
+    source: str | Path | None = None,
+    checkpoint: Checkpoint | None = None,
     model: str | None = None,
 ) -> RunResult:
-    """Blocking `run_topology` for scripts: `dytopo.run("topologies/research.yaml", "task")`;
+    """Blocking `arun` for scripts: `dytopo.run("topologies/research.yaml", "task")`;
     in a notebook or any other running event loop, `await dytopo.arun(...)`."""
     _not_in_a_loop("run")
     return asyncio.run(
-        run_topology(
+        arun(
             topology,
             task,
             backend_url=backend_url,
             embed_url=embed_url,
             trace_path=trace_path,
+            observers=observers,
+            base_dir=base_dir,
+            trust_topology=trust_topology,
+            source=source,
+            checkpoint=checkpoint,
             model=model,
         )
     )
@@ -321,63 +333,23 @@ def resume(
     force: bool = False,
     observers: Sequence[Observer] = (),
     runs_dir: Path = Path("runs"),
+    trust_topology: bool = False,
     model: str | None = None,
 ) -> RunResult:
-    """Blocking `resume_run` for scripts: `dytopo.resume("3f2a9c81d0b4")`; in a running
+    """Blocking `aresume` for scripts: `dytopo.resume("3f2a9c81d0b4")`; in a running
     event loop, `await dytopo.aresume(...)`."""
     _not_in_a_loop("resume")
     return asyncio.run(
-        resume_run(
+        aresume(
             source,
             backend_url=backend_url,
             embed_url=embed_url,
             force=force,
             observers=observers,
             runs_dir=runs_dir,
+            trust_topology=trust_topology,
             model=model,
         )
-    )
-
-
-async def arun(
-    topology: Topology | str | Path,
-    task: str | None = None,
-    *,
-    backend_url: str | None = None,
-    embed_url: str | None = None,
-    trace_path: str | Path | None = None,
-    model: str | None = None,
-) -> RunResult:
-    """`run` for code that already runs an event loop: `await dytopo.arun(topology, task)`."""
-    return await run_topology(
-        topology,
-        task,
-        backend_url=backend_url,
-        embed_url=embed_url,
-        trace_path=trace_path,
-        model=model,
-    )
-
-
-async def aresume(
-    source: str | Path,
-    *,
-    backend_url: str | None = None,
-    embed_url: str | None = None,
-    force: bool = False,
-    observers: Sequence[Observer] = (),
-    runs_dir: Path = Path("runs"),
-    model: str | None = None,
-) -> RunResult:
-    """`resume` for code that already runs an event loop: `await dytopo.aresume(run_id)`."""
-    return await resume_run(
-        source,
-        backend_url=backend_url,
-        embed_url=embed_url,
-        force=force,
-        observers=observers,
-        runs_dir=runs_dir,
-        model=model,
     )
 
 

@@ -34,7 +34,7 @@ from dytopo.errors import ConfigError, RunError
 from dytopo.managed.resolve import endpoints
 from dytopo.result import RunResult
 from dytopo.routing import Mode
-from dytopo.runner import run_on, run_topology
+from dytopo.runner import arun, run_on
 from dytopo.topology import Topology
 from dytopo.trace import Observer
 
@@ -193,7 +193,7 @@ async def run_one(
     replaced, unless `resume` and the run can go on from that checkpoint: then it does."""
     variant = _variant(topology, mode, item, slots)
     cp = _start_point(trace_path, resume, item, variant)
-    running = run_topology(
+    running = arun(
         variant,
         item.task,
         backend_url=backend_url,

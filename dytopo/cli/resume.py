@@ -11,7 +11,7 @@ from dytopo.cli import options
 from dytopo.cli._common import check_urls, err
 from dytopo.cli.progress import RoundProgress
 from dytopo.cli.run import show_run
-from dytopo.runner import resume_run
+from dytopo.runner import aresume
 
 
 def resume(
@@ -34,10 +34,10 @@ def resume(
     """Continue a run that stopped (Ctrl-C, a dead server, a crash) from its last complete
     round; its trace goes on in the same file. Prints the final answer like `dytopo run`."""
     check_urls(backend_url, embed_url)
-    # Read here too (resume_run reads it again): the progress view needs the agents up front.
+    # Read here too (aresume reads it again): the progress view needs the agents up front.
     cp = read_checkpoint(find_checkpoint(run, runs_dir))
     show_run(
-        lambda observers: resume_run(
+        lambda observers: aresume(
             run,
             backend_url=backend_url,
             embed_url=embed_url,

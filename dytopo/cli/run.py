@@ -20,7 +20,7 @@ from dytopo.errors import ConfigError, DyTopoError, RunError
 from dytopo.loader import load_topology, problems_in, shown
 from dytopo.result import RunResult
 from dytopo.routing import Mode
-from dytopo.runner import default_trace_path, run_topology
+from dytopo.runner import arun, default_trace_path
 from dytopo.topology import Topology
 from dytopo.trace import Observer
 
@@ -93,7 +93,7 @@ def run(
     check_urls(backend_url or loaded.backend.base_url, embed_url or loaded.embedder.base_url)
     trace = trace or default_trace_path(loaded)
     show_run(
-        lambda observers: run_topology(
+        lambda observers: arun(
             loaded,
             task,
             backend_url=backend_url,

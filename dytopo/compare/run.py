@@ -11,7 +11,7 @@ import structlog
 from dytopo.compare.rows import ModeRow, failed_row, row_of, variant
 from dytopo.errors import ConfigError, DyTopoError
 from dytopo.managed.resolve import endpoints
-from dytopo.runner import run_topology
+from dytopo.runner import arun
 from dytopo.topology import Topology
 from dytopo.trace import Observer
 
@@ -74,7 +74,7 @@ async def run_modes(
         for index, mode in enumerate(modes):
             trace = trace_of(out_dir, mode)
             try:
-                result = await run_topology(
+                result = await arun(
                     variants[mode],
                     task,
                     backend_url=ends.chat_url,

@@ -33,7 +33,7 @@ from dytopo.cli.runs import list_runs
 from dytopo.errors import BackendUnavailable, RunError
 from dytopo.managed import LlamaServerProcess, ManagedStack
 from dytopo.result import RunResult
-from dytopo.runner import resume_run, run_topology
+from dytopo.runner import aresume, arun
 
 Event = dict[str, Any]
 
@@ -192,14 +192,14 @@ async def test_kill_restart_resume(servers: ManagedStack, tmp_path: Path, where:
         assert target is not None
         killer = Killer(target, POINTS[where])
         with pytest.raises(RunError) as stopped:
-            await killer.run(run_topology(topology, trace_path=trace, observers=[killer], **urls))
+            await killer.run(arun(topology, trace_path=trace, observers=[killer], **urls))
         clock["killed"] = time.monotonic()
         before = trace.read_text(encoding="utf-8")
         partial: RunResult = stopped.value.partial
 
         await target.start()  # the same server again, on the same port
         clock["restarted"] = time.monotonic()
-        resumed = await resume_run(trace, **urls)
+        resumed = await aresume(trace, **urls)
         clock["resumed"] = time.monotonic()
 
     # The kill hit the point it was meant for, and the run stopped saying how to go on.

@@ -7,7 +7,7 @@ from pathlib import Path
 from dytopo.answer import AnswerSpec
 from dytopo.loader import load_topology
 from dytopo.managed import ManagedStack
-from dytopo.runner import run_topology
+from dytopo.runner import arun
 from dytopo.trace import read_trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ async def test_the_token_cap_holds_as_the_server_counts(
         }
     )
     trace = tmp_path / "trace.jsonl"
-    result = await run_topology(
+    result = await arun(
         topology,
         "Compare B-trees and LSM-trees for a write-heavy key-value store.",
         backend_url=stack.chat_url,

@@ -27,7 +27,7 @@ from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, ConfigError, RunError, RunInUse
 from dytopo.loader import load_topology
 from dytopo.routing import RoutingConfig
-from dytopo.runner import resume_run
+from dytopo.runner import aresume
 from dytopo.swarm import Swarm
 from dytopo.testing import ScriptedBackend
 from dytopo.trace import read_trace
@@ -117,7 +117,7 @@ async def test_a_resume_from_another_folder_sees_the_live_writers_lock(
     with trace.open("a", encoding="utf-8") as writer:
         runlock.hold(writer, trace)  # the original process, still writing the run
         with pytest.raises(RunInUse, match=str(trace)):
-            await resume_run(checkpoint_path(trace))
+            await aresume(checkpoint_path(trace))
     assert list(elsewhere.iterdir()) == []
 
 
@@ -224,7 +224,7 @@ async def test_a_snapshot_edited_beside_an_unchanged_file_is_refused_in_one_line
     edit(checkpoint_path(trace), lambda d: change(d["topology"]))
 
     with pytest.raises(ConfigError) as info:
-        await resume_run(trace)
+        await aresume(trace)
     message = str(info.value)
     assert "\n" not in message
     assert "has not changed since the run started" in message
@@ -234,7 +234,7 @@ async def test_a_snapshot_edited_beside_an_unchanged_file_is_refused_in_one_line
     assert not (tmp_path / "imported").exists()
 
     # --force: the run goes on with the file as it is, none of the snapshot's changes.
-    result = await resume_run(trace, force=True)
+    result = await aresume(trace, force=True)
     assert len(result.rounds) == 3
     assert built[0][0] == load_topology(path).model_dump(mode="json")
     assert not (tmp_path / "imported").exists()
@@ -250,7 +250,7 @@ async def test_the_runs_own_options_come_back_from_the_snapshot(
     path, built = from_file
     trace = tmp_path / "run.jsonl"
     await stopped_run(path, trace, tau=0.3, rounds=3, seed=9)
-    result = await resume_run(trace)
+    result = await aresume(trace)
     assert len(result.rounds) == 3
     topology = built[0][0]
     assert (topology["routing"]["tau"], topology["seed"]) == (0.3, 9)
@@ -265,7 +265,7 @@ async def test_an_invalid_option_in_the_snapshot_is_one_line(
     await stopped_run(path, trace)
     edit(checkpoint_path(trace), lambda d: d["topology"].update(max_rounds=10**9))
     with pytest.raises(ConfigError, match=r"^run \w+: the checkpoint's topology has an invalid"):
-        await resume_run(trace)
+        await aresume(trace)
     assert built == []
 
 

@@ -28,7 +28,7 @@ from dytopo.cli.progress import RoundProgress
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError, RunInUse
 from dytopo.result import RunResult
-from dytopo.runner import resume_run
+from dytopo.runner import aresume
 from dytopo.swarm import Swarm
 from dytopo.testing import ScriptedBackend
 from dytopo.trace import Trace, read_trace
@@ -190,7 +190,7 @@ async def test_a_run_is_running_while_its_writer_lives_then_interrupted(
     with _writer(trace):
         live = runs_cli.list_runs(tmp_path)
         with pytest.raises(RunInUse, match="being written by another dytopo process"):
-            await resume_run(trace)
+            await aresume(trace)
     dead = runs_cli.list_runs(tmp_path)
 
     assert [(r.status, r.rounds, r.run_id) for r in live] == [("running", 1, cp.run_id)]

@@ -29,7 +29,7 @@ from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, ConfigError, RunError
 from dytopo.result import RunResult
 from dytopo.routing import RoutingConfig
-from dytopo.runner import resume_run
+from dytopo.runner import aresume
 from dytopo.swarm import Swarm
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.trace import read_trace
@@ -456,7 +456,7 @@ async def test_resume_rebuilds_the_swarm_from_the_unchanged_topology_file(
     assert cp.topology is not None
     assert cp.topology["routing"]["tau"] == 0.5
     path.write_text(TOPOLOGY.replace("# a comment", "# another comment"), encoding="utf-8")
-    result = await resume_run(trace)
+    result = await aresume(trace)
     assert len(result.rounds) == 3
     backends[0].assert_complete()
     resumed = next(e for e in read_trace(trace) if e["event"] == "run_resumed")
@@ -471,7 +471,7 @@ async def test_a_changed_topology_file_is_refused_naming_the_change_unless_force
     await stopped_run(path, trace)
     path.write_text(TOPOLOGY.replace("tau: 0.5", "tau: 0.45"), encoding="utf-8")
     with pytest.raises(ConfigError) as info:
-        await resume_run(trace)
+        await aresume(trace)
     message = str(info.value)
     assert "\n" not in message
     assert f"{path.resolve()} changed since run" in message
@@ -479,7 +479,7 @@ async def test_a_changed_topology_file_is_refused_naming_the_change_unless_force
     assert "--force" in message
     assert backends == []  # refused before any server was asked
 
-    result = await resume_run(trace, force=True)
+    result = await aresume(trace, force=True)
     assert result.rounds[-1].routing.tau == 0.45
     resumed = next(e for e in read_trace(trace) if e["event"] == "run_resumed")
     assert resumed["forced"] is True
@@ -493,7 +493,7 @@ async def test_a_swarm_built_in_python_is_resumed_in_python_only(tmp_path: Path)
     with pytest.raises(RunError):
         await swarm(ScriptedBackend(by_tag=script)).run("task", trace_path=trace)
     with pytest.raises(ConfigError, match="not built from a topology file"):
-        await resume_run(trace)
+        await aresume(trace)
 
 
 async def test_an_interrupted_run_keeps_what_its_unfinished_round_spent_on_the_token_cap(
