@@ -1,11 +1,19 @@
-"""A FIFO concurrency cap sized to the server's slots, with a hook that times the queue."""
+"""A FIFO concurrency cap sized to the server's slots, with a hook that times the queue.
+
+The counting is anyio's CapacityLimiter: it serves waiters first come, first served, hands a freed
+slot to the oldest waiter at once (nobody can barge in before that waiter wakes), and a waiter
+cancelled after its grant passes the slot on, so the books stay exact however holders and
+waiters are cancelled. SlotLimiter adds the queue clock, the activity notes and a high-water mark.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
+
+import anyio
 
 from dytopo import activity
 
@@ -24,93 +32,69 @@ queue_clock: ContextVar[QueueClock | None] = ContextVar("dytopo_queue_clock", de
 """The clock `SlotLimiter.acquire` reports waits to, for the task (and its children) that set it."""
 
 
+class Slot:
+    """One acquisition: the borrower anyio counts, so one task may hold several slots."""
+
+
 class SlotLimiter:
     """At most `capacity` holders at once; waiters are served strictly first come, first served.
 
-    A slot is counted as taken the moment it is granted to a waiter, so nobody can barge in
-    between the grant and the waiter waking up. A waiter cancelled after its grant hands the
-    slot on; one cancelled before it leaves the queue. Either way the counters stay exact, even
-    when holders and waiters are cancelled in the same loop iteration (asyncio.Semaphore gives
-    neither FIFO nor that guarantee on Python 3.11). Any task may release a slot another took.
+    `acquire()` returns the Slot to `release()` (from any task); `async with limiter` releases
+    the slot its own task entered with, so the block must exit in the task that entered it.
     """
 
     def __init__(self, capacity: int) -> None:
         _check(capacity)
-        self._capacity = capacity
-        self._in_use = 0
-        # Insertion-ordered, so the first key is the oldest waiter; a dict (not a deque) lets a
-        # cancelled waiter leave in O(1) whether or not a release already dropped it.
-        self._waiters: dict[asyncio.Future[None], None] = {}
+        self._limiter = anyio.CapacityLimiter(capacity)
+        self._entered: dict[asyncio.Task[Any] | None, list[Slot]] = {}
         self.max_in_use = 0
         """High-water mark of concurrent holders, for reports and tests."""
 
     @property
     def capacity(self) -> int:
-        return self._capacity
+        return int(self._limiter.total_tokens)
 
     @property
     def in_use(self) -> int:
-        return self._in_use
+        return self._limiter.borrowed_tokens
 
     @property
     def waiting(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return self._limiter.statistics().tasks_waiting
 
     def resize(self, capacity: int) -> None:
         """Change the cap (e.g. once /props told the slot count); holders above it drain."""
         _check(capacity)
-        self._capacity = capacity
-        self._wake()
+        self._limiter.total_tokens = capacity  # grants slots to waiters if it grew
+        self.max_in_use = max(self.max_in_use, self.in_use)
 
-    async def acquire(self) -> None:
-        if self._in_use < self._capacity and not self._waiters:
-            self._take()
-            activity.note("generating")
-            return
-        activity.note("waiting")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[fut] = None
-        clock = queue_clock.get()
-        if clock is not None:
-            clock.queued()
+    async def acquire(self) -> Slot:
+        slot = Slot()
         try:
-            await fut
-            activity.note("generating")
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                self.release()  # granted, then cancelled before it woke: pass the slot on
-            else:
-                fut.cancel()
-                self._waiters.pop(fut, None)  # a release may already have dropped it
-            raise
-        finally:
+            self._limiter.acquire_on_behalf_of_nowait(slot)
+        except anyio.WouldBlock:
+            activity.note("waiting")
+            clock = queue_clock.get()
             if clock is not None:
-                clock.served()
+                clock.queued()
+            try:
+                await self._limiter.acquire_on_behalf_of(slot)
+            finally:
+                if clock is not None:
+                    clock.served()
+        activity.note("generating")
+        self.max_in_use = max(self.max_in_use, self.in_use)
+        return slot
 
-    def release(self) -> bool:
+    def release(self, slot: Slot) -> bool:
         """Free a slot; True when that woke a waiter (its task runs at the loop's next turn)."""
-        if self._in_use <= 0:
-            raise RuntimeError("release() without a matching acquire()")
-        self._in_use -= 1
-        return self._wake()
-
-    def _take(self) -> None:
-        self._in_use += 1
-        self.max_in_use = max(self.max_in_use, self._in_use)
-
-    def _wake(self) -> bool:
-        woke = False
-        while self._waiters and self._in_use < self._capacity:
-            fut = next(iter(self._waiters))
-            del self._waiters[fut]
-            if not fut.done():  # a cancelled waiter that has not run yet is skipped
-                self._take()
-                fut.set_result(None)
-                woke = True
-        return woke
+        waiting = self.waiting
+        self._limiter.release_on_behalf_of(slot)  # RuntimeError for a slot not held
+        return self.waiting < waiting
 
     async def __aenter__(self) -> None:
-        await self.acquire()
+        slot = await self.acquire()
+        self._entered.setdefault(asyncio.current_task(), []).append(slot)
 
     async def __aexit__(
         self,
@@ -118,7 +102,14 @@ class SlotLimiter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.release() and exc_type is None:
+        task = asyncio.current_task()
+        held = self._entered.get(task)
+        if not held:
+            raise RuntimeError("SlotLimiter exited in a task that did not enter it")
+        slot = held.pop()
+        if not held:
+            del self._entered[task]
+        if self.release(slot) and exc_type is None:
             # Let the woken waiter send its request before this task goes on with the reply
             # (parsing, validating, tracing): else the slot idles for all that work.
             await asyncio.sleep(0)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dytopo.backends import SlotLimiter, queue_clock
+from dytopo.backends.limiter import Slot
 
 
 async def test_rejects_bad_capacity() -> None:
@@ -40,13 +41,13 @@ async def test_never_more_than_capacity_and_fifo() -> None:
 
 async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     limiter = SlotLimiter(1)
-    await limiter.acquire()
+    slot = await limiter.acquire()
     waiter = asyncio.create_task(limiter.acquire())
     await asyncio.sleep(0)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    limiter.release()
+    limiter.release(slot)
     assert limiter.in_use == 0
     assert limiter.waiting == 0
     await asyncio.wait_for(limiter.acquire(), 1)  # the slot is still there
@@ -54,11 +55,12 @@ async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
 
 async def test_cancel_after_grant_passes_the_slot_on() -> None:
     limiter = SlotLimiter(1)
-    await limiter.acquire()
+    slot = await limiter.acquire()
     first = asyncio.create_task(limiter.acquire())
     second = asyncio.create_task(limiter.acquire())
     await asyncio.sleep(0)
-    limiter.release()  # grants `first` ...
+    assert limiter.release(slot)  # grants `first` ...
+    assert limiter.in_use == 1  # counted from the grant on, before `first` runs
     first.cancel()  # ... which is cancelled before it runs
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -72,13 +74,62 @@ async def test_resize_wakes_waiters() -> None:
     waiter = asyncio.create_task(limiter.acquire())
     await asyncio.sleep(0)
     limiter.resize(2)
+    assert limiter.max_in_use == 2
     await asyncio.wait_for(waiter, 1)
     assert limiter.in_use == 2
 
 
 async def test_release_without_acquire_is_an_error() -> None:
-    with pytest.raises(RuntimeError, match="without a matching"):
-        SlotLimiter(1).release()
+    limiter = SlotLimiter(1)
+    with pytest.raises(RuntimeError, match="isn't holding"):
+        limiter.release(Slot())
+    slot = await limiter.acquire()
+    assert not limiter.release(slot)  # nobody was waiting
+    with pytest.raises(RuntimeError, match="isn't holding"):
+        limiter.release(slot)  # not twice
+    assert limiter.in_use == 0
+
+
+async def test_one_task_may_hold_several_slots() -> None:
+    limiter = SlotLimiter(2)
+    async with limiter:
+        async with limiter:
+            assert limiter.in_use == 2
+        assert limiter.in_use == 1
+    assert limiter.in_use == 0
+
+
+async def test_a_slot_may_be_released_by_another_task() -> None:
+    limiter = SlotLimiter(1)
+    slot = await asyncio.create_task(limiter.acquire())
+    assert limiter.in_use == 1
+    limiter.release(slot)
+    assert limiter.in_use == 0
+
+
+async def test_leaving_lets_the_woken_waiter_send_first() -> None:
+    limiter = SlotLimiter(1)
+    order: list[str] = []
+
+    async def waiter() -> None:
+        async with limiter:
+            order.append("waiter")
+
+    async with limiter:
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0)
+    order.append("holder goes on")  # e.g. parsing its reply while the slot serves the waiter
+    await task
+    assert order == ["waiter", "holder goes on"]
+
+
+async def test_exiting_in_a_task_that_did_not_enter_is_an_error() -> None:
+    limiter = SlotLimiter(1)
+    await limiter.__aenter__()
+    with pytest.raises(RuntimeError, match="did not enter"):
+        await asyncio.create_task(limiter.__aexit__(None, None, None))
+    await limiter.__aexit__(None, None, None)
+    assert limiter.in_use == 0
 
 
 # --- Simultaneous cancellations: every schedule of cancels and finishes in one loop iteration ---
@@ -211,22 +262,22 @@ async def test_queue_clock_is_told_only_about_real_waits() -> None:
     clock = FakeClock()
     token = queue_clock.set(clock)
     try:
-        await limiter.acquire()  # a free slot: no wait, nothing to tell
+        slot = await limiter.acquire()  # a free slot: no wait, nothing to tell
         assert clock.events == []
         waiter = asyncio.create_task(limiter.acquire())  # copies the context: same clock
         await asyncio.sleep(0)
         assert clock.events == ["queued"]
-        limiter.release()
+        limiter.release(slot)
         await waiter
         assert clock.events == ["queued", "served"]
     finally:
         queue_clock.reset(token)
-    limiter.release()
+    limiter.release(waiter.result())
 
 
 async def test_queue_clock_is_told_when_a_waiter_is_cancelled() -> None:
     limiter = SlotLimiter(1)
-    await limiter.acquire()
+    slot = await limiter.acquire()
     clock = FakeClock()
 
     async def wait_with_clock() -> None:
@@ -241,15 +292,15 @@ async def test_queue_clock_is_told_when_a_waiter_is_cancelled() -> None:
         await waiter
     assert clock.events == ["queued", "served"]
     assert queue_clock.get() is None  # set inside the task only
-    limiter.release()
+    limiter.release(slot)
     assert limiter.in_use == 0
 
 
 async def test_no_clock_is_fine() -> None:
     limiter = SlotLimiter(1)
-    await limiter.acquire()
+    slot = await limiter.acquire()
     waiter = asyncio.create_task(limiter.acquire())
     await asyncio.sleep(0)
-    limiter.release()
+    limiter.release(slot)
     await waiter
     assert limiter.in_use == 1
