@@ -491,6 +491,16 @@ async def test_a_stream_with_done_or_a_finish_reason_is_complete(body: str) -> N
     assert reply.attempts == 1
 
 
+async def test_unicode_line_separators_in_the_data_are_text_not_line_ends() -> None:
+    # llama-server sends its JSON as raw UTF-8: a U+2028 or U+0085 inside a token is text, and
+    # only CR and LF end an SSE line (str.splitlines would cut the JSON in two).
+    text = "a\u2028b\x85c\u2029d"
+    chunk = {"choices": [{"delta": {"content": text}, "finish_reason": "stop"}]}
+    body = f"data: {json.dumps(chunk, ensure_ascii=False)}\n\ndata: [DONE]\n\n"
+    reply = await backend(server(lambda r: raw(body))).chat(request())
+    assert reply.content == text
+
+
 async def test_an_event_cut_before_its_blank_line_is_lost() -> None:
     # The SSE spec drops an event the body ends inside: a `[DONE]` without its blank line does
     # not complete a reply that had no finish reason.
