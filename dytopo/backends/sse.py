@@ -101,7 +101,7 @@ def error_from_event(payload: Any, url: str) -> Exception:
 
     Accepts `{"error": {"message": ..., "code": ...}}`, `{"error": "text"}`, a bare error
     object or plain text; a code that is not an HTTP status (e.g. "context_length_exceeded")
-    is kept in the message, where error_for's classification can still see it.
+    is kept in the message, and error_for classifies by the error object's `type` and `code`.
     """
     error = payload.get("error", payload) if isinstance(payload, dict) else payload
     code: Any = None
@@ -117,7 +117,7 @@ def error_from_event(payload: Any, url: str) -> Exception:
     status = status or 500
     if status in TRANSIENT_STATUS:
         return Transient(f"error event {status}: {message[:200]}")
-    return error_for(status, message, url)
+    return error_for(status, message, url, error=error if isinstance(error, dict) else {})
 
 
 def _status(code: Any) -> int | None:

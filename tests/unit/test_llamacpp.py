@@ -201,6 +201,67 @@ async def test_error_bodies_map_to_errors(status: int, body: str, error: type[Ex
         await backend(server(lambda r: httpx.Response(status, text=body))).chat(request())
 
 
+def llama_error(message: str, kind: str, **extra: Any) -> dict[str, Any]:
+    """llama-server's error body."""
+    return {"error": {"code": 400, "message": message, "type": kind, **extra}}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # llama-server: the structured type, whatever its message says (the wording moves
+        # between builds)
+        llama_error(
+            "request (5000 tokens) exceeds the available context size (4096 tokens), try "
+            "increasing it",
+            "exceed_context_size_error",
+            n_prompt_tokens=5000,
+            n_ctx=4096,
+        ),
+        llama_error("prompt is 5000 tokens, slot holds 4096", "exceed_context_size_error"),
+        # OpenAI's API names it by code
+        {
+            "error": {
+                "message": "too long",
+                "type": "invalid_request_error",
+                "code": "context_length_exceeded",
+            }
+        },
+    ],
+)
+async def test_a_context_overflow_is_known_by_its_type(body: dict[str, Any]) -> None:
+    calls = {"n": 0}
+
+    def chat(req: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return httpx.Response(400, json=body)
+
+    with pytest.raises(ContextOverflow, match="does not fit the server's context") as info:
+        await backend(server(chat)).chat(request())
+    assert (info.value.status, calls["n"]) == (400, 1)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        llama_error("n_probs must not exceed 10 in this context", "invalid_request_error"),
+        {"error": {"message": "max_tokens exceeds the model's limit (see context docs)"}},
+        "max_tokens exceeds the limit; the context window is fine",
+    ],
+)
+async def test_other_errors_that_mention_exceed_and_context_are_not_overflows(
+    body: dict[str, Any] | str,
+) -> None:
+    def chat(req: httpx.Request) -> httpx.Response:
+        if isinstance(body, str):
+            return httpx.Response(400, text=body)
+        return httpx.Response(400, json=body)
+
+    with pytest.raises(BackendError, match="HTTP 400") as info:
+        await backend(server(chat)).chat(request())
+    assert type(info.value) is BackendError
+
+
 async def test_never_more_requests_in_flight_than_slots() -> None:
     state = {"now": 0, "max": 0}
 
