@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -198,27 +197,23 @@ class HttpTransport:
             raise error_for(response.status_code, response.text, self.url(path))
 
 
-# How a server names a request too long for its context: llama-server's error `type`, and the
-# `code` of OpenAI's API (which other OpenAI-compatible servers copy).
-CONTEXT_OVERFLOW_KINDS = frozenset({"exceed_context_size_error", "context_length_exceeded"})
-# Fallback for a server or proxy that says it only in words (no such `type` or `code`): the
-# wordings llama-server's own messages use, nothing looser.
-CONTEXT_OVERFLOW_WORDING = re.compile(r"exceeds (the available )?context size", re.IGNORECASE)
+# A request too long for the server's context, as llama-server names it (the error's `type`) and
+# as OpenAI's API does (its `code`).
+CONTEXT_OVERFLOW = frozenset({"exceed_context_size_error", "context_length_exceeded"})
 
 
 def error_for(
     status: int, body: str, url: str, *, error: dict[str, Any] | None = None
 ) -> BackendError:
-    """The DyTopo error for an error answer (HTTP status or an SSE `error` event).
-
-    `error` is the error object when the caller parsed it already (an SSE error event); else
-    the body is read as the server's JSON error, `{"error": {"type": ..., "message": ...}}`.
-    """
-    if error is None:
-        error = error_object(body)
+    """The DyTopo error for an error answer (HTTP status or an SSE `error` event); `error` is
+    the error object when the caller parsed it already, else the JSON body's is read."""
+    error = error_object(body) if error is None else error
     body = body[:2000]
     lowered = body.lower()
-    if is_context_overflow(error, body):
+    if CONTEXT_OVERFLOW & {str(error.get("type")), str(error.get("code"))} or (
+        # fallback for a server that says it only in words: llama-server's own wording
+        "exceeds the available context size" in str(error.get("message") or body).lower()
+    ):
         return ContextOverflow(
             f"request to {url} does not fit the server's context: {body[:300]} "
             "(lower the agent's context budget or raise --ctx-size on the server)",
@@ -253,10 +248,3 @@ def error_object(body: str) -> dict[str, Any]:
         return {}
     error = payload.get("error", payload) if isinstance(payload, dict) else None
     return error if isinstance(error, dict) else {}
-
-
-def is_context_overflow(error: dict[str, Any], body: str) -> bool:
-    """Whether the error says the request does not fit the server's context."""
-    if error.get("type") in CONTEXT_OVERFLOW_KINDS or error.get("code") in CONTEXT_OVERFLOW_KINDS:
-        return True
-    return CONTEXT_OVERFLOW_WORDING.search(str(error.get("message") or body)) is not None

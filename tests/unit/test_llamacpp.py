@@ -247,6 +247,7 @@ async def test_a_context_overflow_is_known_by_its_type(body: dict[str, Any]) -> 
         llama_error("n_probs must not exceed 10 in this context", "invalid_request_error"),
         {"error": {"message": "max_tokens exceeds the model's limit (see context docs)"}},
         "max_tokens exceeds the limit; the context window is fine",
+        {"error": {"code": {"n": 1}, "type": ["odd"], "message": "odd fields"}},
     ],
 )
 async def test_other_errors_that_mention_exceed_and_context_are_not_overflows(
@@ -684,6 +685,7 @@ async def test_live_stream_open_failure_is_typed() -> None:
         (data({"error": "the model crashed"}), BackendError, "the model crashed"),
         (data({"error": ["odd", 1]}), BackendError, "['odd', 1]"),
         (data({"error": {"code": None, "type": "server_error"}}), BackendError, "server_error"),
+        (data({"error": {"code": ["x"], "type": {"y": 1}, "message": "odd"}}), BackendError, "odd"),
         ("event: error\ndata: plain text\ndata: over two lines\n\n", BackendError, "plain text"),
         ("event: error\n\n", BackendError, "without a message"),
     ],
