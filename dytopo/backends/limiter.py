@@ -1,9 +1,9 @@
 """A FIFO concurrency cap sized to the server's slots, with a hook that times the queue.
 
 The counting is anyio's CapacityLimiter: it serves waiters first come, first served, hands a freed
-slot to the oldest waiter at once (nobody can barge in before that waiter wakes), and a waiter
-cancelled after its grant passes the slot on, so the books stay exact however holders and
-waiters are cancelled. SlotLimiter adds the queue clock, the activity notes and a high-water mark.
+slot to the oldest waiter at once (nobody can barge in before that waiter wakes; anyio >= 4.14.2,
+older releases over-grant in that window), and a waiter cancelled after its grant passes the slot
+on. SlotLimiter adds the queue clock, the activity notes and a high-water mark.
 """
 
 from __future__ import annotations
