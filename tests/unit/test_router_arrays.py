@@ -1,32 +1,28 @@
-"""The array paths of routing: embedders hand the router float64 arrays, sigma has a heap for
-sparse graphs and a scan for dense ones, the product runs in tiles. Each gives exactly what the
-loop reference in test_router_reference.py gives."""
+"""Routing on arrays: embedders hand the router `Embeddings` (their rows plus one float64
+array), and the router reads the array. Each gives exactly what the loop reference in
+test_router_reference.py gives."""
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 
 import httpx
-import networkx as nx
 import numpy as np
-import numpy.typing as npt
 import pytest
 from test_router_reference import (
     CONFIGS,
     Fixed,
     exact,
-    random_graph,
-    reference_order,
+    grid_vectors,
+    new_route,
     reference_route,
-    reference_similarity,
     topic_vectors,
 )
 
 from dytopo.embedders import Embeddings, HashEmbedder, HttpEmbedder, normalise, normalise_rows
 from dytopo.errors import BackendError
-from dytopo.router import _sigma_heap, _sigma_scan, build_graph, route, similarity_matrix
+from dytopo.router import route
 from dytopo.routing import RoutingConfig
 
 
@@ -87,11 +83,11 @@ async def test_hash_embedder_gives_the_vectors_it_gave_as_lists() -> None:
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.mode}-{c.tau}")
 async def test_route_on_embedder_arrays_equals_the_loop_router(cfg: RoutingConfig) -> None:
-    rng = np.random.default_rng(8)
+    rng = random.Random(8)
     for n in (1, 2, 5, 12, 33):
         agents = [f"a{k}" for k in range(n)]
-        vectors = topic_vectors(n, 24, rng, max(2, n // 4))
-        seed = int(rng.integers(1000))
+        vectors = grid_vectors(n, rng, max(2, n // 4))
+        seed = rng.randrange(1000)
         old = reference_route(agents, vectors, cfg, rng=random.Random(seed))
         new = await route(
             agents, ["q"] * n, ["k"] * n, FixedArray(vectors), cfg, rng=random.Random(seed)
@@ -114,34 +110,5 @@ async def test_route_reads_the_embedders_array_not_its_lists() -> None:
 
     cfg = RoutingConfig(tau=0.35)
     new = await route(agents, ["q"] * n, ["k"] * n, Given(vectors), cfg, rng=random.Random(0))
-    assert exact(new) == exact(reference_route(agents, vectors, cfg, rng=random.Random(0)))
-
-
-def test_tiled_product_on_arrays_equals_the_loop_bit_for_bit() -> None:
-    # 48 x 90 at dim 384 spans 3 x 3 tiles of 16 x 40, the last ragged; 700 x 3: one product.
-    rng = np.random.default_rng(4)
-    for n, m in ((48, 90), (17, 130), (700, 3)):
-        q = np.asarray(topic_vectors(n, 384, rng, 9)[:n])
-        k = np.asarray(topic_vectors(m, 384, rng, 9)[:m])
-        expected = json.dumps(reference_similarity(q.tolist(), k.tolist()))
-        assert json.dumps(similarity_matrix(q, k)) == expected
-
-
-# -- sigma -----------------------------------------------------------------------------------
-
-
-Sigma = Callable[[int, npt.NDArray[np.intp], npt.NDArray[np.intp]], tuple[list[int], bool]]
-
-
-@pytest.mark.parametrize("sigma", [_sigma_heap, _sigma_scan])
-def test_both_sigmas_equal_the_loop_on_random_graphs(sigma: Sigma) -> None:
-    rng = random.Random(9)
-    for n in (1, 2, 5, 13, 40):
-        agents = [f"a{k}" for k in range(n)]
-        for p in (0.0, 0.03, 0.1, 0.3, 0.7, 1.0):
-            graph = build_graph(agents, random_graph(n, p, rng))
-            src = np.array([int(u[1:]) for u, _ in graph.edges], dtype=np.intp)
-            tgt = np.array([int(v[1:]) for _, v in graph.edges], dtype=np.intp)
-            order, acyclic = sigma(n, src, tgt)
-            assert [agents[k] for k in order] == reference_order(agents, graph)
-            assert acyclic == nx.is_directed_acyclic_graph(graph)
+    assert len(new.edges) > n
+    assert exact(new) == exact(await new_route(agents, vectors, cfg, 0))  # from the lists

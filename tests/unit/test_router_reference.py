@@ -1,7 +1,14 @@
-"""The array router gives exactly what the plain loops of ALGORITHM.md give.
+"""The router against a plain reference of ALGORITHM.md, steps 3 to 5, on random inputs.
 
-`reference_*` below is the router as it was written first (pure Python, O(n^2 * dim) for the
-matrix and O(n^2 * degree) for sigma); benchmarks/routing.py imports it to time old against new.
+`reference_*` below is the algorithm written as loops over agents (O(n^2 * dim) for the matrix,
+O(n^2 * degree) for sigma, a path search per edge for tiers), slow and obviously right. The
+router must give the same `Routing` and the same tiers.
+
+Two kinds of input. `grid_vectors` are exact in floating point (unit vectors of entries +-1/8:
+every dot product is exact, in any summation order), so `route` can be compared end to end,
+float for float, and their coarse scores tie often. `topic_vectors` are
+realistic (scores around 0.6 and 0 with float noise); on those the matrix is compared within a
+tolerance, and the edge rule, sigma and tiers on the very same exact scores.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dytopo.router import (
     Routing,
     baseline_edges,
     build_graph,
+    cosine_similarity,
     delivery_order,
     dynamic_edges,
     route,
@@ -32,32 +40,33 @@ from dytopo.router import (
 )
 from dytopo.routing import RoutingConfig
 
-# -- the reference: the first, loop-based router ---------------------------------------------
+# -- the reference ---------------------------------------------------------------------------
 
 
 def reference_similarity(
     queries: Sequence[Sequence[float]], keys: Sequence[Sequence[float]]
 ) -> list[list[float]]:
-    return [
-        [round(sum(a * b for a, b in zip(q, k, strict=True)), 6) for k in keys] for q in queries
-    ]
+    """cos(q, k) = q . k: embedders hand out unit vectors."""
+    return [[sum(a * b for a, b in zip(q, k, strict=True)) for k in keys] for q in queries]
 
 
 def reference_dynamic_edges(
-    agents: Sequence[str], sim: Sequence[Sequence[float]], cfg: RoutingConfig
+    agents: Sequence[str], exact: Sequence[Sequence[float]], cfg: RoutingConfig
 ) -> list[Edge]:
+    """Edge j -> i iff exact[i][j] > tau, i != j; ranked (and shown) by the 6-place score."""
     n = len(agents)
+    shown = [[round(s, 6) for s in row] for row in exact]
     edges: list[Edge] = []
     for i in range(n):
         incoming = sorted(
-            ((sim[i][j], j) for j in range(n) if j != i and sim[i][j] > cfg.tau),
+            ((shown[i][j], j) for j in range(n) if j != i and exact[i][j] > cfg.tau),
             key=lambda sj: (-sj[0], sj[1]),
         )
         if cfg.top_k is not None:
             incoming = incoming[: cfg.top_k]
         forced = False
         if not incoming and cfg.force_connect and n > 1:
-            best = max((sim[i][j], -j) for j in range(n) if j != i)
+            best = max((shown[i][j], -j) for j in range(n) if j != i)
             incoming, forced = [(best[0], -best[1])], True
         if cfg.max_in_degree is not None:
             incoming = incoming[: cfg.max_in_degree]
@@ -69,7 +78,7 @@ def reference_dynamic_edges(
 
 def reference_baseline_edges(
     agents: Sequence[str],
-    sim: Sequence[Sequence[float]],
+    shown: Sequence[Sequence[float]],
     cfg: RoutingConfig,
     *,
     rng: random.Random,
@@ -82,15 +91,14 @@ def reference_baseline_edges(
     elif cfg.mode == "chain":
         pairs = [(k, k + 1) for k in range(n - 1)]
     elif cfg.mode == "star":
-        center = star_hub(agents, cfg)
-        hub = agents.index(center) if center is not None else 0
+        hub = agents.index(cfg.hub) if cfg.hub in agents else 0
         pairs = [(hub, k) for k in range(n) if k != hub] + [(k, hub) for k in range(n) if k != hub]
     elif cfg.mode == "random":
         every = [(j, i) for i in range(n) for j in range(n) if i != j]
         pairs = sorted(rng.sample(every, min(dynamic_count, len(every))))
     else:
         pairs = []
-    return [Edge(source=agents[j], target=agents[i], score=sim[i][j]) for j, i in pairs]
+    return [Edge(source=agents[j], target=agents[i], score=shown[i][j]) for j, i in pairs]
 
 
 def reference_graph(agents: Sequence[str], edges: Sequence[Edge]) -> nx.DiGraph[str]:
@@ -118,6 +126,46 @@ def reference_order(agents: Sequence[str], graph: nx.DiGraph[str]) -> list[str]:
     return placed
 
 
+def reference_tiers(agents: Sequence[str], edges: Sequence[Edge]) -> list[list[str]]:
+    """Edges strongest first (ties: source, then target position); keep each unless the kept
+    ones already lead from its target back to its source; generations in agent order."""
+    position = {a: k for k, a in enumerate(agents)}
+    kept: nx.DiGraph[str] = nx.DiGraph()
+    kept.add_nodes_from(agents)
+    for e in sorted(edges, key=lambda e: (-e.score, position[e.source], position[e.target])):
+        if e.source != e.target and not nx.has_path(kept, e.target, e.source):
+            kept.add_edge(e.source, e.target)
+    return [sorted(tier, key=position.__getitem__) for tier in nx.topological_generations(kept)]
+
+
+def reference_routing(
+    agents: Sequence[str],
+    exact: Sequence[Sequence[float]],
+    cfg: RoutingConfig,
+    *,
+    rng: random.Random,
+) -> Routing:
+    """Steps 3 to 5 from the exact score matrix."""
+    shown = [[round(s, 6) for s in row] for row in exact]
+    dynamic = reference_dynamic_edges(agents, exact, cfg)
+    edges = (
+        dynamic
+        if cfg.mode == "dynamic"
+        else reference_baseline_edges(agents, shown, cfg, rng=rng, dynamic_count=len(dynamic))
+    )
+    graph = reference_graph(agents, edges)
+    return Routing(
+        mode=cfg.mode,
+        agents=list(agents),
+        similarity=shown,
+        tau=cfg.tau,
+        edges=edges,
+        order=reference_order(agents, graph),
+        acyclic=nx.is_directed_acyclic_graph(graph),
+        hub=star_hub(agents, cfg) if cfg.mode == "star" else None,
+    )
+
+
 def reference_route(
     agents: Sequence[str],
     vectors: Sequence[Sequence[float]],
@@ -127,24 +175,7 @@ def reference_route(
 ) -> Routing:
     """`route` after embedding: `vectors` are the queries, then the keys."""
     n = len(agents)
-    sim = reference_similarity(vectors[:n], vectors[n:])
-    dynamic = reference_dynamic_edges(agents, sim, cfg)
-    edges = (
-        dynamic
-        if cfg.mode == "dynamic"
-        else reference_baseline_edges(agents, sim, cfg, rng=rng, dynamic_count=len(dynamic))
-    )
-    graph = reference_graph(agents, edges)
-    return Routing(
-        mode=cfg.mode,
-        agents=list(agents),
-        similarity=sim,
-        tau=cfg.tau,
-        edges=edges,
-        order=reference_order(agents, graph),
-        acyclic=nx.is_directed_acyclic_graph(graph),
-        hub=star_hub(agents, cfg) if cfg.mode == "star" else None,
-    )
+    return reference_routing(agents, reference_similarity(vectors[:n], vectors[n:]), cfg, rng=rng)
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -160,6 +191,16 @@ def topic_vectors(n: int, dim: int, rng: np.random.Generator, topics: int) -> li
     v = 0.8 * centers[rng.integers(0, topics, 2 * n)] + 0.6 * noise
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v.tolist()  # type: ignore[no-any-return]
+
+
+def grid_vectors(n: int, rng: random.Random, topics: int) -> list[list[float]]:
+    """2n unit vectors whose cosines are exact in floating point: 64 entries of +-1/8, each a
+    topic's signs with a fifth flipped, so cosines are multiples of 1/32 around 0.36 within a
+    topic and 0 across, with many ties."""
+    signs = [[rng.choice((-1.0, 1.0)) for _ in range(64)] for _ in range(topics)]
+    return [
+        [s / 8 * (-1 if rng.random() < 0.2 else 1) for s in rng.choice(signs)] for _ in range(2 * n)
+    ]
 
 
 class Fixed(Embedder):
@@ -180,38 +221,15 @@ def exact(routing: Routing) -> str:
     return json.dumps(routing.model_dump())
 
 
+def exact_edges(edges: Sequence[Edge]) -> str:
+    return json.dumps([e.model_dump() for e in edges])
+
+
 async def new_route(
     agents: Sequence[str], vectors: Sequence[Sequence[float]], cfg: RoutingConfig, seed: int
 ) -> Routing:
     n = len(agents)
     return await route(agents, ["q"] * n, ["k"] * n, Fixed(vectors), cfg, rng=random.Random(seed))
-
-
-# -- equality --------------------------------------------------------------------------------
-
-
-def test_scores_next_to_a_rounding_boundary_round_as_the_loop_rounds_them() -> None:
-    # q . k is exactly q[0] here: odd multiples of 5e-7, where a matrix product's last bits and
-    # numpy's own rounding (x * 1e6, then to even) both disagree with round(x, 6).
-    rng = random.Random(1)
-    queries = [[(rng.randrange(-999_999, 999_999) + 0.5) / 1e6, 0.0] for _ in range(300)]
-    queries += [[rng.uniform(-1, 1), rng.uniform(-1, 1)] for _ in range(50)]
-    keys = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]
-    assert json.dumps(similarity_matrix(queries, keys)) == json.dumps(
-        reference_similarity(queries, keys)
-    )
-
-
-@pytest.mark.parametrize("dim", [3, 64, 384])
-def test_similarity_equals_the_loop_bit_for_bit(dim: int) -> None:
-    rng = np.random.default_rng(dim)
-    for n in (1, 2, 7, 40):
-        vectors = topic_vectors(n, dim, rng, max(2, n // 4))
-        unnormalised = (np.asarray(vectors) * rng.uniform(0.1, 3.0, (2 * n, 1))).tolist()
-        for v in (vectors, unnormalised):
-            assert json.dumps(similarity_matrix(v[:n], v[n:])) == json.dumps(
-                reference_similarity(v[:n], v[n:])
-            )
 
 
 CONFIGS = [
@@ -232,43 +250,100 @@ CONFIGS = [
 ]
 
 
+# -- equality --------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.mode}-{c.tau}")
-async def test_route_equals_the_loop_router(cfg: RoutingConfig) -> None:
-    rng = np.random.default_rng(7)
-    for n in (0, 1, 2, 3, 5, 12, 33):
+async def test_route_equals_the_reference_end_to_end(cfg: RoutingConfig) -> None:
+    # Exact inputs: the same Routing, float for float, whatever order the sums run in.
+    rng = random.Random(7)
+    for n in (0, 1, 2, 3, 5, 10, 24, 60):
         for _ in range(3):
             agents = [f"a{k}" for k in range(n)]
-            vectors = topic_vectors(n, 16, rng, max(2, n // 4)) if n else []
-            seed = int(rng.integers(1000))
+            vectors = grid_vectors(n, rng, max(2, n // 4))
+            seed = rng.randrange(1000)
             old = reference_route(agents, vectors, cfg, rng=random.Random(seed))
             new = await new_route(agents, vectors, cfg, seed)
             assert exact(new) == exact(old)
 
 
-def test_ties_go_to_the_lower_position() -> None:
-    agents = ["a", "b", "c", "d"]
-    sim = [[0.5] * 4 for _ in range(4)]  # every score equal
-    for cfg in (
-        RoutingConfig(tau=0.1, top_k=2),
-        RoutingConfig(tau=0.9, force_connect=True),
-        RoutingConfig(tau=0.1, max_in_degree=1),
-    ):
-        assert exact_edges(dynamic_edges(agents, sim, cfg)) == exact_edges(
-            reference_dynamic_edges(agents, sim, cfg)
-        )
-    broadcast = RoutingConfig(mode="broadcast")
-    assert exact_edges(
-        baseline_edges(agents, sim, broadcast, rng=random.Random(0), dynamic_count=0)
-    ) == exact_edges(
-        reference_baseline_edges(agents, sim, broadcast, rng=random.Random(0), dynamic_count=0)
-    )
+@pytest.mark.parametrize("dim", [3, 64, 384])
+def test_cosine_equals_the_loop_and_the_trace_shows_6_places(dim: int) -> None:
+    rng = np.random.default_rng(dim)
+    for n in (1, 2, 7, 40, 100):  # 100 x 100 at dim 384: several product blocks, one ragged
+        v = topic_vectors(n, dim, rng, max(2, n // 4))
+        v[0] = [0.0] * dim  # an empty text's zero vector scores 0 against everything
+        scores = cosine_similarity(v[:n], v[n:])
+        assert np.allclose(scores, reference_similarity(v[:n], v[n:]), rtol=0, atol=1e-12)
+        assert scores[0].tolist() == [0.0] * n
+        shown = np.array(similarity_matrix(v[:n], v[n:]))
+        assert np.all(np.abs(shown - scores) <= 5e-7 + 1e-15)
+        assert np.array_equal(shown, np.round(shown * 1e6) / 1e6)
 
 
-def exact_edges(edges: Sequence[Edge]) -> str:
-    return json.dumps([e.model_dump() for e in edges])
+async def test_route_on_realistic_vectors_follows_the_reference_rules() -> None:
+    # tau is the recorded value of a real score a hair above it: only the exact score makes
+    # that edge, and it shows as tau in the trace.
+    rng = np.random.default_rng(5)
+    for n in (4, 7, 12, 40):
+        for top_k in (None, 2):
+            agents = [f"a{k}" for k in range(n)]
+            vectors = topic_vectors(n, 384, rng, max(2, n // 4))
+            scores = cosine_similarity(vectors[:n], vectors[n:])  # the loop's, within 1e-12
+            hair = max(
+                s
+                for i, row in enumerate(scores.tolist())
+                for j, s in enumerate(row)
+                if i != j and s > round(s, 6)
+            )
+            cfg = RoutingConfig(tau=round(hair, 6), top_k=top_k)
+            expected = reference_routing(agents, scores.tolist(), cfg, rng=random.Random(0))
+            assert exact(await new_route(agents, vectors, cfg, 0)) == exact(expected)
+            assert any(e.score == cfg.tau for e in expected.edges)
+
+
+def near_tau_scores(n: int, rng: random.Random, tau: float) -> list[list[float]]:
+    """Scores at tau, a hair above or below it, and ties that only the 6-place rounding makes
+    (0.6000001 and 0.6000004 both show as 0.6)."""
+    choices = [tau, tau + 4e-7, tau - 4e-7, tau + 1e-12, 0.6000001, 0.6000004, 0.6, 0.2]
+    return [[rng.choice(choices) for _ in range(n)] for _ in range(n)]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.mode}-{c.tau}")
+def test_edge_rule_sigma_and_tiers_equal_the_reference_on_the_same_scores(
+    cfg: RoutingConfig,
+) -> None:
+    rng = random.Random(11)
+    np_rng = np.random.default_rng(11)
+    for n in (1, 2, 5, 12, 40, 90):
+        agents = [f"a{k}" for k in range(n)]
+        vectors = topic_vectors(n, 32, np_rng, max(2, n // 4))
+        for scores in (
+            cosine_similarity(vectors[:n], vectors[n:]),
+            np.array(near_tau_scores(n, rng, max(cfg.tau, 0.0))),
+        ):
+            seed = rng.randrange(1000)
+            expected = reference_routing(agents, scores.tolist(), cfg, rng=random.Random(seed))
+            shown = scores.round(6)
+            edges = (
+                dynamic_edges(agents, shown, cfg, exact=scores)
+                if cfg.mode == "dynamic"
+                else baseline_edges(
+                    agents,
+                    shown,
+                    cfg,
+                    rng=random.Random(seed),
+                    dynamic_count=len(dynamic_edges(agents, shown, cfg, exact=scores)),
+                )
+            )
+            assert exact_edges(edges) == exact_edges(expected.edges)
+            graph = build_graph(agents, edges)
+            assert delivery_order(agents, graph) == expected.order
+            assert tiers(agents, edges) == reference_tiers(agents, edges)
 
 
 def random_graph(n: int, p: float, rng: random.Random) -> list[Edge]:
+    """Scores on two decimals: many equal ones."""
     return [
         Edge(source=f"a{j}", target=f"a{i}", score=round(rng.uniform(-1, 1), 2))
         for i in range(n)
@@ -277,17 +352,28 @@ def random_graph(n: int, p: float, rng: random.Random) -> list[Edge]:
     ]
 
 
-def test_delivery_order_equals_the_loop_on_random_graphs() -> None:
+def test_delivery_order_equals_the_reference_on_random_graphs() -> None:
     rng = random.Random(3)
-    for n in (1, 2, 4, 9, 25):
+    for n in (1, 2, 4, 9, 25, 60):
         agents = [f"a{k}" for k in range(n)]
-        for p in (0.0, 0.05, 0.15, 0.4, 1.0):
-            for _ in range(4):
+        for p in (0.0, 0.02, 0.05, 0.15, 0.4, 1.0):
+            for _ in range(3):
                 graph = build_graph(agents, random_graph(n, p, rng))
                 assert delivery_order(agents, graph) == reference_order(agents, graph)
 
 
-# -- tiers -----------------------------------------------------------------------------------
+def test_tiers_equal_the_reference_on_random_graphs() -> None:
+    rng = random.Random(4)
+    for n in (1, 2, 4, 9, 25, 50):
+        agents = [f"a{k}" for k in range(n)]
+        for p in (0.0, 0.05, 0.15, 0.4, 1.0):
+            for _ in range(3):
+                edges = random_graph(n, p, rng)
+                rng.shuffle(edges)  # the result must not depend on the list's order
+                assert tiers(agents, edges) == reference_tiers(agents, edges)
+
+
+# -- tiers, by their properties --------------------------------------------------------------
 
 
 def test_tiers_are_topological_and_drop_only_the_weakest_edge_of_a_cycle() -> None:
@@ -316,17 +402,6 @@ def test_tiers_are_topological_and_drop_only_the_weakest_edge_of_a_cycle() -> No
             for t, layer in enumerate(layers[1:], start=1):
                 for a in layer:
                     assert any(tier_of[k.source] == t - 1 for k in kept if k.target == a)
-
-
-def test_tiers_of_one_cycle_drop_its_weakest_edge() -> None:
-    agents = ["a", "b", "c", "d"]
-    edges = [
-        Edge(source="a", target="b", score=0.9),
-        Edge(source="b", target="c", score=0.4),
-        Edge(source="c", target="d", score=0.8),
-        Edge(source="d", target="a", score=0.7),
-    ]
-    assert tiers(agents, edges) == [["c"], ["d"], ["a"], ["b"]]
 
 
 # -- no per-pair Python loops ----------------------------------------------------------------
