@@ -1,26 +1,26 @@
-"""Routing cost: similarity matrix + edges + graph + sigma: the first loop router, the previous
-numpy router and the current one, side by side in one run.
+"""Routing cost (similarity matrix + edges + graph + sigma): the router as of --previous against
+the current one, alternately in one run, with equal results asserted.
 
-    .venv/bin/python benchmarks/routing.py                 # 8, 64, 256, 1,024 agents + embedding
-    .venv/bin/python benchmarks/routing.py --no-embed      # without the llama-server probe
+    .venv/bin/python benchmarks/routing.py --no-embed      # 8, 64, 256, 1,024 agents
+    .venv/bin/python benchmarks/routing.py                 # the same, then an embedding probe
+
+Target: 256 agents, dynamic, under 20 ms on this 2-core machine.
 
 Vectors are 384-dimension unit vectors (all-MiniLM-L6-v2's size) clustered around n/4 topics:
 a need and an offer on one topic score about 0.6, others about 0, so tau = 0.35 gives each
 agent about four incoming edges, the sparsity of a real round. `dense` is the same rule at
-tau = -1 (every pair: the worst case of the cyclic sigma), `broadcast` the baseline mode.
+tau = -1 (every pair, the worst case of the cyclic sigma), `broadcast` the baseline mode.
 
-`old` is the loop router as first written, imported from tests/unit/test_router_reference.py
-(the unit tests prove the new one returns the same Routing, float for float). Old cases that
-would take more than --old-budget seconds are not run; their cost is extrapolated from the
-measured growth and marked `~`. `previous` is dytopo/router.py as of --previous (a git
-revision, read with `git show`), fed the vectors as lists, as embedders returned them then;
-`new` is fed `Embeddings` (lists plus their float64 array), as they return them now. The two
-run alternately, best of 5 each (2 at 1,024), and every result is asserted equal. `cpu` is the
-process CPU time of the best call (less noisy than wall time on a shared machine), `load` the
-1-minute load average when the row ran. The second table is the embedder's own work on the
-2n raw vectors of a round (normalising them): the previous per-vector lists against one array.
-`trace` is the routing event's conversion to JSON (it holds the n x n matrix and every edge);
-`tiers` is the `tiered` mode's cycle breaking on the graph.
+`previous` is dytopo/router.py as of --previous (default a250295: BLAS tiles, the rounding
+boundary fallback, heap and scan sigmas, bitset tiers), read with `git show`; `new` is the
+current plain router. Both are fed `Embeddings` (the rows plus their float64 array), as the
+built-in embedders return them, take turns, best of 5 each (2 at 1,024 agents), and every
+`Routing` and every `tiers` result is asserted equal, float for float. `cpu` is the process CPU
+time of the best call, `load` the 1-minute load average when the row ran. `trace event` is
+`json.dumps(routing.model_dump())` (the n x n matrix and every edge); `tiers` is the cycle
+breaking of `execution: tiered`, previous against new. A revision that runs its product on
+OpenBLAS's threads also slows the other side (the threads spin on after the call): time such
+a pair apart too.
 
 The embedding probe starts the embedded embedding server (llama-server --embeddings with
 all-MiniLM-L6-v2), embeds batches of need/offer sentences through dytopo's HttpEmbedder, and
@@ -38,33 +38,45 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from common import machine_lines
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
-
-from test_router_reference import (  # the reference lives with its tests
-    Fixed,
-    reference_route,
-    topic_vectors,
-)
-
-from dytopo.embedders import Embedder, Embeddings, normalise, normalise_rows
+from dytopo.embedders import Embedder, Embeddings
 from dytopo.router import route, tiers
 from dytopo.routing import RoutingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-PREVIOUS = "3322eac~1"  # the router before embedders returned arrays and sigma got its heap
+PREVIOUS = "a250295"  # the last router with the fast paths
 
 CASES = {
     "dynamic": RoutingConfig(mode="dynamic", tau=0.35),
     "dense": RoutingConfig(mode="dynamic", tau=-1.0),
     "broadcast": RoutingConfig(mode="broadcast"),
 }
+
+
+def topic_vectors(n: int, dim: int, rng: np.random.Generator, topics: int) -> Embeddings:
+    """2n unit vectors (n needs, then n offers) around shared topics."""
+    centers = rng.standard_normal((topics, dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    noise = rng.standard_normal((2 * n, dim))
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    v = 0.8 * centers[rng.integers(0, topics, 2 * n)] + 0.6 * noise
+    return Embeddings(v / np.linalg.norm(v, axis=1, keepdims=True))
+
+
+class Fixed(Embedder):
+    """Hands out the same vectors whatever the texts."""
+
+    def __init__(self, vectors: Embeddings) -> None:
+        self.vectors = vectors
+
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
+        return self.vectors
 
 
 def best_of(repeats: int, run: Callable[[], Any]) -> tuple[float, Any]:
@@ -116,86 +128,38 @@ def run_route(route_fn: Any, agents: list[str], embedder: Embedder, cfg: Routing
     raise RuntimeError("route suspended")
 
 
-class FixedArrays(Fixed):
-    """The vectors as built-in embedders return them now: lists plus one float64 array."""
-
-    def __init__(self, vectors: list[list[float]]) -> None:
-        super().__init__(vectors)
-        self.embeddings = Embeddings(np.array(vectors, dtype=np.float64))
-
-    async def embed(self, texts: Any) -> Embeddings:
-        return self.embeddings
-
-
-def old_estimate(case: str, n: int, measured: dict[tuple[str, int], float]) -> float | None:
-    """Old seconds at n from the case's largest measured size: the matrix grows as n^2 and the
-    cyclic sigma as n^2 * edges (n^3 dense, n^2 * 4n sparse): take n^3 as the floor."""
-    sizes = [m for (c, m) in measured if c == case and m < n]
-    if not sizes:
-        return None
-    m = max(sizes)
-    return measured[(case, m)] * (n / m) ** 3
-
-
-def row(
-    n: int,
-    case: str,
-    args: argparse.Namespace,
-    old_s: dict[tuple[str, int], float],
-    previous: types.ModuleType,
-) -> str:
+def row(n: int, case: str, previous: types.ModuleType) -> tuple[str, float]:
     agents = [f"a{k}" for k in range(n)]
-    vectors = topic_vectors(n, 384, np.random.default_rng(n), max(2, n // 4))
+    embedder = Fixed(topic_vectors(n, 384, np.random.default_rng(n), max(2, n // 4)))
     cfg = CASES[case]
     repeats = 5 if n <= 256 else 2
-    lists, arrays = Fixed(vectors), FixedArrays(vectors)
     load = os.getloadavg()[0]
     (prev_s, prev_cpu, prev), (new_s, new_cpu, routing) = alternately(
         repeats,
         [
-            lambda: run_route(previous.route, agents, lists, cfg),
-            lambda: run_route(route, agents, arrays, cfg),
+            lambda: run_route(previous.route, agents, embedder, cfg),
+            lambda: run_route(route, agents, embedder, cfg),
         ],
     )
     assert json.dumps(prev.model_dump()) == json.dumps(routing.model_dump())
     trace_s, _ = best_of(repeats, lambda: json.dumps(routing.model_dump()))
-    tiers_s, _ = best_of(min(repeats, 2), lambda: tiers(agents, routing.edges))
-    estimate = old_estimate(case, n, old_s)
-    if estimate is None or estimate <= args.old_budget:
-        seconds, old = best_of(
-            1, lambda: reference_route(agents, vectors, cfg, rng=random.Random(0))
-        )
-        assert json.dumps(old.model_dump()) == json.dumps(routing.model_dump())
-        old_s[(case, n)] = seconds
-        old_text = f"{seconds * 1000:,.1f}"
-    else:
-        old_text = f"~{estimate:,.0f} s (not run)"
+    edges = routing.edges
+    (prev_tiers_s, _, prev_tiers), (tiers_s, _, new_tiers) = alternately(
+        min(repeats, 2), [lambda: previous.tiers(agents, edges), lambda: tiers(agents, edges)]
+    )
+    assert prev_tiers == new_tiers
     print(
-        f"{n} {case}: new {new_s * 1000:.2f} ms, previous {prev_s * 1000:.2f}, old {old_text}",
+        f"{n} {case}: new {new_s * 1000:.2f} ms, previous {prev_s * 1000:.2f}",
         file=sys.stderr,
         flush=True,
     )
-    return (
-        f"| {n:,} | {case} | {len(routing.edges):,} | {load:.1f} | {old_text} "
-        f"| {prev_s * 1000:,.2f} | **{new_s * 1000:,.2f}** | {prev_s / new_s:,.1f}x "
+    line = (
+        f"| {n:,} | {case} | {len(routing.edges):,} | {load:.1f} "
+        f"| {prev_s * 1000:,.2f} | **{new_s * 1000:,.2f}** | {prev_s / new_s:,.2f}x "
         f"| {prev_cpu * 1000:,.2f} | **{new_cpu * 1000:,.2f}** | {trace_s * 1000:,.1f} "
-        f"| {tiers_s * 1000:,.1f} |"
+        f"| {prev_tiers_s * 1000:,.1f} | {tiers_s * 1000:,.1f} |"
     )
-
-
-def normalising_row(n: int) -> str:
-    """The embedder's work on a round's 2n raw vectors: previous lists against one array."""
-    raw = (np.random.default_rng(n).standard_normal((2 * n, 384)) * 3).tolist()
-    load = os.getloadavg()[0]
-    (prev_s, prev_cpu, prev), (new_s, new_cpu, new) = alternately(
-        5 if n <= 256 else 2,
-        [lambda: [normalise(v) for v in raw], lambda: normalise_rows(raw)],
-    )
-    assert json.dumps(prev) == json.dumps(new)
-    return (
-        f"| {n:,} | {2 * n:,} | {load:.1f} | {prev_s * 1000:,.2f} | **{new_s * 1000:,.2f}** "
-        f"| {prev_cpu * 1000:,.2f} | **{new_cpu * 1000:,.2f}** |"
-    )
+    return line, new_s
 
 
 DESCRIPTORS = [
@@ -240,27 +204,23 @@ async def embedding_probe(batches: list[int], repeats: int) -> list[str]:
 
 def main(args: argparse.Namespace) -> None:
     previous = load_previous(args.previous)
-    old_s: dict[tuple[str, int], float] = {}
-    rows = [
-        row(n, case, args, old_s, previous)
-        for n in args.agents
-        for case in ("dynamic", "dense", "broadcast")
-    ]
-    normalising = [normalising_row(n) for n in args.agents]
+    rows, seconds = [], {}
+    for n in args.agents:
+        for case in CASES:
+            line, seconds[(n, case)] = row(n, case, previous)
+            rows.append(line)
     print(f"Command: `.venv/bin/python {' '.join(sys.argv)}` (previous = {args.previous})\n")
     print(
-        "| agents | case | edges | load | old ms | previous ms | **new ms** | previous/new "
-        "| previous CPU ms | **new CPU ms** | trace event ms | tiers ms |"
+        "| agents | case | edges | load | previous ms | **new ms** | previous/new "
+        "| previous CPU ms | **new CPU ms** | trace event ms | previous tiers ms | new tiers ms |"
     )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
-    print("\nEmbedder side: normalising a round's raw vectors (384 floats each):\n")
-    print(
-        "| agents | vectors | load | previous ms (lists) | **new ms (array)** "
-        "| previous CPU ms | **new CPU ms** |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(normalising))
+    if (256, "dynamic") in seconds:
+        ms = seconds[(256, "dynamic")] * 1000
+        print(
+            f"\n256 agents, dynamic: {ms:.2f} ms; target < 20 ms: {'met' if ms < 20 else 'NOT met'}"
+        )
     if args.embed:
         print("\nEmbedding through llama-server (all-MiniLM-L6-v2, HttpEmbedder):\n")
         print("\n".join(asyncio.run(embedding_probe([2, 16, 64], 2))))
@@ -270,9 +230,6 @@ def main(args: argparse.Namespace) -> None:
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--agents", type=int, nargs="+", default=[8, 64, 256, 1024])
-    p.add_argument(
-        "--old-budget", type=float, default=60.0, help="skip old cases estimated above this (s)"
-    )
     p.add_argument("--no-embed", dest="embed", action="store_false")
     p.add_argument(
         "--previous", default=PREVIOUS, help="git revision of the router to compare against"
