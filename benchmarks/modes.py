@@ -37,7 +37,7 @@ import psutil
 from common import machine_lines
 
 from dytopo.backends import BackendSettings, ChatRequest, ChatResponse, LlamaCppBackend
-from dytopo.budget import plan_budgets, server_context
+from dytopo.budget.plan import plan_budgets, server_context
 from dytopo.build import build_swarm
 from dytopo.embedders.base import Embedder
 from dytopo.embedders.http import HttpEmbedder

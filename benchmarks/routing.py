@@ -46,8 +46,8 @@ import numpy as np
 from common import machine_lines
 
 from dytopo.embedders import Embedder, Embeddings
-from dytopo.router import route, tiers
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
+from dytopo.routing.router import route, tiers
 
 ROOT = Path(__file__).resolve().parents[1]
 PREVIOUS = "a250295"  # the last router with the fast paths

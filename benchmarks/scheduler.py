@@ -42,7 +42,7 @@ from dytopo.embedders import HashEmbedder
 from dytopo.llm_agent import LLMAgent
 from dytopo.manager import LLMManager
 from dytopo.result import RunResult
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
 from dytopo.simulated import Served, SimulatedBackend
 from dytopo.swarm import Swarm
 

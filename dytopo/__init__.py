@@ -53,8 +53,8 @@ from dytopo.manager import (
 )
 from dytopo.memory import MemoryItem
 from dytopo.result import HaltReason, RoundRecord, RunResult
-from dytopo.router import Edge, Routing
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
+from dytopo.routing.router import Edge, Routing
 from dytopo.runner import (
     aresume,
     arun,

@@ -11,10 +11,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dytopo.answer import Work
+from dytopo.backends.meter import usage_to
 from dytopo.backends.types import Usage
 from dytopo.errors import AgentFailed
 from dytopo.memory import MemoryItem
-from dytopo.meter import usage_to
 from dytopo.structured import Attempt
 
 PRIVATE_CHARS = 4000
@@ -99,7 +99,7 @@ class StepContext:
 
     def counting(self) -> AbstractContextManager[None]:
         """Book every request sent inside the block to this context's `usage` (backends report
-        each request's usage, complete or not, through `dytopo.meter.settle`)."""
+        each request's usage, complete or not, through `dytopo.backends.meter.settle`)."""
         return usage_to(self._spent)
 
     def _spent(self, usage: Usage) -> None:

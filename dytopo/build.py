@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dytopo.agent import Agent
 from dytopo.backends.base import Backend
-from dytopo.budget import BudgetPlan
+from dytopo.budget.plan import BudgetPlan
 from dytopo.cards import load_card
 from dytopo.checkpoint import origin_of
 from dytopo.embedders.base import Embedder

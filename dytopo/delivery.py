@@ -12,7 +12,7 @@ from dytopo.agent import AgentOutput
 from dytopo.manager import PublicMessage
 from dytopo.memory import MemoryItem
 from dytopo.result import Delivery
-from dytopo.router import Edge, Routing
+from dytopo.routing.router import Edge, Routing
 from dytopo.state import RunState
 
 

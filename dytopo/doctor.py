@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
-from dytopo.budget import kv_layout
+from dytopo.budget.plan import kv_layout
 from dytopo.embedders.http import HttpEmbedder
 from dytopo.errors import BackendError, DyTopoError, ManagedServerError
 from dytopo.managed import models

@@ -15,10 +15,10 @@ from typing import Any, Literal, TypeVar
 from dytopo.activity import reporting
 from dytopo.agent import StepContext
 from dytopo.answer import AnswerSpec, Work, resolve
+from dytopo.backends.meter import run_meter
 from dytopo.backends.types import Usage
 from dytopo.errors import AgentFailed, BackendError, BackendUnavailable, BudgetExceeded
 from dytopo.manager import FinalAnswer, Manager, ManagerDecision, PublicMessage
-from dytopo.meter import run_meter
 from dytopo.recorder import Recorder
 
 T = TypeVar("T")

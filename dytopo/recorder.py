@@ -8,8 +8,8 @@ from typing import Any
 from dytopo import activity
 from dytopo.agent import StepContext
 from dytopo.answer import Work
+from dytopo.backends.meter import run_meter
 from dytopo.memory import MemoryItem
-from dytopo.meter import run_meter
 from dytopo.state import Ledger
 from dytopo.trace import Trace
 

@@ -12,7 +12,7 @@ from dytopo.agent import AgentOutput
 from dytopo.backends.types import Usage
 from dytopo.check import Check
 from dytopo.manager import ManagerDecision
-from dytopo.router import Routing
+from dytopo.routing.router import Routing
 from dytopo.structured import Attempt
 
 HaltReason = Literal["manager", "checked", "max_rounds", "budget", "error"]

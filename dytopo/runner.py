@@ -13,7 +13,7 @@ from dytopo._checkpoint_topology import with_run_options
 from dytopo.backends.base import Backend
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
-from dytopo.budget import kv_layout, plan_for_server
+from dytopo.budget.plan import kv_layout, plan_for_server
 from dytopo.build import build_swarm
 from dytopo.checkpoint import (
     Checkpoint,

@@ -32,6 +32,7 @@ from typing import Any
 from dytopo.backends.base import Backend
 from dytopo.backends.http import error_for
 from dytopo.backends.limiter import SlotLimiter
+from dytopo.backends.meter import admit, settle
 from dytopo.backends.types import (
     ChatMessage,
     ChatRequest,
@@ -41,7 +42,6 @@ from dytopo.backends.types import (
     Usage,
 )
 from dytopo.errors import ContextOverflow
-from dytopo.meter import admit, settle
 
 CHARS_PER_TOKEN = 4
 URL = "simulated://v1/chat/completions"

@@ -17,7 +17,7 @@ from dytopo.backends.types import Usage
 from dytopo.manager import PublicMessage
 from dytopo.memory import MemoryItem
 from dytopo.result import HaltReason, RoundRecord, RunResult, UnfinishedRound
-from dytopo.router import Routing
+from dytopo.routing.router import Routing
 
 
 class Ledger(BaseModel):

@@ -27,7 +27,7 @@ from dytopo.errors import AgentAborted, StepTimeout, TokenCapReached
 from dytopo.memory import MemoryItem
 from dytopo.recorder import Recorder
 from dytopo.result import AgentStep
-from dytopo.router import Edge, tiers
+from dytopo.routing.router import Edge, tiers
 from dytopo.step_timer import StepTimer
 
 log = structlog.get_logger("dytopo.swarm")

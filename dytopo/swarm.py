@@ -17,7 +17,8 @@ import structlog
 
 from dytopo.agent import Agent, AgentOutput
 from dytopo.answer import AnswerSpec, Work, has_code, latest_work
-from dytopo.budget_guard import budget_stop
+from dytopo.backends.meter import TokenMeter, run_meter
+from dytopo.budget.guard import budget_stop
 from dytopo.check import TASK, Check, run_check
 from dytopo.checkpoint import (
     Checkpoint,
@@ -36,11 +37,10 @@ from dytopo.errors import AgentAborted, DyTopoError, RoundFailed, RunError
 from dytopo.manager import Manager, TeamMember
 from dytopo.manager_calls import ManagerCalls, Verdict
 from dytopo.memory import MemoryItem
-from dytopo.meter import TokenMeter, run_meter
 from dytopo.recorder import Recorder
 from dytopo.result import AgentStep, HaltReason, RoundRecord, RunResult, UnfinishedRound
-from dytopo.router import Routing, route
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
+from dytopo.routing.router import Routing, route
 from dytopo.state import MeterState, RunState, StatefulManager, dump_rng, load_rng
 from dytopo.steps import Scheduler
 from dytopo.trace import Observer, Trace

@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from dytopo.answer import AnswerSpec
 from dytopo.backends.settings import BackendSettings, check_url
 from dytopo.backends.types import Sampling
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
 from dytopo.tools.context import ToolContext
 
 

@@ -15,7 +15,7 @@ from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError
 from dytopo.llm_agent import LLMAgent
 from dytopo.manager import LLMManager
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
 from dytopo.swarm import Swarm
 from dytopo.testing import Reply, ScriptedBackend, ScriptItem
 from dytopo.tools import tool

@@ -22,6 +22,7 @@ from dytopo.backends.http import (
     error_for,
 )
 from dytopo.backends.limiter import SlotLimiter
+from dytopo.backends.meter import admit, settle, spend_abandoned
 from dytopo.backends.settings import BackendSettings
 from dytopo.backends.sse import Assembler, events
 from dytopo.backends.types import (
@@ -32,7 +33,6 @@ from dytopo.backends.types import (
     Usage,
 )
 from dytopo.errors import BackendError, ConfigError
-from dytopo.meter import admit, settle, spend_abandoned
 
 log = structlog.get_logger("dytopo.backend")
 
@@ -149,7 +149,7 @@ class LlamaCppBackend(Backend):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         await self.connect()
-        await admit(self, request)  # the run's token cap (dytopo.meter)
+        await admit(self, request)  # the run's token cap (dytopo.backends.meter)
         body = self._body(request)
         path = "/v1/chat/completions"
         started: float | None = None
@@ -225,7 +225,7 @@ class LlamaCppBackend(Backend):
         surfaces as a BackendError.
         """
         await self.connect()
-        await admit(self, request)  # the run's token cap (dytopo.meter)
+        await admit(self, request)  # the run's token cap (dytopo.backends.meter)
         body = self._body(request)
         path = "/v1/chat/completions"
         async with AsyncExitStack() as stack:

@@ -19,7 +19,7 @@ from dytopo.batch.run import Grader, pending, run_one, run_one_on
 from dytopo.batch.schedule import RunSpec, run_pool
 from dytopo.batch.store import RecordStore
 from dytopo.embedders.hashing import HashEmbedder
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 from dytopo.topology import Topology
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dytopo.backends.types import Usage
 from dytopo.result import HaltReason
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 
 Key = tuple[str, str]
 """(item id, mode): one run of a batch."""

@@ -38,7 +38,7 @@ from dytopo.batch.run import run_one
 from dytopo.batch.schedule import RunSpec
 from dytopo.checkpoint import checkpoint_path, write_bytes_atomically
 from dytopo.errors import ConfigError, DyTopoError
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 from dytopo.topology import Topology
 
 log = structlog.get_logger("dytopo.batch")

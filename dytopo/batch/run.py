@@ -33,7 +33,7 @@ from dytopo.embedders.base import Embedder
 from dytopo.errors import ConfigError, RunError
 from dytopo.managed.resolve import endpoints
 from dytopo.result import RunResult
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 from dytopo.runner import arun, run_on
 from dytopo.topology import Topology
 from dytopo.trace import Observer

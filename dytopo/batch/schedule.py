@@ -29,7 +29,7 @@ from dytopo.batch.pool import BackendPool, PoolServer
 from dytopo.batch.run import Grader, trace_name
 from dytopo.batch.store import RecordStore
 from dytopo.errors import BackendError, ManagedServerError, PoolExhausted
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 from dytopo.topology import Topology
 
 log = structlog.get_logger("dytopo.batch")

@@ -25,7 +25,7 @@ from dytopo.cli.runs_progress import RunsProgress
 from dytopo.errors import PoolExhausted
 from dytopo.loader import load_topology
 from dytopo.managed.resolve import endpoints
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 from dytopo.topology import Topology
 
 RAY_HELP = (

@@ -16,7 +16,7 @@ from dytopo.cli._terminal import json_text
 from dytopo.cli.progress import RoundProgress
 from dytopo.errors import ConfigError
 from dytopo.loader import load_topology
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 from dytopo.trace import Observer
 
 if TYPE_CHECKING:

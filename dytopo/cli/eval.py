@@ -24,7 +24,7 @@ from dytopo.eval.selection import select
 from dytopo.eval.summary import ModeSummary, oracle_passed, server_work, summarize
 from dytopo.eval.table import comparisons, runs_table, table
 from dytopo.loader import load_topology
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 from dytopo.sandbox import sandbox_problem
 
 DEFAULT_LIMIT = 5

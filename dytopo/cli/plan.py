@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from dytopo.backends.llamacpp import LlamaCppBackend
-from dytopo.budget import BudgetPlan, kv_layout, plan_budgets, plan_for_server
+from dytopo.budget.plan import BudgetPlan, kv_layout, plan_budgets, plan_for_server
 from dytopo.cli import options
 from dytopo.cli._common import check_urls, error_line, out, run_async
 from dytopo.cli._terminal import json_text

@@ -19,7 +19,7 @@ from dytopo.cli.progress import RoundProgress, summary
 from dytopo.errors import ConfigError, DyTopoError, RunError
 from dytopo.loader import load_topology, problems_in, shown
 from dytopo.result import RunResult
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 from dytopo.runner import arun, default_trace_path
 from dytopo.topology import Topology
 from dytopo.trace import Observer

@@ -18,7 +18,7 @@ from rich.progress import (
 
 from dytopo.batch import BatchItem, RunRecord
 from dytopo.batch.pool import PoolServer
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 
 
 def run_verdict(record: RunRecord) -> str:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from dytopo.errors import ConfigError, DyTopoError, RunError
 from dytopo.result import RunResult
-from dytopo.routing import Mode
+from dytopo.routing.config import Mode
 from dytopo.topology import Topology
 
 MODES: tuple[str, ...] = Mode.__args__  # type: ignore[attr-defined]

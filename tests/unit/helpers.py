@@ -16,7 +16,7 @@ from dytopo.checkpoint import Checkpoint
 from dytopo.embedders import HashEmbedder
 from dytopo.llm_agent import LLMAgent
 from dytopo.manager import LLMManager
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
 from dytopo.swarm import Swarm
 from dytopo.testing import ScriptedBackend
 

@@ -17,7 +17,7 @@ from dytopo.llm_agent import EVIDENCE, LLMAgent
 from dytopo.loader import load_topology
 from dytopo.manager import LLMManager
 from dytopo.result import AgentStep
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
 from dytopo.swarm import Swarm
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import tool

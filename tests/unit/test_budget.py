@@ -14,7 +14,7 @@ from malformed import malformed_steps
 
 from dytopo.agent import StepContext
 from dytopo.backends.types import ChatMessage, ChatRequest, ToolCall
-from dytopo.budget import plan_budgets
+from dytopo.budget.plan import plan_budgets
 from dytopo.errors import AgentFailed, BudgetExceeded, MalformedReply
 from dytopo.llm_agent import LLMAgent
 from dytopo.loader import load_topology
@@ -284,7 +284,7 @@ async def test_a_server_that_does_not_say_its_kv_layout_is_planned_as_one_shared
 
 
 def test_dytopos_own_server_is_known_to_have_one_context_per_slot() -> None:
-    from dytopo.budget import kv_layout
+    from dytopo.budget.plan import kv_layout
 
     assert kv_layout(None, own_server=True)[0] is False
     assert kv_layout(None, own_server=False)[0] is True

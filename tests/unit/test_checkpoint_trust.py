@@ -26,7 +26,7 @@ from dytopo.checkpoint import checkpoint_path, read_checkpoint, trace_beside
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, ConfigError, RunError, RunInUse
 from dytopo.loader import load_topology
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
 from dytopo.runner import aresume
 from dytopo.swarm import Swarm
 from dytopo.testing import ScriptedBackend

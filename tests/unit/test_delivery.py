@@ -5,7 +5,7 @@ from __future__ import annotations
 from dytopo.agent import AgentOutput
 from dytopo.delivery import deliver, forward
 from dytopo.memory import MemoryItem
-from dytopo.router import Edge, Routing
+from dytopo.routing.router import Edge, Routing
 from dytopo.state import RunState
 
 

@@ -70,7 +70,7 @@ def test_the_scan_finds_an_error_defined_outside_errors_py() -> None:
     [
         ("dytopo.cards", "CardError"),
         ("dytopo.step_timer", "StepTimeout"),
-        ("dytopo.meter", "TokenCapReached"),
+        ("dytopo.backends.meter", "TokenCapReached"),
         ("dytopo.steps", "AgentAborted"),
         ("dytopo.service.runs", "QueueFull"),
         ("dytopo.service.runs", "ServiceClosed"),

@@ -751,7 +751,7 @@ async def test_malformed_data_is_one_line_malformed_reply(body: str, live: bool)
 
 
 async def test_a_cancelled_request_counts_what_the_server_did_for_its_step() -> None:
-    from dytopo.meter import usage_sink
+    from dytopo.backends.meter import usage_sink
 
     release, entered = asyncio.Event(), asyncio.Event()
 

@@ -12,7 +12,7 @@ import pytest
 from helpers import decision, final, goal, make_swarm, step
 
 from dytopo.result import AgentStep
-from dytopo.router import Routing
+from dytopo.routing.router import Routing
 from dytopo.testing import ScriptedBackend
 from dytopo.trace import Trace, read_trace
 

@@ -28,7 +28,7 @@ from dytopo.checkpoint import (
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, ConfigError, RunError
 from dytopo.result import RunResult
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
 from dytopo.runner import aresume
 from dytopo.swarm import Swarm
 from dytopo.testing import Reply, ScriptedBackend

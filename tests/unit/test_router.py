@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from dytopo.embedders import Embedder, HashEmbedder
-from dytopo.router import (
+from dytopo.routing.config import RoutingConfig
+from dytopo.routing.router import (
     Edge,
     baseline_edges,
     build_graph,
@@ -15,7 +16,6 @@ from dytopo.router import (
     similarity_matrix,
     tiers,
 )
-from dytopo.routing import RoutingConfig
 
 AGENTS = ["a", "b", "c", "d"]
 RNG = random.Random(0)
@@ -155,7 +155,7 @@ async def test_a_score_just_above_tau_makes_an_edge_although_it_shows_rounded() 
     import math
     import random
 
-    from dytopo.router import route
+    from dytopo.routing.router import route
 
     class Fixed:
         """Need of a and offer of b at cos 0.3500004; the other pair orthogonal."""
@@ -182,7 +182,7 @@ async def test_a_score_just_above_tau_makes_an_edge_although_it_shows_rounded() 
 
 
 def test_tiers_break_ties_as_sigma_does_by_agent_order() -> None:
-    from dytopo.router import Edge, tiers
+    from dytopo.routing.router import Edge, tiers
 
     agents = ["writer", "analyst"]  # not in name order
     edges = [

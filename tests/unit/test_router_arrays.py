@@ -22,8 +22,8 @@ from test_router_reference import (
 
 from dytopo.embedders import Embeddings, HashEmbedder, HttpEmbedder, normalise, normalise_rows
 from dytopo.errors import BackendError
-from dytopo.router import route
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
+from dytopo.routing.router import route
 
 
 class FixedArray(Fixed):

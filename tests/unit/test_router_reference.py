@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from dytopo.embedders.base import Embedder, normalise
-from dytopo.router import (
+from dytopo.routing.config import RoutingConfig
+from dytopo.routing.router import (
     Edge,
     Routing,
     baseline_edges,
@@ -38,7 +39,6 @@ from dytopo.router import (
     star_hub,
     tiers,
 )
-from dytopo.routing import RoutingConfig
 
 # -- the reference ---------------------------------------------------------------------------
 

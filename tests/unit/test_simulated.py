@@ -22,7 +22,7 @@ from dytopo.embedders import HashEmbedder
 from dytopo.errors import ContextOverflow
 from dytopo.llm_agent import LLMAgent
 from dytopo.manager import FinalAnswer, LLMManager, ManagerDecision, RoundGoal
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
 from dytopo.simulated import CHARS_PER_TOKEN, SimulatedBackend, render, tokens
 from dytopo.structured import schema_for
 from dytopo.swarm import Swarm

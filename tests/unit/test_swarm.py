@@ -9,7 +9,7 @@ from dytopo.agent import AgentOutput, FunctionAgent, StepContext
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError
 from dytopo.llm_agent import LLMAgent
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
 from dytopo.runner import load_swarm
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.trace import read_trace

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from pydantic import BaseModel
 
 from dytopo.embedders.base import Embedder, Embeddings
-from dytopo.routing import RoutingConfig
+from dytopo.routing.config import RoutingConfig
 
 Floats = npt.NDArray[np.float64]
 

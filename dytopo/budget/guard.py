@@ -1,14 +1,14 @@
 """The budget guard: whether a run with a token cap stops before its next round.
 
-The meter (dytopo/meter.py) enforces the cap on every request; the guard only keeps a round
-from starting when it would be cut off, so the reserve stays for the final answer.
+The meter (dytopo/backends/meter.py) enforces the cap on every request; the guard only keeps a
+round from starting when it would be cut off, so the reserve stays for the final answer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dytopo.meter import TokenMeter
+from dytopo.backends.meter import TokenMeter
 
 
 def budget_stop(
