@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from dytopo.answer import AnswerSpec, Work
+from dytopo.agents.answer import AnswerSpec, Work
 from dytopo.check import run_check
 from dytopo.eval.humaneval import problems, task_text
 

@@ -36,11 +36,11 @@ from pathlib import Path
 
 from common import machine_lines
 
-from dytopo.agent import Agent
-from dytopo.cards import load_card
+from dytopo.agents.base import Agent
+from dytopo.agents.cards import load_card
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.manager import LLMManager
 from dytopo.embedders import HashEmbedder
-from dytopo.llm_agent import LLMAgent
-from dytopo.manager import LLMManager
 from dytopo.result import RunResult
 from dytopo.routing.config import RoutingConfig
 from dytopo.simulated import Served, SimulatedBackend

@@ -8,8 +8,24 @@ simulated server) is reachable from its own module, and every error class from `
 (the service's, the batch pool's and the sandbox's are not exported here).
 """
 
-from dytopo.agent import Agent, AgentOutput, FunctionAgent, StepContext
-from dytopo.answer import AnswerSpec, Work
+from dytopo.agents import (
+    Agent,
+    AgentOutput,
+    AnswerSpec,
+    FinalAnswer,
+    FunctionAgent,
+    LLMAgent,
+    LLMManager,
+    Manager,
+    ManagerDecision,
+    MemoryItem,
+    PublicMessage,
+    RoleCard,
+    StepContext,
+    TeamMember,
+    Work,
+    load_card,
+)
 from dytopo.backends import (
     Backend,
     BackendSettings,
@@ -22,7 +38,6 @@ from dytopo.backends import (
     ToolCall,
     Usage,
 )
-from dytopo.cards import RoleCard, load_card
 from dytopo.embedders import Embedder, HashEmbedder, HttpEmbedder
 from dytopo.errors import (
     AgentFailed,
@@ -40,21 +55,10 @@ from dytopo.errors import (
     TokenCapReached,
     ToolError,
 )
-from dytopo.llm_agent import LLMAgent
 from dytopo.loader import load_topology
 from dytopo.logs import configure_logging
-from dytopo.manager import (
-    FinalAnswer,
-    LLMManager,
-    Manager,
-    ManagerDecision,
-    PublicMessage,
-    TeamMember,
-)
-from dytopo.memory import MemoryItem
 from dytopo.result import HaltReason, RoundRecord, RunResult
-from dytopo.routing.config import RoutingConfig
-from dytopo.routing.router import Edge, Routing
+from dytopo.routing import Edge, Routing, RoutingConfig
 from dytopo.runner import (
     aresume,
     arun,

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dytopo.agent import Agent
+from dytopo.agents.base import Agent
+from dytopo.agents.cards import load_card
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.manager import LLMManager
+from dytopo.agents.tool_loop import ToolPolicy
 from dytopo.backends.base import Backend
 from dytopo.budget.plan import BudgetPlan
-from dytopo.cards import load_card
 from dytopo.checkpoint import origin_of
 from dytopo.embedders.base import Embedder
-from dytopo.llm_agent import LLMAgent
-from dytopo.manager import LLMManager
 from dytopo.swarm import Swarm
 from dytopo.tools.context import ToolContext
-from dytopo.tools.loop import ToolPolicy
 from dytopo.tools.registry import ToolRegistry
 from dytopo.topology import Topology
 

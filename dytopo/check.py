@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel
 
-from dytopo.answer import AnswerSpec, Work, code_blocks, code_of, extract
+from dytopo.agents.answer import AnswerSpec, Work, code_blocks, code_of, extract
 from dytopo.errors import SandboxError
 from dytopo.sandbox import SandboxLimits, run_sandboxed
 from dytopo.syntax import parse

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from dytopo.agent import AgentOutput
-from dytopo.manager import PublicMessage
-from dytopo.memory import MemoryItem
+from dytopo.agents.base import AgentOutput
+from dytopo.agents.manager import PublicMessage
+from dytopo.agents.memory import MemoryItem
 from dytopo.result import Delivery
 from dytopo.routing.router import Edge, Routing
 from dytopo.state import RunState

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from dytopo.cards import load_card
+from dytopo.agents.cards import load_card
 from dytopo.errors import CardError, ConfigError
 from dytopo.tools.static import check_confined, installed_tool_names, tool_names
 from dytopo.topology import Topology

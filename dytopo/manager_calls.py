@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from dytopo.activity import reporting
-from dytopo.agent import StepContext
-from dytopo.answer import AnswerSpec, Work, resolve
+from dytopo.agents.answer import AnswerSpec, Work, resolve
+from dytopo.agents.base import StepContext
+from dytopo.agents.manager import FinalAnswer, Manager, ManagerDecision, PublicMessage
 from dytopo.backends.meter import run_meter
 from dytopo.backends.types import Usage
 from dytopo.errors import AgentFailed, BackendError, BackendUnavailable, BudgetExceeded
-from dytopo.manager import FinalAnswer, Manager, ManagerDecision, PublicMessage
 from dytopo.recorder import Recorder
 
 T = TypeVar("T")

@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dytopo import activity
-from dytopo.agent import StepContext
-from dytopo.answer import Work
+from dytopo.agents.answer import Work
+from dytopo.agents.base import StepContext
+from dytopo.agents.memory import MemoryItem
 from dytopo.backends.meter import run_meter
-from dytopo.memory import MemoryItem
 from dytopo.state import Ledger
 from dytopo.trace import Trace
 

@@ -13,9 +13,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field, field_validator
 
+from dytopo.agents.manager import PublicMessage
+from dytopo.agents.memory import MemoryItem
 from dytopo.backends.types import Usage
-from dytopo.manager import PublicMessage
-from dytopo.memory import MemoryItem
 from dytopo.result import HaltReason, RoundRecord, RunResult, UnfinishedRound
 from dytopo.routing.router import Routing
 

@@ -20,11 +20,11 @@ from typing import Literal
 import structlog
 
 from dytopo.activity import State, reporting
-from dytopo.agent import Agent, StepContext, checked_output
-from dytopo.answer import Work
+from dytopo.agents.answer import Work
+from dytopo.agents.base import Agent, StepContext, checked_output
+from dytopo.agents.memory import MemoryItem
 from dytopo.delivery import forward
 from dytopo.errors import AgentAborted, StepTimeout, TokenCapReached
-from dytopo.memory import MemoryItem
 from dytopo.recorder import Recorder
 from dytopo.result import AgentStep
 from dytopo.routing.router import Edge, tiers

@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 import structlog
 
-from dytopo.agent import Agent, AgentOutput
-from dytopo.answer import AnswerSpec, Work, has_code, latest_work
+from dytopo.agents.answer import AnswerSpec, Work, has_code, latest_work
+from dytopo.agents.base import Agent, AgentOutput
+from dytopo.agents.manager import Manager, TeamMember
+from dytopo.agents.memory import MemoryItem
 from dytopo.backends.meter import TokenMeter, run_meter
 from dytopo.budget.guard import budget_stop
 from dytopo.check import TASK, Check, run_check
@@ -34,9 +36,7 @@ from dytopo.checkpoint import (
 from dytopo.delivery import deliver
 from dytopo.embedders.base import Embedder
 from dytopo.errors import AgentAborted, DyTopoError, RoundFailed, RunError
-from dytopo.manager import Manager, TeamMember
 from dytopo.manager_calls import ManagerCalls, Verdict
-from dytopo.memory import MemoryItem
 from dytopo.recorder import Recorder
 from dytopo.result import AgentStep, HaltReason, RoundRecord, RunResult, UnfinishedRound
 from dytopo.routing.config import RoutingConfig

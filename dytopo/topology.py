@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dytopo.answer import AnswerSpec
+from dytopo.agents.answer import AnswerSpec
 from dytopo.backends.settings import BackendSettings, check_url
 from dytopo.backends.types import Sampling
 from dytopo.routing.config import RoutingConfig

@@ -8,13 +8,13 @@ import json
 from collections import defaultdict, deque
 from pathlib import Path
 
-from dytopo.agent import AgentOutput, FunctionAgent, StepContext
+from dytopo.agents.base import AgentOutput, FunctionAgent, StepContext
+from dytopo.agents.cards import RoleCard
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.manager import LLMManager
 from dytopo.backends.types import ChatRequest, ToolCall
-from dytopo.cards import RoleCard
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError
-from dytopo.llm_agent import LLMAgent
-from dytopo.manager import LLMManager
 from dytopo.routing.config import RoutingConfig
 from dytopo.swarm import Swarm
 from dytopo.testing import Reply, ScriptedBackend, ScriptItem

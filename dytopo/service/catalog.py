@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from dytopo.cards import find_card
+from dytopo.agents.cards import find_card
 from dytopo.errors import ConfigError, UnknownTopology
 from dytopo.loader import load_topology, problems_in
 from dytopo.service.models import RunRequest

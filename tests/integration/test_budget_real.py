@@ -11,14 +11,14 @@ from cli_runs import dytopo_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dytopo.agent import StepContext
+from dytopo.agents.base import StepContext
+from dytopo.agents.cards import load_card
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.memory import MemoryItem
+from dytopo.agents.prompting import fit_with_task
 from dytopo.backends import ChatMessage, ChatRequest, ChatResponse, LlamaCppBackend, Sampling
-from dytopo.cards import load_card
 from dytopo.errors import AgentFailed
-from dytopo.llm_agent import LLMAgent
 from dytopo.managed import ManagedStack
-from dytopo.memory import MemoryItem
-from dytopo.prompting import fit_with_task
 
 WORDS = st.text(
     alphabet=st.sampled_from("abcdefghij klmnopqrstuvwxyz.,;:!?0123456789\n"), max_size=2500

@@ -105,7 +105,7 @@ def test_init_from_an_installed_wheel_writes_a_folder_that_validates(tmp_path: P
             sys.executable,
             "-s",
             "-c",
-            "from dytopo.cards import BUILTIN_CARDS; from dytopo.tools.static import "
+            "from dytopo.agents.cards import BUILTIN_CARDS; from dytopo.tools.static import "
             "BUILTIN_TOOLS; print(BUILTIN_CARDS); print(BUILTIN_TOOLS)",
         ],
         cwd=outside,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dytopo.answer import AnswerSpec
+from dytopo.agents.answer import AnswerSpec
 from dytopo.loader import load_topology
 from dytopo.managed import ManagedStack
 from dytopo.runner import arun

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from dytopo.agent import StepContext
+from dytopo.agents.base import StepContext
+from dytopo.agents.cards import load_card
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.tool_loop import ToolPolicy
 from dytopo.backends import ChatRequest, ChatResponse, LlamaCppBackend, Sampling
-from dytopo.cards import load_card
-from dytopo.llm_agent import LLMAgent
 from dytopo.managed import ManagedStack
 from dytopo.tools import ToolContext, ToolRegistry
-from dytopo.tools.loop import ToolPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 

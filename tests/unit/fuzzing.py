@@ -31,19 +31,19 @@ from hypothesis import strategies as st
 from malformed import VALID_STEP
 from typer.testing import CliRunner
 
-from dytopo.agent import AgentOutput, StepContext
+from dytopo.agents.base import AgentOutput, StepContext
+from dytopo.agents.cards import RoleCard
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.memory import MemoryItem
+from dytopo.agents.prompting import Packer
+from dytopo.agents.structured import Structured, ask_structured
+from dytopo.agents.tool_loop import ToolPhase, ToolPolicy, run_tools
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling, ToolCall
-from dytopo.cards import RoleCard
 from dytopo.cli import app
 from dytopo.errors import AgentFailed, BudgetExceeded, MalformedReply, ToolError
-from dytopo.llm_agent import LLMAgent
-from dytopo.memory import MemoryItem
-from dytopo.prompting import Packer
-from dytopo.structured import Structured, ask_structured
 from dytopo.testing import Reply, ScriptedBackend, ScriptItem
 from dytopo.tools import ToolContext, ToolRegistry, tool
 from dytopo.tools.executor import ToolExecutor, ToolOutcome
-from dytopo.tools.loop import ToolPhase, ToolPolicy, run_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = {p.name: p.read_bytes() for p in sorted((ROOT / "topologies").glob("*.yaml"))}

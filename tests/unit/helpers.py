@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from dytopo import checkpoint as checkpoint_module
-from dytopo.agent import Agent
-from dytopo.cards import RoleCard
+from dytopo.agents.base import Agent
+from dytopo.agents.cards import RoleCard
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.manager import LLMManager
 from dytopo.checkpoint import Checkpoint
 from dytopo.embedders import HashEmbedder
-from dytopo.llm_agent import LLMAgent
-from dytopo.manager import LLMManager
 from dytopo.routing.config import RoutingConfig
 from dytopo.swarm import Swarm
 from dytopo.testing import ScriptedBackend

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from helpers import card, goal, step
 
-from dytopo.agent import AgentOutput, StepContext
-from dytopo.answer import AnswerSpec, extract, latest_work
+from dytopo.agents.answer import AnswerSpec, extract, latest_work
+from dytopo.agents.base import AgentOutput, StepContext
+from dytopo.agents.llm import EVIDENCE, LLMAgent
+from dytopo.agents.manager import LLMManager
 from dytopo.backends.types import ToolCall
 from dytopo.embedders import HashEmbedder
-from dytopo.llm_agent import EVIDENCE, LLMAgent
 from dytopo.loader import load_topology
-from dytopo.manager import LLMManager
 from dytopo.result import AgentStep
 from dytopo.routing.config import RoutingConfig
 from dytopo.swarm import Swarm
@@ -371,7 +371,7 @@ async def test_task_examples_end_the_run_when_they_pass() -> None:
 
 
 async def test_code_that_does_not_parse_fails_its_check() -> None:
-    from dytopo.answer import Work
+    from dytopo.agents.answer import Work
     from dytopo.check import run_check
 
     task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
@@ -424,7 +424,7 @@ async def test_a_manager_halt_on_a_failed_check_is_not_accepted() -> None:
 
 
 async def test_the_tasks_imports_are_in_scope_for_its_examples() -> None:
-    from dytopo.answer import Work
+    from dytopo.agents.answer import Work
     from dytopo.check import run_check
 
     task = (
@@ -515,7 +515,7 @@ async def test_a_failing_check_mid_round_lets_the_round_finish() -> None:
 
 
 async def test_the_author_starts_first_and_a_pass_spares_the_teammates_request() -> None:
-    from dytopo.agent import FunctionAgent
+    from dytopo.agents.base import FunctionAgent
 
     task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
 
@@ -540,7 +540,7 @@ async def test_the_author_starts_first_and_a_pass_spares_the_teammates_request()
 
 
 def test_prose_that_mentions_a_fence_does_not_open_one() -> None:
-    from dytopo.answer import code_blocks
+    from dytopo.agents.answer import code_blocks
     from dytopo.check import task_imports
 
     task = (
@@ -556,7 +556,7 @@ def test_prose_that_mentions_a_fence_does_not_open_one() -> None:
 
 
 async def test_the_tasks_imports_reach_a_check_of_code_written_without_them() -> None:
-    from dytopo.answer import Work
+    from dytopo.agents.answer import Work
     from dytopo.check import run_check
 
     task = (

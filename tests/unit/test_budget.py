@@ -12,14 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from malformed import malformed_steps
 
-from dytopo.agent import StepContext
+from dytopo.agents.base import StepContext
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.memory import MemoryItem
+from dytopo.agents.prompting import fit_with_task
 from dytopo.backends.types import ChatMessage, ChatRequest, ToolCall
 from dytopo.budget.plan import plan_budgets
 from dytopo.errors import AgentFailed, BudgetExceeded, MalformedReply
-from dytopo.llm_agent import LLMAgent
 from dytopo.loader import load_topology
-from dytopo.memory import MemoryItem
-from dytopo.prompting import fit_with_task
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import tool
 from dytopo.topology import Topology

@@ -6,11 +6,11 @@ from typing import Any
 from helpers import card, decision, goal, make_swarm, step
 from rich.console import Console
 
-from dytopo.agent import StepContext
+from dytopo.agents.base import StepContext
+from dytopo.agents.llm import LLMAgent
 from dytopo.backends.types import ToolCall, Usage
 from dytopo.cli.progress import RoundProgress, summary
 from dytopo.cli.run import _json
-from dytopo.llm_agent import LLMAgent
 from dytopo.result import RunResult
 from dytopo.state import Ledger
 from dytopo.testing import Reply, ScriptedBackend

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dytopo.cards import load_card
+from dytopo.agents.cards import load_card
 
 ROOT = Path(__file__).resolve().parents[2]
 CARDS = sorted((ROOT / "agents").glob("*.md"))

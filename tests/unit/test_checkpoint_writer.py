@@ -17,10 +17,10 @@ from helpers import decision, final, goal, make_swarm, step
 
 from dytopo import checkpoint as checkpoint_module
 from dytopo._checkpoint_json import StateEncoder
-from dytopo.agent import AgentOutput, FunctionAgent, StepContext
+from dytopo.agents.base import AgentOutput, FunctionAgent, StepContext
+from dytopo.agents.memory import MemoryItem
 from dytopo.checkpoint import Checkpoint, Checkpointer, checkpoint_path, read_checkpoint
 from dytopo.errors import BackendUnavailable, RunError
-from dytopo.memory import MemoryItem
 from dytopo.result import RunResult
 from dytopo.state import RunState
 from dytopo.swarm import Swarm

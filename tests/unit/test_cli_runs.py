@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from dytopo import runlock
 from dytopo import runner as library_runner
-from dytopo.agent import AgentOutput, FunctionAgent, StepContext
+from dytopo.agents.base import AgentOutput, FunctionAgent, StepContext
 from dytopo.checkpoint import Checkpoint, checkpoint_path, read_checkpoint, write_checkpoint
 from dytopo.cli import app, main
 from dytopo.cli import runs as runs_cli

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dytopo.agent import AgentOutput
+from dytopo.agents.base import AgentOutput
+from dytopo.agents.memory import MemoryItem
 from dytopo.delivery import deliver, forward
-from dytopo.memory import MemoryItem
 from dytopo.routing.router import Edge, Routing
 from dytopo.state import RunState
 

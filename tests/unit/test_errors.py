@@ -68,7 +68,7 @@ def test_the_scan_finds_an_error_defined_outside_errors_py() -> None:
 @pytest.mark.parametrize(
     ("module", "name"),
     [
-        ("dytopo.cards", "CardError"),
+        ("dytopo.agents.cards", "CardError"),
         ("dytopo.step_timer", "StepTimeout"),
         ("dytopo.backends.meter", "TokenCapReached"),
         ("dytopo.steps", "AgentAborted"),

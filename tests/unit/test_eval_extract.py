@@ -74,7 +74,7 @@ def test_a_body_is_indented_under_the_prompts_signature() -> None:
 def test_a_final_answer_holds_a_whole_program() -> None:
     """The server enforces the schema's maxLength while generating: a cap below a real solution
     (a HumanEval function with its docstring runs to a few thousand characters) cuts the code."""
-    from dytopo.manager import FinalAnswer, ManagerDecision
+    from dytopo.agents.manager import FinalAnswer, ManagerDecision
 
     program = "def f(x):\n" + "    x = x + 1\n" * 350 + "    return x\n"
     assert len(program) > 4000

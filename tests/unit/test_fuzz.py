@@ -40,15 +40,15 @@ from fuzzing import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dytopo.agent import AgentOutput
+from dytopo.agents.base import AgentOutput
+from dytopo.agents.prompting import Packer
+from dytopo.agents.structured import ask_structured
+from dytopo.agents.tool_loop import ToolPolicy, run_tools
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling, ToolCall
 from dytopo.errors import ToolError
-from dytopo.prompting import Packer
-from dytopo.structured import ask_structured
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import ToolContext, ToolRegistry
 from dytopo.tools.executor import MAX_ARGUMENT_DEPTH, ToolExecutor, parse_arguments
-from dytopo.tools.loop import ToolPolicy, run_tools
 
 FUZZ = settings(
     max_examples=40,

@@ -8,16 +8,16 @@ from collections import Counter
 import pytest
 from malformed import VALID_STEP, malformed_steps, malformed_tool_calls
 
-from dytopo.agent import AgentOutput, StepContext
+from dytopo.agents.base import AgentOutput, StepContext
+from dytopo.agents.cards import RoleCard
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.structured import ask_structured, parse_strict
+from dytopo.agents.tool_loop import ToolPolicy, run_tools
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling, ToolCall
-from dytopo.cards import RoleCard
 from dytopo.errors import AgentFailed, MalformedReply, ToolError
-from dytopo.llm_agent import LLMAgent
-from dytopo.structured import ask_structured, parse_strict
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import ToolContext, tool
 from dytopo.tools.executor import ToolExecutor
-from dytopo.tools.loop import ToolPolicy, run_tools
 
 GOOD = json.dumps(VALID_STEP)
 REQUEST = ChatRequest(messages=[ChatMessage(role="user", content="go")], max_tokens=400)

@@ -6,10 +6,10 @@ from typing import Any
 from helpers import card, decision, goal, make_swarm, step
 from rich.console import Console
 
+from dytopo.agents.llm import LLMAgent
 from dytopo.backends.types import ToolCall
 from dytopo.cli.board import Board
 from dytopo.cli.progress import RoundProgress
-from dytopo.llm_agent import LLMAgent
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import tool
 from dytopo.trace import read_trace

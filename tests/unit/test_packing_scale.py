@@ -10,9 +10,9 @@ import time
 from helpers import card
 from malformed import VALID_STEP
 
-from dytopo.agent import StepContext
-from dytopo.llm_agent import LLMAgent
-from dytopo.memory import MemoryItem
+from dytopo.agents.base import StepContext
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.memory import MemoryItem
 from dytopo.testing import ScriptedBackend
 
 ENTRIES = 16_000

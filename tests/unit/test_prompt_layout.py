@@ -17,15 +17,15 @@ import json
 from helpers import card, decision, final, goal
 from malformed import VALID_STEP
 
-from dytopo.agent import StepContext
-from dytopo.answer import Work
+from dytopo.agents.answer import Work
+from dytopo.agents.base import StepContext
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.manager import LLMManager, PublicMessage
+from dytopo.agents.memory import MemoryItem
+from dytopo.agents.tool_loop import ToolPolicy
 from dytopo.backends.types import ChatMessage, ChatRequest, ToolCall
-from dytopo.llm_agent import LLMAgent
-from dytopo.manager import LLMManager, PublicMessage
-from dytopo.memory import MemoryItem
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import tool
-from dytopo.tools.loop import ToolPolicy
 
 GOOD = json.dumps(VALID_STEP)
 

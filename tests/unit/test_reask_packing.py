@@ -13,17 +13,17 @@ from helpers import card, decision
 from malformed import VALID_STEP
 from pydantic import BaseModel, field_validator
 
-from dytopo.agent import AgentOutput, StepContext
+from dytopo.agents.base import AgentOutput, StepContext
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.manager import LLMManager, PublicMessage
+from dytopo.agents.memory import MemoryItem
+from dytopo.agents.structured import ask_structured
+from dytopo.agents.tool_loop import ToolPolicy, run_tools
 from dytopo.backends.types import ChatMessage, ChatRequest, ChatResponse, Sampling, ToolCall
 from dytopo.errors import BackendUnavailable, BudgetExceeded, ContextOverflow
-from dytopo.llm_agent import LLMAgent
-from dytopo.manager import LLMManager, PublicMessage
-from dytopo.memory import MemoryItem
-from dytopo.structured import ask_structured
 from dytopo.testing import Reply, ScriptedBackend, ScriptItem
 from dytopo.tools import ToolContext, tool
 from dytopo.tools.executor import ToolExecutor
-from dytopo.tools.loop import ToolPolicy, run_tools
 
 GOOD = json.dumps(VALID_STEP)
 REQUEST = ChatRequest(messages=[ChatMessage(role="user", content="go")], max_tokens=400)

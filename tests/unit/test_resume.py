@@ -16,7 +16,7 @@ import pytest
 from helpers import after_each_checkpoint, decision, final, goal, make_swarm, step
 
 from dytopo import runner
-from dytopo.agent import AgentOutput, FunctionAgent, StepContext
+from dytopo.agents.base import AgentOutput, FunctionAgent, StepContext
 from dytopo.checkpoint import (
     Checkpoint,
     changed_fields,

@@ -447,7 +447,7 @@ class CountingList(list[Edge]):
 
 def test_delivery_reads_the_edge_list_once_not_once_per_agent() -> None:
     # A dense round of n agents has n^2 edges: a pass per agent would be n^3.
-    from dytopo.agent import AgentOutput
+    from dytopo.agents.base import AgentOutput
     from dytopo.delivery import deliver
     from dytopo.state import RunState
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from helpers import card, decision, final, goal, make_swarm, step
 
-from dytopo.agent import AgentOutput, FunctionAgent, StepContext
+from dytopo.agents.base import AgentOutput, FunctionAgent, StepContext
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.manager import LLMManager
 from dytopo.backends.types import ToolCall
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendError, BackendUnavailable, ContextOverflow, RunError
-from dytopo.llm_agent import LLMAgent
-from dytopo.manager import LLMManager
 from dytopo.routing.config import RoutingConfig
 from dytopo.swarm import Swarm
 from dytopo.testing import Reply, ScriptedBackend

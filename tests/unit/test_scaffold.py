@@ -149,7 +149,7 @@ def test_the_build_copies_the_top_level_files_where_an_installed_wheel_reads_the
     _load_build_hook().copy_into(build_lib)
 
     package = build_lib / "dytopo"
-    # The paths dytopo.cards, dytopo.tools.static and dytopo.scaffold read in a wheel.
+    # The paths dytopo.agents.cards, dytopo.tools.static and dytopo.scaffold read in a wheel.
     assert _files(package / "scaffold" / "builtin_tools") == _files(ROOT / "tools")
     for source, copy in TOP_LEVEL:
         assert _files(package / "scaffold" / "folder" / copy) == _files(ROOT / source), source
@@ -216,7 +216,7 @@ def test_the_cards_found_are_the_folders_own(
     card = tmp_path / "agents" / "writer.md"
     card.write_text(card.read_text().replace("You are", "You, edited, are"))
     monkeypatch.chdir(tmp_path)
-    from dytopo.cards import find_card
+    from dytopo.agents.cards import find_card
 
     assert find_card("writer", tmp_path / "topologies").resolve() == card.resolve()
 

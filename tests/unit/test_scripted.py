@@ -4,12 +4,12 @@ import httpx
 import pytest
 from helpers import decision, goal, make_swarm, step
 
-from dytopo.agent import StepContext
+from dytopo.agents.base import StepContext
+from dytopo.agents.cards import RoleCard
+from dytopo.agents.llm import LLMAgent
 from dytopo.backends import ChatMessage, ChatRequest
 from dytopo.backends.base import estimate_tokens
-from dytopo.cards import RoleCard
 from dytopo.errors import BackendUnavailable, ContextOverflow
-from dytopo.llm_agent import LLMAgent
 from dytopo.testing import Reply, ScriptedBackend, UnexpectedCall
 
 

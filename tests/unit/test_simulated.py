@@ -16,15 +16,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
 from dytopo import trace
-from dytopo.agent import AgentOutput
+from dytopo.agents.base import AgentOutput
+from dytopo.agents.llm import LLMAgent
+from dytopo.agents.manager import FinalAnswer, LLMManager, ManagerDecision, RoundGoal
+from dytopo.agents.structured import schema_for
 from dytopo.backends.types import ChatMessage, ChatRequest
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import ContextOverflow
-from dytopo.llm_agent import LLMAgent
-from dytopo.manager import FinalAnswer, LLMManager, ManagerDecision, RoundGoal
 from dytopo.routing.config import RoutingConfig
 from dytopo.simulated import CHARS_PER_TOKEN, SimulatedBackend, render, tokens
-from dytopo.structured import schema_for
 from dytopo.swarm import Swarm
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import random
 
-from dytopo.agent import StepContext
+from dytopo.agents.base import StepContext
+from dytopo.agents.manager import PublicMessage
+from dytopo.agents.memory import MemoryItem
+from dytopo.agents.structured import Attempt
 from dytopo.backends.types import Usage
-from dytopo.manager import PublicMessage
-from dytopo.memory import MemoryItem
 from dytopo.recorder import Recorder
 from dytopo.state import Ledger, MeterState, RunState, dump_rng, load_rng
-from dytopo.structured import Attempt
 from dytopo.trace import Trace
 
 

@@ -5,10 +5,10 @@ import pytest
 from helpers import decision, final, goal, make_swarm, step
 from trace_checks import check_trace
 
-from dytopo.agent import AgentOutput, FunctionAgent, StepContext
+from dytopo.agents.base import AgentOutput, FunctionAgent, StepContext
+from dytopo.agents.llm import LLMAgent
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError
-from dytopo.llm_agent import LLMAgent
 from dytopo.routing.config import RoutingConfig
 from dytopo.runner import load_swarm
 from dytopo.testing import Reply, ScriptedBackend

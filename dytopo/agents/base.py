@@ -10,12 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dytopo.answer import Work
+from dytopo.agents.answer import Work
+from dytopo.agents.memory import MemoryItem
+from dytopo.agents.structured import Attempt
 from dytopo.backends.meter import usage_to
 from dytopo.backends.types import Usage
 from dytopo.errors import AgentFailed
-from dytopo.memory import MemoryItem
-from dytopo.structured import Attempt
 
 PRIVATE_CHARS = 4000
 """Cap of an agent's private message: a whole function with a note on what changed fits."""

@@ -8,13 +8,13 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from dytopo.agent import StepContext
-from dytopo.answer import AnswerSpec, Work
+from dytopo.agents.answer import AnswerSpec, Work
+from dytopo.agents.base import StepContext
+from dytopo.agents.cards import RoleCard
+from dytopo.agents.prompting import Packer, Timeline
+from dytopo.agents.structured import ask_structured
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
-from dytopo.cards import RoleCard
-from dytopo.prompting import Packer, Timeline
-from dytopo.structured import ask_structured
 
 M = TypeVar("M", bound=BaseModel)
 

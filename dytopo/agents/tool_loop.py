@@ -10,11 +10,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dytopo.agents.prompting import Pack, clip_tokens
+from dytopo.agents.structured import REASK_TEMPERATURE, Attempt
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling, ToolCall, Usage
 from dytopo.errors import BudgetExceeded, MalformedReply, ToolError
-from dytopo.prompting import Pack, clip_tokens
-from dytopo.structured import REASK_TEMPERATURE, Attempt
 from dytopo.tools.executor import ToolExecutor, ToolOutcome
 
 Emit = Callable[..., None]

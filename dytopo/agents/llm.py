@@ -7,15 +7,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dytopo.agent import PRIVATE_CHARS, Agent, AgentOutput, StepContext
+from dytopo.agents.base import PRIVATE_CHARS, Agent, AgentOutput, StepContext
+from dytopo.agents.cards import RoleCard
+from dytopo.agents.prompting import SAFETY_MARGIN, Packer, Timeline
+from dytopo.agents.structured import ask_structured
+from dytopo.agents.tool_loop import ToolPolicy, run_tools, tool_notes
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, Sampling
-from dytopo.cards import RoleCard
-from dytopo.prompting import SAFETY_MARGIN, Packer, Timeline
-from dytopo.structured import ask_structured
 from dytopo.tools.context import ToolContext
 from dytopo.tools.executor import ToolExecutor, ToolOutcome
-from dytopo.tools.loop import ToolPolicy, run_tools, tool_notes
 from dytopo.tools.registry import Tool
 
 # No placeholder JSON here: small models copy placeholders verbatim. The server's JSON-schema

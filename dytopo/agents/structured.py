@@ -13,10 +13,10 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
+from dytopo.agents.prompting import Pack, clip_tokens
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatMessage, ChatRequest, ChatResponse, Usage
 from dytopo.errors import AgentFailed, BudgetExceeded, MalformedReply
-from dytopo.prompting import Pack, clip_tokens
 
 T = TypeVar("T", bound=BaseModel)
 

@@ -18,11 +18,12 @@ from dytopo.errors import CardError
 # The repository's cards in a source checkout (an editable install); in an installed wheel the
 # copies its build put inside the package (build_scaffold.py): site-packages/agents would be any
 # distribution's folder.
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # dytopo/ (this file is dytopo/agents/cards.py)
+_CHECKOUT = _PACKAGE.parent
 BUILTIN_CARDS = (
     _CHECKOUT / "agents"
     if (_CHECKOUT / "pyproject.toml").is_file()
-    else Path(__file__).resolve().parent / "scaffold" / "folder" / "agents"
+    else _PACKAGE / "scaffold" / "folder" / "agents"
 )
 MAX_CARD_BYTES = 100_000
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
