@@ -12,8 +12,8 @@ import asyncio
 import re
 
 from dytopo.agents.answer import AnswerSpec, Work
-from dytopo.check import run_check
 from dytopo.eval.humaneval import problems, task_text
+from dytopo.swarm.check import run_check
 
 SPEC = AnswerSpec(source="developer", extract="code", tests_from="task")
 IMPORT = re.compile(r"^(from \S+ import .*|import .*)$", re.MULTILINE)

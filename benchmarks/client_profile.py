@@ -82,9 +82,9 @@ async def simulated_run(args: argparse.Namespace, meter: Meter, folder: Path) ->
 
 async def real_run(args: argparse.Namespace, meter: Meter, folder: Path) -> None:
     from dytopo.budget.plan import plan_budgets, server_context
-    from dytopo.build import build_swarm
     from dytopo.loader import load_topology
     from dytopo.runner import connect
+    from dytopo.swarm.build import build_swarm
 
     path = ROOT / "topologies" / "research.yaml"
     topology = load_topology(path).model_copy(

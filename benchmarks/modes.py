@@ -39,13 +39,13 @@ from common import machine_lines
 from dytopo.agents.llm import FRESH, MEMORY
 from dytopo.backends import BackendSettings, ChatRequest, ChatResponse, LlamaCppBackend
 from dytopo.budget.plan import plan_budgets, server_context
-from dytopo.build import build_swarm
 from dytopo.embedders.base import Embedder
 from dytopo.embedders.http import HttpEmbedder
 from dytopo.loader import load_topology
 from dytopo.logs import configure_logging
 from dytopo.managed import ManagedStack
-from dytopo.result import RunResult
+from dytopo.swarm.build import build_swarm
+from dytopo.swarm.result import RunResult
 from dytopo.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from dytopo.trace import read_trace
+from dytopo.swarm.trace import read_trace
 
 
 def main() -> None:

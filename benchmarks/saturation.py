@@ -41,7 +41,7 @@ from dytopo.embedders.http import HttpEmbedder
 from dytopo.loader import load_topology
 from dytopo.logs import configure_logging
 from dytopo.managed import ManagedStack
-from dytopo.result import RunResult
+from dytopo.swarm.result import RunResult
 
 POLL_S = 0.05
 

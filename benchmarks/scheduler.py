@@ -41,10 +41,10 @@ from dytopo.agents.cards import load_card
 from dytopo.agents.llm import LLMAgent
 from dytopo.agents.manager import LLMManager
 from dytopo.embedders import HashEmbedder
-from dytopo.result import RunResult
 from dytopo.routing.config import RoutingConfig
 from dytopo.simulated import Served, SimulatedBackend
-from dytopo.swarm import Swarm
+from dytopo.swarm.loop import Swarm
+from dytopo.swarm.result import RunResult
 
 CARDS = ["researcher", "analyst", "critic", "writer", "developer", "tester", "designer", "solver"]
 TASK = (

@@ -57,7 +57,6 @@ from dytopo.errors import (
 )
 from dytopo.loader import load_topology
 from dytopo.logs import configure_logging
-from dytopo.result import HaltReason, RoundRecord, RunResult
 from dytopo.routing import Edge, Routing, RoutingConfig
 from dytopo.runner import (
     aresume,
@@ -67,10 +66,9 @@ from dytopo.runner import (
     resume,
     run,
 )
-from dytopo.swarm import Swarm
+from dytopo.swarm import HaltReason, Observer, RoundRecord, RunResult, Swarm
 from dytopo.tools import Tool, ToolContext, tool
 from dytopo.topology import Topology
-from dytopo.trace import Observer
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dytopo.result import RunResult
+    from dytopo.swarm.result import RunResult
 
 __all__ = [
     "SANDBOX_FIX",

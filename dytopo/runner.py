@@ -8,14 +8,20 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from dytopo import runlock
-from dytopo._checkpoint_topology import with_run_options
 from dytopo.backends.base import Backend
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
 from dytopo.budget.plan import kv_layout, plan_for_server
-from dytopo.build import build_swarm
-from dytopo.checkpoint import (
+from dytopo.embedders.base import Embedder
+from dytopo.embedders.hashing import HashEmbedder
+from dytopo.embedders.http import HttpEmbedder
+from dytopo.errors import BackendError, BudgetExceeded, ConfigError
+from dytopo.loader import load_topology
+from dytopo.managed.resolve import Endpoints, endpoints, own_server
+from dytopo.swarm import runlock
+from dytopo.swarm._checkpoint_topology import with_run_options
+from dytopo.swarm.build import build_swarm
+from dytopo.swarm.checkpoint import (
     Checkpoint,
     changed_fields,
     check_resumable,
@@ -23,16 +29,10 @@ from dytopo.checkpoint import (
     find_checkpoint,
     read_checkpoint,
 )
-from dytopo.embedders.base import Embedder
-from dytopo.embedders.hashing import HashEmbedder
-from dytopo.embedders.http import HttpEmbedder
-from dytopo.errors import BackendError, BudgetExceeded, ConfigError
-from dytopo.loader import load_topology
-from dytopo.managed.resolve import Endpoints, endpoints, own_server
-from dytopo.result import RunResult
-from dytopo.swarm import Swarm
+from dytopo.swarm.loop import Swarm
+from dytopo.swarm.result import RunResult
+from dytopo.swarm.trace import Observer
 from dytopo.topology import EmbedderSpec, Topology
-from dytopo.trace import Observer
 
 
 def make_embedder(spec: EmbedderSpec, ends: Endpoints) -> Embedder:
@@ -118,7 +118,7 @@ def _topology_of(
 ) -> tuple[Topology, Path, bool]:
     """The topology a run continues with, its file, and whether `force` overrode a difference:
     the file's topology with the run's options from the checkpoint while the file is unchanged
-    (dytopo/_checkpoint_topology.py: the checkpoint is never trusted with more); the file's
+    (dytopo/swarm/_checkpoint_topology.py: the checkpoint is never trusted with more); the file's
     current one when it changed and `force`."""
     if cp.topology_path is None or cp.topology is None:
         raise ConfigError(

@@ -16,7 +16,7 @@ from dytopo.backends.types import ChatRequest, ToolCall
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError
 from dytopo.routing.config import RoutingConfig
-from dytopo.swarm import Swarm
+from dytopo.swarm.loop import Swarm
 from dytopo.testing import Reply, ScriptedBackend, ScriptItem
 from dytopo.tools import tool
 

@@ -7,8 +7,8 @@ from typing import Any, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field
 
 from dytopo.backends.types import Usage
-from dytopo.result import HaltReason
 from dytopo.routing.config import Mode
+from dytopo.swarm.result import HaltReason
 
 Key = tuple[str, str]
 """(item id, mode): one run of a batch."""

@@ -36,9 +36,9 @@ from dytopo.batch.models import BatchItem, RunRecord
 from dytopo.batch.pool import BackendPool, PoolServer
 from dytopo.batch.run import run_one
 from dytopo.batch.schedule import RunSpec
-from dytopo.checkpoint import checkpoint_path, write_bytes_atomically
 from dytopo.errors import ConfigError, DyTopoError
 from dytopo.routing.config import Mode
+from dytopo.swarm.checkpoint import checkpoint_path, write_bytes_atomically
 from dytopo.topology import Topology
 
 log = structlog.get_logger("dytopo.batch")

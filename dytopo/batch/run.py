@@ -22,21 +22,21 @@ from dytopo.backends.base import Backend
 from dytopo.batch.models import BatchItem, Key, RunRecord
 from dytopo.batch.overrides import with_overrides
 from dytopo.batch.store import RecordStore
-from dytopo.checkpoint import (
+from dytopo.embedders.base import Embedder
+from dytopo.errors import ConfigError, RunError
+from dytopo.managed.resolve import endpoints
+from dytopo.routing.config import Mode
+from dytopo.runner import arun, run_on
+from dytopo.swarm.checkpoint import (
     Checkpoint,
     changed_fields,
     check_resumable,
     checkpoint_path,
     read_checkpoint,
 )
-from dytopo.embedders.base import Embedder
-from dytopo.errors import ConfigError, RunError
-from dytopo.managed.resolve import endpoints
-from dytopo.result import RunResult
-from dytopo.routing.config import Mode
-from dytopo.runner import arun, run_on
+from dytopo.swarm.result import RunResult
+from dytopo.swarm.trace import Observer
 from dytopo.topology import Topology
-from dytopo.trace import Observer
 
 log = structlog.get_logger("dytopo.batch")
 

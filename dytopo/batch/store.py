@@ -18,8 +18,8 @@ from typing import IO, Any, Self
 from pydantic import ValidationError
 
 from dytopo.batch.models import Key, RunRecord
-from dytopo.checkpoint import changed_fields
 from dytopo.errors import ConfigError, RunInUse
+from dytopo.swarm.checkpoint import changed_fields
 
 SETTINGS = "settings.json"
 """Beside the records: the settings their runs were made with (a resume must match them)."""

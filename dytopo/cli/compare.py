@@ -17,7 +17,7 @@ from dytopo.cli.progress import RoundProgress
 from dytopo.errors import ConfigError
 from dytopo.loader import load_topology
 from dytopo.routing.config import Mode
-from dytopo.trace import Observer
+from dytopo.swarm.trace import Observer
 
 if TYPE_CHECKING:
     from dytopo.compare import Comparison, ModeRow

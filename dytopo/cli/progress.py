@@ -14,7 +14,7 @@ from rich.table import Table
 
 from dytopo.backends.types import Usage
 from dytopo.cli.board import Board
-from dytopo.result import RunResult
+from dytopo.swarm.result import RunResult
 
 
 class RoundProgress:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import typer
 
-from dytopo.checkpoint import find_checkpoint, read_checkpoint
 from dytopo.cli import options
 from dytopo.cli._common import check_urls, err
 from dytopo.cli.progress import RoundProgress
 from dytopo.cli.run import show_run
 from dytopo.runner import aresume
+from dytopo.swarm.checkpoint import find_checkpoint, read_checkpoint
 
 
 def resume(

@@ -11,18 +11,18 @@ import typer
 from pydantic import ValidationError
 
 from dytopo.backends.types import Usage
-from dytopo.checkpoint import checkpoint_path, resume_command
 from dytopo.cli import options
 from dytopo.cli._common import check_urls, err, fail, out, run_async
 from dytopo.cli._terminal import json_text
 from dytopo.cli.progress import RoundProgress, summary
 from dytopo.errors import ConfigError, DyTopoError, RunError
 from dytopo.loader import load_topology, problems_in, shown
-from dytopo.result import RunResult
 from dytopo.routing.config import Mode
 from dytopo.runner import arun, default_trace_path
+from dytopo.swarm.checkpoint import checkpoint_path, resume_command
+from dytopo.swarm.result import RunResult
+from dytopo.swarm.trace import Observer
 from dytopo.topology import Topology
-from dytopo.trace import Observer
 
 # Where an overridden field came from, to name the flag in the error.
 _FLAGS: dict[tuple[str | int, ...], str] = {

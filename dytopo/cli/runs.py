@@ -3,7 +3,7 @@
 Status rules (documented in `dytopo runs --help`):
 - the trace's last segment (from its last `run_start` or `run_resumed`) ends with `run_end`:
   complete, or interrupted (Ctrl-C/SIGTERM), or failed (any other error);
-- no `run_end`: running while a process holds the trace's lock (`dytopo.runlock`: the kernel
+- no `run_end`: running while a process holds the trace's lock (`dytopo.swarm.runlock`: the kernel
   drops it when the process dies); else the checkpoint's status when it says the run ended; else
   interrupted (the process died).
 
@@ -28,10 +28,10 @@ from pydantic import BaseModel
 from rich.table import Table
 from rich.text import Text
 
-from dytopo import runlock
-from dytopo.checkpoint import SUFFIX, checkpoint_path
 from dytopo.cli._common import fail, out
 from dytopo.cli._terminal import json_text
+from dytopo.swarm import runlock
+from dytopo.swarm.checkpoint import SUFFIX, checkpoint_path
 
 MAX_FILE_BYTES = 256 * 2**20
 """Bigger files are listed as unreadable instead of being read: a listing must stay quick."""

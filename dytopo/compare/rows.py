@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from dytopo.errors import ConfigError, DyTopoError, RunError
-from dytopo.result import RunResult
 from dytopo.routing.config import Mode
+from dytopo.swarm.result import RunResult
 from dytopo.topology import Topology
 
 MODES: tuple[str, ...] = Mode.__args__  # type: ignore[attr-defined]

@@ -12,8 +12,8 @@ from dytopo.compare.rows import ModeRow, failed_row, row_of, variant
 from dytopo.errors import ConfigError, DyTopoError
 from dytopo.managed.resolve import endpoints
 from dytopo.runner import arun
+from dytopo.swarm.trace import Observer
 from dytopo.topology import Topology
-from dytopo.trace import Observer
 
 log = structlog.get_logger("dytopo.compare")
 

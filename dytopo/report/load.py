@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from dytopo import runlock
 from dytopo.backends.types import Usage
 from dytopo.report import limits
 from dytopo.report.limits import MAX_AGENTS, MAX_DELIVERIES, MAX_EDGES, MAX_ITEMS, MAX_ROUNDS
@@ -29,6 +28,7 @@ from dytopo.report.views import (
     RunView,
     ToolCallView,
 )
+from dytopo.swarm import runlock
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")

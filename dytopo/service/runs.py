@@ -29,7 +29,6 @@ import structlog
 from dytopo.backends.base import Backend
 from dytopo.backends.llamacpp import LlamaCppBackend
 from dytopo.backends.settings import BackendSettings
-from dytopo.checkpoint import check_resumable, read_checkpoint
 from dytopo.embedders.base import Embedder
 from dytopo.errors import (
     ConfigError,
@@ -41,7 +40,6 @@ from dytopo.errors import (
     UnknownTopology,
 )
 from dytopo.managed.resolve import endpoints
-from dytopo.result import RunResult
 from dytopo.runner import make_embedder, run_on
 from dytopo.service import catalog
 from dytopo.service.admission import admit
@@ -50,6 +48,8 @@ from dytopo.service.progress import Progress
 from dytopo.service.settings import ServiceSettings
 from dytopo.service.store import RUN_ID, RunFiles, now
 from dytopo.service.tail import tail
+from dytopo.swarm.checkpoint import check_resumable, read_checkpoint
+from dytopo.swarm.result import RunResult
 from dytopo.topology import EmbedderSpec, Topology
 
 log = structlog.get_logger("dytopo.service")

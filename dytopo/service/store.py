@@ -12,11 +12,11 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 
-from dytopo.checkpoint import checkpoint_path, read_checkpoint, write_bytes_atomically
 from dytopo.errors import ConfigError
 from dytopo.service.models import RunInfo
+from dytopo.swarm.checkpoint import checkpoint_path, read_checkpoint, write_bytes_atomically
+from dytopo.swarm.trace import read_trace
 from dytopo.topology import Topology
-from dytopo.trace import read_trace
 
 log = structlog.get_logger("dytopo.service")
 

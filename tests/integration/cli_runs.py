@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dytopo.managed import ManagedStack
-from dytopo.trace import read_trace
+from dytopo.swarm.trace import read_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 

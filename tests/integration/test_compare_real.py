@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from dytopo.managed import ManagedStack
-from dytopo.trace import read_trace
+from dytopo.swarm.trace import read_trace
 
 # Short replies: 2 shared cores give the model ~5 tokens/s when other work runs.
 SHORT = "instructions: Keep every field under 15 words., budget: {max_output_tokens: 128}"

@@ -14,7 +14,7 @@ import pytest
 
 from dytopo.eval.grade import grade_answer
 from dytopo.eval.humaneval import task_text
-from dytopo.trace import read_trace
+from dytopo.swarm.trace import read_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "HumanEval/53"  # add(x, y): any working model solves it, so a failure is the framework's

@@ -28,12 +28,12 @@ import httpx
 import pytest
 from trace_checks import check_round, check_trace
 
-from dytopo.checkpoint import checkpoint_path, read_checkpoint
 from dytopo.cli.runs import list_runs
 from dytopo.errors import BackendUnavailable, RunError
 from dytopo.managed import LlamaServerProcess, ManagedStack
-from dytopo.result import RunResult
 from dytopo.runner import aresume, arun
+from dytopo.swarm.checkpoint import checkpoint_path, read_checkpoint
+from dytopo.swarm.result import RunResult
 
 Event = dict[str, Any]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dytopo.checkpoint import checkpoint_path, read_checkpoint
 from dytopo.managed.server import pid_alive
-from dytopo.trace import read_trace
+from dytopo.swarm.checkpoint import checkpoint_path, read_checkpoint
+from dytopo.swarm.trace import read_trace
 
 HOLD_STACK = """
 import asyncio, json, sys

@@ -8,7 +8,7 @@ from dytopo.agents.answer import AnswerSpec
 from dytopo.loader import load_topology
 from dytopo.managed import ManagedStack
 from dytopo.runner import arun
-from dytopo.trace import read_trace
+from dytopo.swarm.trace import read_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 CAP = 4000

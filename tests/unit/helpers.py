@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from dytopo import checkpoint as checkpoint_module
 from dytopo.agents.base import Agent
 from dytopo.agents.cards import RoleCard
 from dytopo.agents.llm import LLMAgent
 from dytopo.agents.manager import LLMManager
-from dytopo.checkpoint import Checkpoint
 from dytopo.embedders import HashEmbedder
 from dytopo.routing.config import RoutingConfig
-from dytopo.swarm import Swarm
+from dytopo.swarm import checkpoint as checkpoint_module
+from dytopo.swarm.checkpoint import Checkpoint
+from dytopo.swarm.loop import Swarm
 from dytopo.testing import ScriptedBackend
 
 

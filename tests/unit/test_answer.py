@@ -16,12 +16,12 @@ from dytopo.agents.manager import LLMManager
 from dytopo.backends.types import ToolCall
 from dytopo.embedders import HashEmbedder
 from dytopo.loader import load_topology
-from dytopo.result import AgentStep
 from dytopo.routing.config import RoutingConfig
-from dytopo.swarm import Swarm
+from dytopo.swarm.loop import Swarm
+from dytopo.swarm.result import AgentStep
+from dytopo.swarm.trace import read_trace
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import tool
-from dytopo.trace import read_trace
 
 CODE = 'def add(x, y):\n    """Sum."""\n    return x + y'
 DEV_PRIVATE = f"```python\n{CODE}\n```\nChanged: first version."
@@ -312,7 +312,7 @@ async def test_at_max_rounds_the_latest_passing_code_beats_a_later_broken_one() 
 
 
 def test_redefinitions_in_tests_are_dropped() -> None:
-    from dytopo.check import test_code
+    from dytopo.swarm.check import test_code
 
     answer = "def add(x, y):\n    return x + y"
     tests = "```python\ndef add(x, y):\n    return 0\nassert add(1, 1) == 2\n```"
@@ -337,7 +337,7 @@ def test_unfenced_code_is_found_and_prose_around_it_dropped() -> None:
 
 
 def test_the_task_examples_check_the_code() -> None:
-    from dytopo.check import example_tests
+    from dytopo.swarm.check import example_tests
 
     task = (
         '```python\ndef inc(x):\n    """Add one.\n    >>> inc(1)\n    2\n'
@@ -372,7 +372,7 @@ async def test_task_examples_end_the_run_when_they_pass() -> None:
 
 async def test_code_that_does_not_parse_fails_its_check() -> None:
     from dytopo.agents.answer import Work
-    from dytopo.check import run_check
+    from dytopo.swarm.check import run_check
 
     task = '```python\ndef add(x, y):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
     broken = Work(agent="dev", round=1, text="```python\ndef add(x, y):\n    return (x +\n```")
@@ -425,7 +425,7 @@ async def test_a_manager_halt_on_a_failed_check_is_not_accepted() -> None:
 
 async def test_the_tasks_imports_are_in_scope_for_its_examples() -> None:
     from dytopo.agents.answer import Work
-    from dytopo.check import run_check
+    from dytopo.swarm.check import run_check
 
     task = (
         "```python\nfrom typing import List\n\n\ndef total(xs: List[int]) -> int:\n"
@@ -541,7 +541,7 @@ async def test_the_author_starts_first_and_a_pass_spares_the_teammates_request()
 
 def test_prose_that_mentions_a_fence_does_not_open_one() -> None:
     from dytopo.agents.answer import code_blocks
-    from dytopo.check import task_imports
+    from dytopo.swarm.check import task_imports
 
     task = (
         "Return the function in one ```python block.\n\n```python\n"
@@ -557,7 +557,7 @@ def test_prose_that_mentions_a_fence_does_not_open_one() -> None:
 
 async def test_the_tasks_imports_reach_a_check_of_code_written_without_them() -> None:
     from dytopo.agents.answer import Work
-    from dytopo.check import run_check
+    from dytopo.swarm.check import run_check
 
     task = (
         "Return the function in one ```python block.\n\n```python\nfrom typing import List\n\n"

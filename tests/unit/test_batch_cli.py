@@ -21,13 +21,13 @@ from dytopo.batch import ray_exec, read_records
 from dytopo.batch._share import SlotShare
 from dytopo.batch.pool import BackendPool, PoolServer
 from dytopo.batch.schedule import RunSpec
-from dytopo.build import build_swarm
 from dytopo.cli import batch as batch_cli
 from dytopo.cli import main
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, ConfigError
 from dytopo.managed.resolve import Endpoints
-from dytopo.swarm import Swarm
+from dytopo.swarm.build import build_swarm
+from dytopo.swarm.loop import Swarm
 from dytopo.topology import Topology
 
 A, B = "http://127.0.0.1:18001", "http://127.0.0.1:18002"
@@ -327,7 +327,7 @@ import httpx
 sys.path.insert(0, sys.argv[1])
 from batch_kit import Server
 from dytopo import runner
-from dytopo.build import build_swarm
+from dytopo.swarm.build import build_swarm
 from dytopo.cli import main
 from dytopo.embedders import HashEmbedder
 

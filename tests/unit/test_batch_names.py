@@ -19,7 +19,7 @@ from dytopo.batch.pool import BackendPool
 from dytopo.batch.run import run_one_on
 from dytopo.batch.schedule import run_pool
 from dytopo.embedders import HashEmbedder
-from dytopo.trace import read_trace
+from dytopo.swarm.trace import read_trace
 
 ALIKE = ["a/b", "a b", "a_b", "case/1", "case_1", "case?1", "問1", "題1", "1", "Q1", "q1", "."]
 

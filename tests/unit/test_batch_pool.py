@@ -16,9 +16,9 @@ from dytopo.batch import RecordStore, RunRecord, pending, read_records, trace_na
 from dytopo.batch.local import LocalExecutor
 from dytopo.batch.pool import BackendPool, PoolServer, share
 from dytopo.batch.schedule import run_pool
-from dytopo.checkpoint import Checkpoint
 from dytopo.errors import PoolExhausted
-from dytopo.trace import read_trace
+from dytopo.swarm.checkpoint import Checkpoint
+from dytopo.swarm.trace import read_trace
 
 
 def servers(*slots: int) -> BackendPool:

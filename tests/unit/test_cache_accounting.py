@@ -11,11 +11,11 @@ from dytopo.agents.llm import LLMAgent
 from dytopo.backends.types import ToolCall, Usage
 from dytopo.cli.progress import RoundProgress, summary
 from dytopo.cli.run import _json
-from dytopo.result import RunResult
-from dytopo.state import Ledger
+from dytopo.swarm.result import RunResult
+from dytopo.swarm.state import Ledger
+from dytopo.swarm.trace import read_trace
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import tool
-from dytopo.trace import read_trace
 
 
 def replies(text: list[str], cached: list[int]) -> list[Reply]:

@@ -19,18 +19,19 @@ from typing import Any
 import pytest
 from helpers import decision, final, goal, make_swarm, step
 
-from dytopo import runlock, runner
+from dytopo import runner
 from dytopo.batch.overrides import with_overrides
-from dytopo.build import build_swarm
-from dytopo.checkpoint import checkpoint_path, read_checkpoint, trace_beside
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, ConfigError, RunError, RunInUse
 from dytopo.loader import load_topology
 from dytopo.routing.config import RoutingConfig
 from dytopo.runner import aresume
-from dytopo.swarm import Swarm
+from dytopo.swarm import runlock
+from dytopo.swarm.build import build_swarm
+from dytopo.swarm.checkpoint import checkpoint_path, read_checkpoint, trace_beside
+from dytopo.swarm.loop import Swarm
+from dytopo.swarm.trace import read_trace
 from dytopo.testing import ScriptedBackend
-from dytopo.trace import read_trace
 
 IDS = ["a", "b"]
 GONE = BackendUnavailable("server gone after 6 attempts", url="scripted://")

@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from helpers import decision, final, goal, make_swarm, step
 
-from dytopo import checkpoint as checkpoint_module
-from dytopo._checkpoint_json import StateEncoder
 from dytopo.agents.base import AgentOutput, FunctionAgent, StepContext
 from dytopo.agents.memory import MemoryItem
-from dytopo.checkpoint import Checkpoint, Checkpointer, checkpoint_path, read_checkpoint
 from dytopo.errors import BackendUnavailable, RunError
-from dytopo.result import RunResult
-from dytopo.state import RunState
-from dytopo.swarm import Swarm
+from dytopo.swarm import checkpoint as checkpoint_module
+from dytopo.swarm._checkpoint_json import StateEncoder
+from dytopo.swarm.checkpoint import Checkpoint, Checkpointer, checkpoint_path, read_checkpoint
+from dytopo.swarm.loop import Swarm
+from dytopo.swarm.result import RunResult
+from dytopo.swarm.state import RunState
 from dytopo.testing import ScriptedBackend
 
 GONE = BackendUnavailable("server gone after 6 attempts", url="scripted://")

@@ -18,20 +18,20 @@ from helpers import after_each_checkpoint, decision, final, goal, make_swarm, st
 from rich.console import Console
 from typer.testing import CliRunner
 
-from dytopo import runlock
 from dytopo import runner as library_runner
 from dytopo.agents.base import AgentOutput, FunctionAgent, StepContext
-from dytopo.checkpoint import Checkpoint, checkpoint_path, read_checkpoint, write_checkpoint
 from dytopo.cli import app, main
 from dytopo.cli import runs as runs_cli
 from dytopo.cli.progress import RoundProgress
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError, RunInUse
-from dytopo.result import RunResult
 from dytopo.runner import aresume
-from dytopo.swarm import Swarm
+from dytopo.swarm import runlock
+from dytopo.swarm.checkpoint import Checkpoint, checkpoint_path, read_checkpoint, write_checkpoint
+from dytopo.swarm.loop import Swarm
+from dytopo.swarm.result import RunResult
+from dytopo.swarm.trace import Trace, read_trace
 from dytopo.testing import ScriptedBackend
-from dytopo.trace import Trace, read_trace
 
 cli = CliRunner()
 

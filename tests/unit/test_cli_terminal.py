@@ -22,7 +22,7 @@ from dytopo.cli import main
 from dytopo.cli._terminal import SafeConsole, json_text, visible
 from dytopo.doctor import Check, DoctorReport
 from dytopo.embedders import HashEmbedder
-from dytopo.swarm import Swarm
+from dytopo.swarm.loop import Swarm
 from dytopo.testing import ScriptedBackend
 
 HOSTILE = "\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\x1b]0;pwned\x07\x9b31m\x7f\rdone"

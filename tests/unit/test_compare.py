@@ -21,10 +21,10 @@ from dytopo import runner as library_runner
 from dytopo.cli import main
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable
-from dytopo.swarm import Swarm
+from dytopo.swarm.loop import Swarm
+from dytopo.swarm.trace import read_trace
 from dytopo.testing import ScriptedBackend
 from dytopo.topology import Topology
-from dytopo.trace import read_trace
 
 TOPOLOGY = """\
 name: pair

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dytopo.agents.base import AgentOutput
 from dytopo.agents.memory import MemoryItem
-from dytopo.delivery import deliver, forward
 from dytopo.routing.router import Edge, Routing
-from dytopo.state import RunState
+from dytopo.swarm.delivery import deliver, forward
+from dytopo.swarm.state import RunState
 
 
 def out(name: str) -> AgentOutput:

@@ -69,9 +69,9 @@ def test_the_scan_finds_an_error_defined_outside_errors_py() -> None:
     ("module", "name"),
     [
         ("dytopo.agents.cards", "CardError"),
-        ("dytopo.step_timer", "StepTimeout"),
+        ("dytopo.swarm.step_timer", "StepTimeout"),
         ("dytopo.backends.meter", "TokenCapReached"),
-        ("dytopo.steps", "AgentAborted"),
+        ("dytopo.swarm.steps", "AgentAborted"),
         ("dytopo.service.runs", "QueueFull"),
         ("dytopo.service.runs", "ServiceClosed"),
         ("dytopo.service.runs", "NotResumable"),

@@ -10,8 +10,8 @@ from helpers import decision, goal, step
 from trace_checks import check_trace
 
 from dytopo import HashEmbedder, load_card
+from dytopo.swarm.trace import read_trace
 from dytopo.testing import ScriptedBackend
-from dytopo.trace import read_trace
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

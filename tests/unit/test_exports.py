@@ -32,7 +32,7 @@ SUBPACKAGES = ["dytopo.backends", "dytopo.embedders", "dytopo.managed", "dytopo.
 PLUGIN_BASES = (dytopo.Agent, dytopo.Backend, dytopo.Embedder, dytopo.Manager)
 NOT_FOR_USERS = {"SimulatedBackend"}
 # Type aliases have no __name__ or __module__ of their own: where each is defined.
-ALIASES = {"HaltReason": "dytopo.result", "Observer": "dytopo.trace"}
+ALIASES = {"HaltReason": "dytopo.swarm.result", "Observer": "dytopo.swarm.trace"}
 
 
 # The public API, exactly: a change here is a deliberate change of what users may rely on.

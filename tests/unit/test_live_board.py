@@ -10,9 +10,9 @@ from dytopo.agents.llm import LLMAgent
 from dytopo.backends.types import ToolCall
 from dytopo.cli.board import Board
 from dytopo.cli.progress import RoundProgress
+from dytopo.swarm.trace import read_trace
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import tool
-from dytopo.trace import read_trace
 
 
 @tool

@@ -16,12 +16,12 @@ from dytopo import runner
 from dytopo.agents.llm import LLMAgent
 from dytopo.agents.manager import LLMManager
 from dytopo.backends import BackendSettings, LlamaCppBackend
-from dytopo.build import build_swarm
 from dytopo.cli import app
 from dytopo.embedders import HashEmbedder
 from dytopo.loader import load_topology
-from dytopo.result import RunResult
-from dytopo.swarm import Swarm
+from dytopo.swarm.build import build_swarm
+from dytopo.swarm.loop import Swarm
+from dytopo.swarm.result import RunResult
 
 URL = "http://llama.test:8008"
 TOPOLOGY = """\
@@ -124,10 +124,10 @@ def test_load_swarm_names_its_file_for_resume(topology: Path) -> None:
 
 
 def test_swarm_py_imports_neither_the_builder_nor_the_runner() -> None:
-    # build.py and runner.py import swarm.py; an import back (at any level) would be a cycle.
+    # build.py and runner.py import loop.py; an import back (at any level) would be a cycle.
     import ast
 
-    source = Path(dytopo.swarm.__file__).read_text(encoding="utf-8")
+    source = Path(dytopo.swarm.loop.__file__).read_text(encoding="utf-8")
     imported = {
         node.module
         for node in ast.walk(ast.parse(source))
@@ -139,4 +139,4 @@ def test_swarm_py_imports_neither_the_builder_nor_the_runner() -> None:
         for alias in node.names
     }
     assert "dytopo.agents.base" in imported  # the scan sees the module's imports
-    assert imported.isdisjoint({"dytopo.build", "dytopo.runner", "dytopo.loader"})
+    assert imported.isdisjoint({"dytopo.swarm.build", "dytopo.runner", "dytopo.loader"})

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from helpers import decision, final, goal, make_swarm, step
 
-from dytopo.result import AgentStep
 from dytopo.routing.router import Routing
+from dytopo.swarm.result import AgentStep
+from dytopo.swarm.trace import Trace, read_trace
 from dytopo.testing import ScriptedBackend
-from dytopo.trace import Trace, read_trace
 
 
 def backend() -> ScriptedBackend:

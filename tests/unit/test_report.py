@@ -27,7 +27,7 @@ from dytopo.cli import app
 from dytopo.errors import ConfigError
 from dytopo.report import load_run, render_dot, render_html, render_mermaid, write_report
 from dytopo.report.graph import MAX_EDGES
-from dytopo.trace import Trace, read_trace
+from dytopo.swarm.trace import Trace, read_trace
 
 cli = CliRunner()
 

@@ -17,7 +17,11 @@ from helpers import after_each_checkpoint, decision, final, goal, make_swarm, st
 
 from dytopo import runner
 from dytopo.agents.base import AgentOutput, FunctionAgent, StepContext
-from dytopo.checkpoint import (
+from dytopo.embedders import HashEmbedder
+from dytopo.errors import BackendUnavailable, ConfigError, RunError
+from dytopo.routing.config import RoutingConfig
+from dytopo.runner import aresume
+from dytopo.swarm.checkpoint import (
     Checkpoint,
     changed_fields,
     checkpoint_path,
@@ -25,14 +29,10 @@ from dytopo.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from dytopo.embedders import HashEmbedder
-from dytopo.errors import BackendUnavailable, ConfigError, RunError
-from dytopo.result import RunResult
-from dytopo.routing.config import RoutingConfig
-from dytopo.runner import aresume
-from dytopo.swarm import Swarm
+from dytopo.swarm.loop import Swarm
+from dytopo.swarm.result import RunResult
+from dytopo.swarm.trace import read_trace
 from dytopo.testing import Reply, ScriptedBackend
-from dytopo.trace import read_trace
 
 IDS = ["a", "b", "c"]
 RANDOM = RoutingConfig(mode="random", tau=0.5)

@@ -448,8 +448,8 @@ class CountingList(list[Edge]):
 def test_delivery_reads_the_edge_list_once_not_once_per_agent() -> None:
     # A dense round of n agents has n^2 edges: a pass per agent would be n^3.
     from dytopo.agents.base import AgentOutput
-    from dytopo.delivery import deliver
-    from dytopo.state import RunState
+    from dytopo.swarm.delivery import deliver
+    from dytopo.swarm.state import RunState
 
     agents = [f"a{k}" for k in range(6)]
     edges = CountingList(

@@ -15,10 +15,10 @@ from dytopo.backends.types import ToolCall
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendError, BackendUnavailable, ContextOverflow, RunError
 from dytopo.routing.config import RoutingConfig
-from dytopo.swarm import Swarm
+from dytopo.swarm.loop import Swarm
+from dytopo.swarm.trace import read_trace
 from dytopo.testing import Reply, ScriptedBackend
 from dytopo.tools import tool
-from dytopo.trace import read_trace
 
 STEP = step("did my part", "THE WORK", "what I need", "what I offer")
 GONE_ERROR = BackendUnavailable("server gone after 6 attempts", url="scripted://")

@@ -15,7 +15,6 @@ from helpers import card
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
-from dytopo import trace
 from dytopo.agents.base import AgentOutput
 from dytopo.agents.llm import LLMAgent
 from dytopo.agents.manager import FinalAnswer, LLMManager, ManagerDecision, RoundGoal
@@ -25,7 +24,8 @@ from dytopo.embedders import HashEmbedder
 from dytopo.errors import ContextOverflow
 from dytopo.routing.config import RoutingConfig
 from dytopo.simulated import CHARS_PER_TOKEN, SimulatedBackend, render, tokens
-from dytopo.swarm import Swarm
+from dytopo.swarm import trace
+from dytopo.swarm.loop import Swarm
 
 
 def ask(text: str, tag: str = "a", schema: type[BaseModel] | None = AgentOutput) -> ChatRequest:

@@ -10,9 +10,9 @@ from dytopo.agents.manager import PublicMessage
 from dytopo.agents.memory import MemoryItem
 from dytopo.agents.structured import Attempt
 from dytopo.backends.types import Usage
-from dytopo.recorder import Recorder
-from dytopo.state import Ledger, MeterState, RunState, dump_rng, load_rng
-from dytopo.trace import Trace
+from dytopo.swarm.recorder import Recorder
+from dytopo.swarm.state import Ledger, MeterState, RunState, dump_rng, load_rng
+from dytopo.swarm.trace import Trace
 
 
 def test_the_rng_state_survives_json_and_continues_the_same_sequence() -> None:

@@ -11,8 +11,8 @@ from dytopo.embedders import HashEmbedder
 from dytopo.errors import BackendUnavailable, RunError
 from dytopo.routing.config import RoutingConfig
 from dytopo.runner import load_swarm
+from dytopo.swarm.trace import read_trace
 from dytopo.testing import Reply, ScriptedBackend
-from dytopo.trace import read_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -60,5 +60,5 @@ def test_parses_from_several_threads_at_once_all_succeed(mode: str) -> None:
 def test_the_check_the_extraction_and_tool_validation_share_the_one_parser() -> None:
     import importlib
 
-    for name in ("agents.answer", "check", "eval.extract", "tools.static"):
+    for name in ("agents.answer", "swarm.check", "eval.extract", "tools.static"):
         assert importlib.import_module(f"dytopo.{name}").parse is parse

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dytopo.agents.base import AgentOutput
 from dytopo.agents.manager import PublicMessage
 from dytopo.agents.memory import MemoryItem
-from dytopo.result import Delivery
 from dytopo.routing.router import Edge, Routing
-from dytopo.state import RunState
+from dytopo.swarm.result import Delivery
+from dytopo.swarm.state import RunState
 
 
 def deliver(

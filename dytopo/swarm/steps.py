@@ -23,12 +23,12 @@ from dytopo.activity import State, reporting
 from dytopo.agents.answer import Work
 from dytopo.agents.base import Agent, StepContext, checked_output
 from dytopo.agents.memory import MemoryItem
-from dytopo.delivery import forward
 from dytopo.errors import AgentAborted, StepTimeout, TokenCapReached
-from dytopo.recorder import Recorder
-from dytopo.result import AgentStep
 from dytopo.routing.router import Edge, tiers
-from dytopo.step_timer import StepTimer
+from dytopo.swarm.delivery import forward
+from dytopo.swarm.recorder import Recorder
+from dytopo.swarm.result import AgentStep
+from dytopo.swarm.step_timer import StepTimer
 
 log = structlog.get_logger("dytopo.swarm")
 

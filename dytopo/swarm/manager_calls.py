@@ -19,7 +19,7 @@ from dytopo.agents.manager import FinalAnswer, Manager, ManagerDecision, PublicM
 from dytopo.backends.meter import run_meter
 from dytopo.backends.types import Usage
 from dytopo.errors import AgentFailed, BackendError, BackendUnavailable, BudgetExceeded
-from dytopo.recorder import Recorder
+from dytopo.swarm.recorder import Recorder
 
 T = TypeVar("T")
 Duty = Literal["open", "decide", "final"]

@@ -30,9 +30,9 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from dytopo._checkpoint_json import StateEncoder
 from dytopo.errors import ConfigError
-from dytopo.state import Ledger, RunState
+from dytopo.swarm._checkpoint_json import StateEncoder
+from dytopo.swarm.state import Ledger, RunState
 from dytopo.topology import Topology
 from dytopo.versions import versions
 

@@ -16,7 +16,7 @@ from typing import Any
 import pydantic_core
 from pydantic import BaseModel
 
-from dytopo.state import RunState
+from dytopo.swarm.state import RunState
 
 _GROWING = ("memory", "transcript", "rounds")
 

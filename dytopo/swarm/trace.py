@@ -21,8 +21,8 @@ from typing import IO, Any, Self
 
 import pydantic_core
 
-from dytopo import runlock
 from dytopo.errors import RunInUse
+from dytopo.swarm import runlock
 
 Observer = Callable[[dict[str, Any]], None]
 

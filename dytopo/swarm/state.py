@@ -1,8 +1,8 @@
 """Everything a run needs to continue after its last complete round, as one JSON-ready model.
 
 A run keeps one `RunState` while it goes. After every complete round the state is written to
-the run's checkpoint (dytopo/checkpoint.py); `Swarm.resume` continues from it as if the run had
-never stopped: same memories, transcript, goal, random numbers and accounting.
+the run's checkpoint (dytopo/swarm/checkpoint.py); `Swarm.resume` continues from it as if the run
+had never stopped: same memories, transcript, goal, random numbers and accounting.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field, field_validator
 from dytopo.agents.manager import PublicMessage
 from dytopo.agents.memory import MemoryItem
 from dytopo.backends.types import Usage
-from dytopo.result import HaltReason, RoundRecord, RunResult, UnfinishedRound
 from dytopo.routing.router import Routing
+from dytopo.swarm.result import HaltReason, RoundRecord, RunResult, UnfinishedRound
 
 
 class Ledger(BaseModel):

@@ -2,7 +2,7 @@
 
 Each job of a run lives in its own module: the state a run continues from (state.py), the
 agent steps (steps.py), the manager's duties (manager_calls.py), delivery (delivery.py),
-routing (router.py), costs and events (recorder.py).
+routing (dytopo/routing/router.py), costs and events (recorder.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ from dytopo.agents.manager import Manager, TeamMember
 from dytopo.agents.memory import MemoryItem
 from dytopo.backends.meter import TokenMeter, run_meter
 from dytopo.budget.guard import budget_stop
-from dytopo.check import TASK, Check, run_check
-from dytopo.checkpoint import (
+from dytopo.embedders.base import Embedder
+from dytopo.errors import AgentAborted, DyTopoError, RoundFailed, RunError
+from dytopo.routing.config import RoutingConfig
+from dytopo.routing.router import Routing, route
+from dytopo.swarm.check import TASK, Check, run_check
+from dytopo.swarm.checkpoint import (
     Checkpoint,
     Checkpointer,
     Status,
@@ -33,17 +37,13 @@ from dytopo.checkpoint import (
     read_checkpoint,
     resume_command,
 )
-from dytopo.delivery import deliver
-from dytopo.embedders.base import Embedder
-from dytopo.errors import AgentAborted, DyTopoError, RoundFailed, RunError
-from dytopo.manager_calls import ManagerCalls, Verdict
-from dytopo.recorder import Recorder
-from dytopo.result import AgentStep, HaltReason, RoundRecord, RunResult, UnfinishedRound
-from dytopo.routing.config import RoutingConfig
-from dytopo.routing.router import Routing, route
-from dytopo.state import MeterState, RunState, StatefulManager, dump_rng, load_rng
-from dytopo.steps import Scheduler
-from dytopo.trace import Observer, Trace
+from dytopo.swarm.delivery import deliver
+from dytopo.swarm.manager_calls import ManagerCalls, Verdict
+from dytopo.swarm.recorder import Recorder
+from dytopo.swarm.result import AgentStep, HaltReason, RoundRecord, RunResult, UnfinishedRound
+from dytopo.swarm.state import MeterState, RunState, StatefulManager, dump_rng, load_rng
+from dytopo.swarm.steps import Scheduler
+from dytopo.swarm.trace import Observer, Trace
 from dytopo.versions import versions
 
 log = structlog.get_logger("dytopo.swarm")

@@ -10,8 +10,8 @@ from dytopo.agents.answer import Work
 from dytopo.agents.base import StepContext
 from dytopo.agents.memory import MemoryItem
 from dytopo.backends.meter import run_meter
-from dytopo.state import Ledger
-from dytopo.trace import Trace
+from dytopo.swarm.state import Ledger
+from dytopo.swarm.trace import Trace
 
 
 class Recorder:

@@ -11,9 +11,9 @@ from dytopo.agents.manager import LLMManager
 from dytopo.agents.tool_loop import ToolPolicy
 from dytopo.backends.base import Backend
 from dytopo.budget.plan import BudgetPlan
-from dytopo.checkpoint import origin_of
 from dytopo.embedders.base import Embedder
-from dytopo.swarm import Swarm
+from dytopo.swarm.checkpoint import origin_of
+from dytopo.swarm.loop import Swarm
 from dytopo.tools.context import ToolContext
 from dytopo.tools.registry import ToolRegistry
 from dytopo.topology import Topology

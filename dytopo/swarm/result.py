@@ -12,8 +12,8 @@ from dytopo.agents.base import AgentOutput
 from dytopo.agents.manager import ManagerDecision
 from dytopo.agents.structured import Attempt
 from dytopo.backends.types import Usage
-from dytopo.check import Check
 from dytopo.routing.router import Routing
+from dytopo.swarm.check import Check
 
 HaltReason = Literal["manager", "checked", "max_rounds", "budget", "error"]
 """checked: the answer's check passed (`answer.tests_from`, `halt_on_pass`)."""
