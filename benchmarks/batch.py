@@ -29,12 +29,12 @@ from pathlib import Path
 
 from common import machine_lines
 
+from dytopo.backends.simulated import SimulatedBackend
 from dytopo.batch import BatchItem, RecordStore, pending
 from dytopo.batch.local import LocalExecutor
 from dytopo.batch.pool import BackendPool
 from dytopo.batch.schedule import RunSpec, run_pool
 from dytopo.loader import load_topology
-from dytopo.simulated import SimulatedBackend
 
 SIMULATED = """\
 name: trio

@@ -18,7 +18,7 @@ child runs once to warm up (simulated only), once measured (CPU time of the even
 and of the whole process, per round and per request), and once under cProfile (timed by the
 event-loop thread's CPU clock) for the top entries. The event-loop thread's CPU is the client's
 own cost on the critical path; the process adds the checkpoint writer thread. In a simulated
-run both include the simulator's own work (dytopo/simulated.py, listed in the top entries).
+run both include the simulator's own work (dytopo/backends/simulated.py, listed in the top entries).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Meter:
 async def simulated_run(args: argparse.Namespace, meter: Meter, folder: Path) -> None:
     from scheduler import TASK, swarm
 
-    from dytopo.simulated import SimulatedBackend
+    from dytopo.backends.simulated import SimulatedBackend
 
     backend = SimulatedBackend(
         slots=4, prompt_token_s=20e-6, output_token_s=60e-6, n_ctx_per_slot=8192

@@ -40,9 +40,9 @@ from dytopo.agents.base import Agent
 from dytopo.agents.cards import load_card
 from dytopo.agents.llm import LLMAgent
 from dytopo.agents.manager import LLMManager
+from dytopo.backends.simulated import Served, SimulatedBackend
 from dytopo.embedders import HashEmbedder
 from dytopo.routing.config import RoutingConfig
-from dytopo.simulated import Served, SimulatedBackend
 from dytopo.swarm.loop import Swarm
 from dytopo.swarm.result import RunResult
 

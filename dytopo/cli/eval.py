@@ -25,7 +25,7 @@ from dytopo.eval.summary import ModeSummary, oracle_passed, server_work, summari
 from dytopo.eval.table import comparisons, runs_table, table
 from dytopo.loader import load_topology
 from dytopo.routing.config import Mode
-from dytopo.sandbox import sandbox_problem
+from dytopo.sandbox.bwrap import sandbox_problem
 
 DEFAULT_LIMIT = 5
 DEFAULT_MODES = "plain,single,dynamic"

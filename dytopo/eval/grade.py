@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from dytopo.eval.extract import Kind, extract
-from dytopo.sandbox import SandboxLimits, SandboxResult, run_sandboxed
+from dytopo.sandbox.bwrap import SandboxLimits, SandboxResult, run_sandboxed
 
 LIMITS = SandboxLimits(wall_s=10.0, memory_mb=256, output_bytes=1_000_000, scratch_mb=16)
 """run_python's limits: 10 s wall clock, 256 MB per process, 1 MB of output."""

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from dytopo.agents.answer import AnswerSpec, Work, code_blocks, code_of, extract
 from dytopo.errors import SandboxError
-from dytopo.sandbox import SandboxLimits, run_sandboxed
+from dytopo.sandbox.bwrap import SandboxLimits, run_sandboxed
 from dytopo.syntax import parse
 
 LIMITS = SandboxLimits(wall_s=10.0, memory_mb=512)

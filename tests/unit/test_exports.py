@@ -28,7 +28,7 @@ from dytopo.errors import DyTopoError
 ROOT = Path(__file__).resolve().parents[2]
 SUBPACKAGES = ["dytopo.backends", "dytopo.embedders", "dytopo.managed", "dytopo.tools"]
 # Bases a user subclasses or plugs in; every implementation the library ships is exported,
-# except the benchmarks' stand-in for a llama-server (dytopo.simulated).
+# except the benchmarks' stand-in for a llama-server (dytopo.backends.simulated).
 PLUGIN_BASES = (dytopo.Agent, dytopo.Backend, dytopo.Embedder, dytopo.Manager)
 NOT_FOR_USERS = {"SimulatedBackend"}
 # Type aliases have no __name__ or __module__ of their own: where each is defined.

@@ -1,5 +1,5 @@
-"""The code sandbox (dytopo/sandbox.py) and run_python on top of it: every escape found against
-the old in-process guard (issue 8, section 1) now fails, and the limits hold.
+"""The code sandbox (dytopo/sandbox/bwrap.py) and run_python on top of it: every escape found
+against the old in-process guard (issue 8, section 1) now fails, and the limits hold.
 
 bwrap is a local binary, so these run real sandboxes; each takes about 0.15 s.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dytopo import sandbox
 from dytopo.errors import SandboxError, SandboxUnavailable, ToolError
-from dytopo.sandbox import SandboxLimits, run_sandboxed, sandbox_problem
+from dytopo.sandbox import bwrap as sandbox
+from dytopo.sandbox.bwrap import SandboxLimits, run_sandboxed, sandbox_problem
 from dytopo.tools import ToolContext, ToolRegistry
 
 ROOT = Path(__file__).resolve().parents[2]

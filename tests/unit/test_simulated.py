@@ -19,11 +19,11 @@ from dytopo.agents.base import AgentOutput
 from dytopo.agents.llm import LLMAgent
 from dytopo.agents.manager import FinalAnswer, LLMManager, ManagerDecision, RoundGoal
 from dytopo.agents.structured import schema_for
+from dytopo.backends.simulated import CHARS_PER_TOKEN, SimulatedBackend, render, tokens
 from dytopo.backends.types import ChatMessage, ChatRequest
 from dytopo.embedders import HashEmbedder
 from dytopo.errors import ContextOverflow
 from dytopo.routing.config import RoutingConfig
-from dytopo.simulated import CHARS_PER_TOKEN, SimulatedBackend, render, tokens
 from dytopo.swarm import trace
 from dytopo.swarm.loop import Swarm
 

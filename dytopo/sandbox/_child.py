@@ -1,12 +1,12 @@
 """The first code the sandboxed interpreter runs: set the limits, drop to `nobody`, run the code.
 
-Runs INSIDE the bubblewrap sandbox (dytopo/sandbox.py passes this file's text to `python -I -S
--c`), so it uses the standard library only and imports nothing from dytopo. It is not a
-security layer of its own: the namespaces and the unprivileged uid are. It only makes the
+Runs INSIDE the bubblewrap sandbox (dytopo/sandbox/bwrap.py passes this file's text to
+`python -I -S -c`), so it uses the standard library only and imports nothing from dytopo. It is
+not a security layer of its own: the namespaces and the unprivileged uid are. It only makes the
 rlimits apply before any user code runs, and makes a crash read like the user's own traceback.
 
 argv: CODE_PATH MEMORY_MB CPU_S FILE_BYTES PROCESSES OPEN_FILES DROP (DROP is 1 when the
-sandbox started as its namespace's root, see `dytopo.sandbox`, and must become `nobody`).
+sandbox started as its namespace's root, see `dytopo.sandbox.bwrap`, and must become `nobody`).
 """
 
 from __future__ import annotations

@@ -51,8 +51,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dytopo._seccomp import seccomp_filter
 from dytopo.errors import SANDBOX_FIX, SandboxError, SandboxUnavailable
+from dytopo.sandbox._seccomp import seccomp_filter
 
 __all__ = [
     "BWRAP_ENV",
@@ -71,7 +71,7 @@ NOBODY = 65534
 PYTHON_DIR = "/opt/python"
 SCRATCH = "/scratch"
 CODE_PATH = "/run/dytopo/code.py"
-CHILD = Path(__file__).with_name("_sandbox_child.py")
+CHILD = Path(__file__).with_name("_child.py")
 # Shared libraries the interpreter and its extension modules load; symlinks (merged /usr) are
 # recreated as symlinks.
 SYSTEM_LIBS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32")

@@ -1,0 +1,21 @@
+"""The OS sandbox (bubblewrap, rlimits, seccomp) that runs untrusted Python: run_python, checks."""
+
+from dytopo.sandbox.bwrap import (
+    FIX,
+    SandboxError,
+    SandboxLimits,
+    SandboxResult,
+    SandboxUnavailable,
+    run_sandboxed,
+    sandbox_problem,
+)
+
+__all__ = [
+    "FIX",
+    "SandboxError",
+    "SandboxLimits",
+    "SandboxResult",
+    "SandboxUnavailable",
+    "run_sandboxed",
+    "sandbox_problem",
+]
