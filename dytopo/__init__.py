@@ -69,8 +69,7 @@ from dytopo.runner import (
 from dytopo.swarm import HaltReason, Observer, RoundRecord, RunResult, Swarm
 from dytopo.tools import Tool, ToolContext, tool
 from dytopo.topology import Topology
-
-__version__ = "0.1.0"
+from dytopo.versions import __version__
 
 __all__ = [
     "Agent",

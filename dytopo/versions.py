@@ -1,10 +1,12 @@
-"""Versions recorded in every trace, so a run can be reproduced."""
+"""DyTopo's version, and the versions recorded in every trace, so a run can be reproduced."""
 
 from __future__ import annotations
 
 import functools
 import platform
 from importlib import metadata
+
+__version__ = "0.1.0"
 
 
 def versions() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""LLM backends: one interface, a llama.cpp client, and the shared request types."""
+"""LLM backends: the interface, the llama.cpp client, request types, slot limiter, token meter."""
 
 from dytopo.backends.base import Backend, estimate_tokens
 from dytopo.backends.limiter import QueueClock, SlotLimiter, queue_clock

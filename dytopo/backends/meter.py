@@ -21,13 +21,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from dytopo.backends.base import Backend
+from dytopo.backends.types import ChatRequest, Usage
 from dytopo.errors import TokenCapReached
-
-if TYPE_CHECKING:
-    from dytopo.backends.base import Backend
-    from dytopo.backends.types import ChatRequest, Usage
 
 
 @dataclass

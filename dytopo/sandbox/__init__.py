@@ -1,4 +1,4 @@
-"""The OS sandbox (bubblewrap, rlimits, seccomp) that runs untrusted Python: run_python, checks."""
+"""The OS sandbox (bubblewrap, rlimits, seccomp) that runs untrusted Python: tools, checks."""
 
 from dytopo.sandbox.bwrap import (
     FIX,

@@ -34,6 +34,7 @@ from dytopo.service.guard import Guard, authorized
 from dytopo.service.models import RunInfo, RunRequest
 from dytopo.service.runs import RunService
 from dytopo.service.settings import ServiceSettings
+from dytopo.versions import __version__
 
 log = structlog.get_logger("dytopo.service")
 
@@ -72,8 +73,6 @@ def create_app(service_or_settings: RunService | ServiceSettings) -> FastAPI:
             if mcp is not None:  # Starlette runs no lifespan of a routed app: its sessions here
                 await stack.enter_async_context(mcp.router.lifespan_context(mcp))
             yield
-
-    from dytopo import __version__
 
     app = FastAPI(
         title="DyTopo",

@@ -39,6 +39,7 @@ from dytopo.errors import DyTopoError
 from dytopo.service._mcp_stdio import MAX_MESSAGE_BYTES
 from dytopo.service.models import RunInfo, RunRequest
 from dytopo.service.runs import RunService
+from dytopo.versions import __version__
 
 __all__ = ["REPLY_WITHIN_S", "build_mcp", "mcp_http_app"]
 
@@ -144,8 +145,6 @@ def _answer(info: RunInfo) -> str:
 
 def build_mcp(service: RunService, *, reply_within_s: float | None = REPLY_WITHIN_S) -> MCPServer:
     """The MCP server for `service`; `reply_within_s=None` waits for every run to end."""
-    from dytopo import __version__
-
     server: MCPServer = MCPServer(
         "dytopo", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )

@@ -1,4 +1,4 @@
-"""Tools agents can call: the @tool decorator, the registry, the context tools run in."""
+"""Tools agents can call: @tool, the registry, the context they run in, the executor, checks."""
 
 from dytopo.tools.context import ToolContext
 from dytopo.tools.registry import Tool, ToolRegistry, tool

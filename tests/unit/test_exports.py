@@ -26,7 +26,10 @@ from dytopo import runner
 from dytopo.errors import DyTopoError
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ["dytopo.backends", "dytopo.embedders", "dytopo.managed", "dytopo.tools"]
+SUBPACKAGES = [
+    *("dytopo.agents", "dytopo.backends", "dytopo.budget", "dytopo.embedders", "dytopo.managed"),
+    "dytopo.tools",
+]
 # Bases a user subclasses or plugs in; every implementation the library ships is exported,
 # except the benchmarks' stand-in for a llama-server (dytopo.backends.simulated).
 PLUGIN_BASES = (dytopo.Agent, dytopo.Backend, dytopo.Embedder, dytopo.Manager)
