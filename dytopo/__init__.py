@@ -1,8 +1,9 @@
 """DyTopo: multi-agent LLM swarms whose communication graph is rebuilt every round.
 
 The public API: the run entry points; the swarm and what it is built from; what a custom agent,
-manager, tool, backend or embedder implements or receives; a run's result; every error. The
-request types stay because a custom Backend implements methods that take and return them.
+manager, tool, backend or embedder implements or receives; a run's result; the errors a run
+raises. The transport stays in its subpackage: a custom Backend imports the request and reply
+types it implements (`ChatRequest`, `ChatResponse`, `ServerInfo` ...) from `dytopo.backends`.
 Everything else (the slot limiter, checkpoints, run state, the embedded server, the benchmark's
 simulated server) is reachable from its own module, and every error class from `dytopo.errors`
 (the service's, the batch pool's and the sandbox's are not exported here).
@@ -29,13 +30,8 @@ from dytopo.agents import (
 from dytopo.backends import (
     Backend,
     BackendSettings,
-    ChatMessage,
-    ChatRequest,
-    ChatResponse,
     LlamaCppBackend,
     Sampling,
-    ServerInfo,
-    ToolCall,
     Usage,
 )
 from dytopo.embedders import Embedder, HashEmbedder, HttpEmbedder
@@ -81,9 +77,6 @@ __all__ = [
     "BackendSettings",
     "BackendUnavailable",
     "BudgetExceeded",
-    "ChatMessage",
-    "ChatRequest",
-    "ChatResponse",
     "ConfigError",
     "ContextOverflow",
     "DyTopoError",
@@ -113,13 +106,11 @@ __all__ = [
     "RunInUse",
     "RunResult",
     "Sampling",
-    "ServerInfo",
     "StepContext",
     "Swarm",
     "TeamMember",
     "TokenCapReached",
     "Tool",
-    "ToolCall",
     "ToolContext",
     "ToolError",
     "Topology",
