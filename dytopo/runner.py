@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 from dytopo.backends.base import Backend
 from dytopo.backends.llamacpp import LlamaCppBackend
@@ -33,6 +35,9 @@ from dytopo.swarm.loop import Swarm
 from dytopo.swarm.result import RunResult
 from dytopo.swarm.trace import Observer
 from dytopo.topology import EmbedderSpec, Topology
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def make_embedder(spec: EmbedderSpec, ends: Endpoints) -> Embedder:
@@ -291,77 +296,30 @@ async def _built(
             await backend.aclose()
 
 
-def run(
-    topology: Topology | str | Path,
-    task: str | None = None,
-    *,
-    backend_url: str | None = None,
-    embed_url: str | None = None,
-    trace_path: str | Path | None = None,
-    observers: Sequence[Observer] = (),
-    base_dir: Path | None = None,
-    trust_topology: bool = False,
-    source: str | Path | None = None,
-    checkpoint: Checkpoint | None = None,
-    model: str | None = None,
-) -> RunResult:
-    """Blocking `arun` for scripts: `dytopo.run("topologies/research.yaml", "task")`;
-    in a notebook or any other running event loop, `await dytopo.arun(...)`."""
-    _not_in_a_loop("run")
-    return asyncio.run(
-        arun(
-            topology,
-            task,
-            backend_url=backend_url,
-            embed_url=embed_url,
-            trace_path=trace_path,
-            observers=observers,
-            base_dir=base_dir,
-            trust_topology=trust_topology,
-            source=source,
-            checkpoint=checkpoint,
-            model=model,
+def _blocking(name: str, run_async: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
+    """`run_async` as a blocking call for scripts, with its parameters; inside a running event
+    loop (a notebook, a service) it names the async twin instead of failing in asyncio."""
+
+    @functools.wraps(run_async)
+    def blocking(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(run_async(*args, **kwargs))
+        raise ConfigError(
+            f"dytopo.{name}() blocks until the run ends, and an event loop already runs here (a "
+            f"notebook, a service): use `await dytopo.a{name}(...)` instead"
         )
-    )
+
+    blocking.__name__ = blocking.__qualname__ = name
+    blocking.__doc__ = f"Blocking `a{name}` for scripts; in a running event loop, `await a{name}`."
+    return blocking
 
 
-def resume(
-    source: str | Path,
-    *,
-    backend_url: str | None = None,
-    embed_url: str | None = None,
-    force: bool = False,
-    observers: Sequence[Observer] = (),
-    runs_dir: Path = Path("runs"),
-    trust_topology: bool = False,
-    model: str | None = None,
-) -> RunResult:
-    """Blocking `aresume` for scripts: `dytopo.resume("3f2a9c81d0b4")`; in a running
-    event loop, `await dytopo.aresume(...)`."""
-    _not_in_a_loop("resume")
-    return asyncio.run(
-        aresume(
-            source,
-            backend_url=backend_url,
-            embed_url=embed_url,
-            force=force,
-            observers=observers,
-            runs_dir=runs_dir,
-            trust_topology=trust_topology,
-            model=model,
-        )
-    )
-
-
-def _not_in_a_loop(name: str) -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise ConfigError(
-        f"dytopo.{name}() blocks until the run ends, and an event loop already runs here (a "
-        f"notebook, a service): use `await dytopo.a{name}(...)` instead"
-    )
+run = _blocking("run", arun)
+"""`dytopo.run("topologies/research.yaml", "task")`: `arun`, blocking."""
+resume = _blocking("resume", aresume)
+"""`dytopo.resume("3f2a9c81d0b4")`: `aresume`, blocking."""
 
 
 @asynccontextmanager
