@@ -28,9 +28,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux: the kernel sends SIGTERM to the server if DyTopo dies, even by SIGKILL.
+    # Linux: the kernel kills the server if DyTopo dies, even by SIGKILL. SIGKILL, not SIGTERM:
+    # a server whose parent is gone has nobody to finish for, and llama-server answers a
+    # second SIGTERM by calling exit() from its signal handler, which can hang (CI saw the
+    # embedding server outlive its killed parent by more than 15 s).
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
